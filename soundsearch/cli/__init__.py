@@ -1,0 +1,46 @@
+"""The `soundsearch` command line: parse, call the library, render.
+
+Each command lives in a module of this package and is registered here through `_register`,
+which maps the library's typed errors to one stderr line and exit code 1. Command modules
+import heavy libraries (torch, soundfile, ...) inside the command body so that `--help` and
+shell completion, which run the program on every Tab, stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from soundsearch.cli._common import register
+from soundsearch.cli import evaluate, index, models, query, train
+
+app = typer.Typer(
+    name="soundsearch",
+    help="Search your own sound library by example: index it, then query with a recording.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+register(app, index.index, "index")
+register(app, index.status, "status")
+register(app, query.query, "query")
+register(app, train.train, "train")
+register(app, evaluate.eval_, "eval")
+register(app, models.models, "models")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        # `soundsearch query ... | head` closes our stdout early: end quietly.
+        try:
+            sys.stdout = None  # type: ignore[assignment]
+        finally:
+            sys.exit(0)

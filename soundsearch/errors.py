@@ -1,0 +1,60 @@
+"""The project's exceptions and warnings.
+
+Library code raises these instead of printing; the CLI turns any SoundsearchError into one
+stderr line and exit code 1. Each message names the thing at fault (a file, a store, a model)
+and, where there is one, what the user can do about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SoundsearchError(Exception):
+    """Root of every error the CLI reports as a user error (exit code 1)."""
+
+
+class AudioError(SoundsearchError):
+    """A file that cannot be used as audio: unreadable, undecodable, empty or non-finite."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = Path(path) if not isinstance(path, Path) else path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class AudioWarning(UserWarning):
+    """Odd but usable audio (silent, shorter than a frame): indexed anyway, reported."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = Path(path) if not isinstance(path, Path) else path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class FeaturizerError(SoundsearchError):
+    """Unknown featurizer, bad parameters, or a featurizer whose weights are unavailable."""
+
+
+class StoreError(SoundsearchError):
+    """The feature store is missing, unreadable, corrupt or of an unknown schema."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing to the store."""
+
+
+class FeaturizerMismatchError(StoreError):
+    """Features made by one featurizer would be mixed with, or compared to, another's."""
+
+
+class ModelError(SoundsearchError):
+    """A model file that is missing, unreadable, or does not fit the store or dataset."""
+
+
+class DatasetError(SoundsearchError):
+    """A dataset that is missing, malformed, or unusable for training or evaluation."""
+
+
+class DownloadError(SoundsearchError):
+    """A download that failed, or whose checksum does not match."""
