@@ -1,0 +1,1 @@
+complete --command soundsearch --no-files --arguments "(env _SOUNDSEARCH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) soundsearch)" --condition "env _SOUNDSEARCH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) soundsearch"
