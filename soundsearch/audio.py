@@ -1,0 +1,351 @@
+"""Reading sound files: probe, decode to mono float32 at a target rate, scan folders, cut items.
+
+Decoding is soundfile (libsndfile: wav, flac, ogg/vorbis/opus, aiff, mp3, ...), resampling is
+soxr. Files are read in blocks and streamed through the resampler, so a long recording never
+exists in memory at its native rate and channel count; `iter_items` goes further and holds only
+about one item at a time, which is what featurizing a one-hour file uses.
+
+Item rule (`split_items`, `iter_items`): a recording is cut into consecutive windows of
+`item_seconds`. A trailing remainder of at least `min_last_seconds` becomes an item of its own;
+a shorter remainder is merged into the window before it (so no audio is dropped and no item is a
+sliver). A recording no longer than `item_seconds` (even one sample long) is a single item.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from soundsearch.errors import AudioError, AudioWarning
+
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".wav", ".wave", ".bwf", ".rf64", ".w64",
+        ".flac",
+        ".ogg", ".oga", ".opus",
+        ".aif", ".aiff", ".aifc",
+        ".mp3",
+        ".au", ".snd", ".caf",
+    }
+)
+
+# Below -100 dBFS a file holds no usable sound (a 16-bit LSB is about -90 dBFS).
+SILENCE_PEAK = 1e-5
+# Blocks of this many seconds bound memory for long files while keeping per-call overhead small.
+BLOCK_SECONDS = 30.0
+RESAMPLE_QUALITY = "HQ"
+
+PathLike = str | bytes | os.PathLike
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    samplerate: int
+    channels: int
+    frames: int
+    duration: float
+
+
+@dataclass
+class LoadedAudio:
+    signal: np.ndarray  # float32, mono, at sample_rate
+    sample_rate: int
+    info: AudioInfo
+    warnings: list[AudioWarning] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return self.signal.size / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    signal: np.ndarray
+
+
+def as_path(path: PathLike) -> Path:
+    """A Path for any str/bytes/PathLike; undecodable bytes survive via surrogateescape."""
+    return Path(os.fsdecode(path))
+
+
+def display_path(path: PathLike) -> str:
+    """The path as printable text: bytes that are not UTF-8 become \\x.. escapes.
+
+    A name with undecodable bytes holds lone surrogates as a str, and writing those to a
+    UTF-8 terminal raises; use this for anything shown to a person.
+    """
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _diagnose(bpath: bytes, exc: Exception) -> str:
+    """A plain reason for a failed open: the OS reason if there is one, else the decoder's."""
+    try:
+        st = os.stat(bpath)
+    except FileNotFoundError:
+        return "no such file (or a broken link)"
+    except PermissionError:
+        return "permission denied"
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an audio file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with open(bpath, "rb"):
+            pass
+    except PermissionError:
+        return "permission denied"
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    detail = str(exc).split(": ", 1)[-1] if isinstance(exc, sf.LibsndfileError) else str(exc)
+    return f"not decodable as audio ({detail.strip() or 'unknown format'})"
+
+
+def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
+    # soundfile encodes str paths strictly; bytes go to sf_open untouched, so any name works.
+    bpath = os.fsencode(path)
+    try:
+        f = sf.SoundFile(bpath)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        raise AudioError(display_path(bpath), _diagnose(bpath, e)) from None
+    return f, as_path(bpath)
+
+
+def _info_of(f: sf.SoundFile, path: Path) -> AudioInfo:
+    if f.samplerate <= 0 or f.channels <= 0:
+        raise AudioError(display_path(path), f"invalid header (rate {f.samplerate}, channels {f.channels})")
+    if f.frames <= 0:
+        raise AudioError(display_path(path), "no audio samples (zero length)")
+    return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames), f.frames / f.samplerate)
+
+
+def probe(path: PathLike) -> AudioInfo:
+    """Header facts of an audio file, without decoding it. Raises AudioError."""
+    f, p = _open(path)
+    with f:
+        return _info_of(f, p)
+
+
+def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[np.ndarray], list[AudioWarning]]:
+    """Open a file and return its header and a generator of mono float32 blocks at sample_rate.
+
+    The generator validates as it goes (non-finite samples raise AudioError) and, once
+    exhausted, appends a silence warning to the returned list if the whole file was silent.
+    """
+    f, p = _open(path)
+    try:
+        info = _info_of(f, p)
+    except AudioError:
+        f.close()
+        raise
+    warnings: list[AudioWarning] = []
+    shown = display_path(p)
+
+    def blocks() -> Iterator[np.ndarray]:
+        peak = 0.0
+        decoded = 0
+        produced = 0
+        resampler = (
+            soxr.ResampleStream(info.samplerate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+            if info.samplerate != sample_rate
+            else None
+        )
+        blocksize = max(1, int(BLOCK_SECONDS * info.samplerate))
+        first_sample = np.zeros(0, np.float32)
+        with f:
+            while True:
+                try:
+                    data = f.read(blocksize, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    raise AudioError(shown, f"decoding failed after {decoded} frames ({e})") from None
+                last = data.shape[0] < blocksize
+                if data.shape[0]:
+                    mono = data[:, 0] if info.channels == 1 else data.mean(axis=1, dtype=np.float32)
+                    if not np.isfinite(mono).all():
+                        raise AudioError(shown, "contains non-finite samples (NaN or infinity)")
+                    if decoded == 0:
+                        first_sample = mono[:1].copy()
+                    decoded += mono.size
+                    peak = max(peak, float(np.abs(mono).max()))
+                else:
+                    mono = np.zeros(0, np.float32)
+                out = mono if resampler is None else resampler.resample_chunk(mono, last=last)
+                if out.size:
+                    produced += out.size
+                    yield np.ascontiguousarray(out, dtype=np.float32)
+                if last:
+                    break
+        if decoded == 0:
+            raise AudioError(shown, "no audio samples could be decoded (zero length)")
+        if produced == 0:
+            # A handful of samples resampled down can round to nothing; keep one so the file is usable.
+            yield first_sample
+        if peak < SILENCE_PEAK:
+            warnings.append(AudioWarning(shown, "silent (peak below -100 dBFS)"))
+
+    return info, blocks(), warnings
+
+
+def load(path: PathLike, sample_rate: int, min_samples: int = 0) -> LoadedAudio:
+    """Decode a file to mono float32 at `sample_rate`.
+
+    Raises AudioError for unreadable, undecodable, empty or non-finite audio. Odd but usable
+    audio (silent; shorter than `min_samples` at the target rate) comes back with warnings.
+    """
+    info, blocks, warnings = _stream_mono(path, sample_rate)
+    parts = list(blocks)
+    signal = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if signal.size < min_samples:
+        warnings.append(_short_warning(info.path, signal.size, sample_rate, min_samples))
+    return LoadedAudio(signal, sample_rate, info, warnings)
+
+
+def _short_warning(path: Path, n: int, sample_rate: int, min_samples: int) -> AudioWarning:
+    return AudioWarning(
+        display_path(path),
+        f"shorter than one analysis frame ({n / sample_rate:.3f} s < {min_samples / sample_rate:.3f} s): padded",
+    )
+
+
+def _item_bounds(n: int, item: int, min_last: int) -> list[tuple[int, int]]:
+    if n <= item:
+        return [(0, n)]
+    full, rem = divmod(n, item)
+    bounds = [(i * item, (i + 1) * item) for i in range(full)]
+    if rem >= min_last:
+        bounds.append((full * item, n))
+    elif rem:
+        bounds[-1] = (bounds[-1][0], n)
+    return bounds
+
+
+def _item_lengths(item_seconds: float, min_last_seconds: float, sample_rate: int) -> tuple[int, int]:
+    if not item_seconds > 0:
+        raise ValueError(f"item_seconds must be positive, got {item_seconds}")
+    item = max(1, int(round(item_seconds * sample_rate)))
+    min_last = max(0, int(round(min_last_seconds * sample_rate)))
+    return item, min_last
+
+
+def split_items(
+    signal: np.ndarray, sample_rate: int, item_seconds: float = 10.0, min_last_seconds: float = 1.0
+) -> list[Segment]:
+    """Cut a mono signal into items by the module's item rule (see the module docstring)."""
+    item, min_last = _item_lengths(item_seconds, min_last_seconds, sample_rate)
+    return [
+        Segment(a / sample_rate, b / sample_rate, signal[a:b])
+        for a, b in _item_bounds(int(signal.shape[0]), item, min_last)
+    ]
+
+
+def iter_items(
+    path: PathLike,
+    sample_rate: int,
+    item_seconds: float = 10.0,
+    min_last_seconds: float = 1.0,
+) -> tuple[AudioInfo, Iterator[Segment], list[AudioWarning]]:
+    """Stream a file's items (same rule as split_items) holding about one item in memory.
+
+    Returns the header, a generator of Segments and the warnings list, which is complete once
+    the generator is exhausted. Errors found while decoding raise AudioError from the generator.
+    """
+    info, blocks, warnings = _stream_mono(path, sample_rate)
+    item, min_last = _item_lengths(item_seconds, min_last_seconds, sample_rate)
+
+    def items() -> Iterator[Segment]:
+        buf = np.zeros(0, np.float32)
+        start = 0  # sample offset of buf[0] in the whole signal
+        for block in blocks:
+            buf = np.concatenate([buf, block]) if buf.size else block
+            # A window is final once at least min_last samples follow it: whatever comes after
+            # is then a window or a tail of its own, never merged back into this one.
+            while buf.size >= item and buf.size - item >= min_last:
+                yield Segment(start / sample_rate, (start + item) / sample_rate, buf[:item].copy())
+                buf = buf[item:]
+                start += item
+        if buf.size == 0:
+            return
+        for a, b in _item_bounds(buf.size, item, min_last):
+            yield Segment((start + a) / sample_rate, (start + b) / sample_rate, buf[a:b])
+
+    return info, items(), warnings
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def has_audio_extension(path: PathLike) -> bool:
+    return os.path.splitext(os.fsdecode(path))[1].lower() in AUDIO_EXTENSIONS
+
+
+def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
+    """Audio files under `paths`, recursively: absolute, each real file once, sorted.
+
+    Hidden entries and files without an audio extension are skipped silently; directory symlink
+    loops, broken links and unreadable folders are survived. A file named explicitly is yielded
+    if it has an audio extension. A path that does not exist raises AudioError.
+    """
+    roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
+    for r in roots:
+        if not os.path.lexists(r) or (os.path.islink(r) and not os.path.exists(r)):
+            raise AudioError(display_path(r), "no such file or directory")
+
+    found: list[tuple[str, tuple[int, int]]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    stack: list[str] = []
+    for r in roots:
+        try:
+            st = os.stat(r)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            stack.append(str(r))
+        elif stat.S_ISREG(st.st_mode) and has_audio_extension(r):
+            found.append((str(r), (st.st_dev, st.st_ino)))
+
+    while stack:
+        d = stack.pop()
+        try:
+            dst = os.stat(d)
+        except OSError:
+            continue
+        key = (dst.st_dev, dst.st_ino)
+        if key in seen_dirs:
+            continue  # symlink loop, or the same folder reached twice
+        seen_dirs.add(key)
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for e in entries:
+            if _is_hidden(e.name):
+                continue
+            try:
+                if e.is_dir():
+                    stack.append(e.path)
+                elif has_audio_extension(e.name) and e.is_file():
+                    est = e.stat()
+                    found.append((e.path, (est.st_dev, est.st_ino)))
+            except OSError:
+                continue  # vanished or unreadable mid-scan
+
+    found.sort(key=lambda t: t[0])
+    seen_files: set[tuple[int, int]] = set()
+    for p, key in found:
+        if key in seen_files:
+            continue
+        seen_files.add(key)
+        yield Path(p)
