@@ -1,13 +1,233 @@
-"""Placeholder: being written."""
+"""`soundsearch index` and `soundsearch status`: build the feature store and describe it."""
 
-from soundsearch.errors import SoundsearchError
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from soundsearch.cli._common import JsonOption, QuietOption, StoreOption, err, out, progress
+
+# Mirrors soundsearch.features' registry (tests check they agree); spelled out here so that
+# `--help` and completion need not import the featurizers.
+class FeaturizerName(str, Enum):
+    logmel = "logmel"
+    openl3 = "openl3"
 
 
-def index() -> None:
-    """Not available yet."""
-    raise SoundsearchError("'index' is not implemented yet")
+SHOW_FAILED = 5
 
 
-def status() -> None:
-    """Not available yet."""
-    raise SoundsearchError("'status' is not implemented yet")
+def _shown(path: Any) -> str:
+    """Printable, markup-safe path (names need not be UTF-8 and may contain brackets)."""
+    return escape(os.fsencode(path).decode("utf-8", "backslashreplace"))
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value  # plain strings need no quotes: stats=mean,max
+    return params
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _human_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h} h {m:02d} min"
+    if m:
+        return f"{m} min {s:02d} s"
+    return f"{seconds:.1f} s"
+
+
+def index(
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Audio files or folders (searched recursively). None: refresh every folder the store has indexed.",
+            show_default=False,
+        ),
+    ] = None,
+    store: StoreOption = None,
+    featurizer: Annotated[
+        Optional[FeaturizerName],
+        typer.Option("--featurizer", "-f", help="Featurizer for a new store (default logmel); an existing store keeps its own."),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("--param", "-p", help="Featurizer parameter KEY=VALUE, repeatable (e.g. stats=mean,std,max).", metavar="KEY=VALUE"),
+    ] = None,
+    jobs: Annotated[
+        Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes. Default: all cores.", show_default=False)
+    ] = None,
+    quiet: QuietOption = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 if any file could not be indexed.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="If another process is indexing into the store, wait for it instead of failing.")] = False,
+    json_out: JsonOption = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, help="Files per store commit.")] = 64,
+) -> None:
+    """Add audio files to the feature store, or bring it up to date.
+
+    Only new and changed files are decoded; unchanged ones are recognised by size and
+    modification time, and files deleted from an indexed folder leave the store. Files that
+    cannot be read are listed and skipped (the run still succeeds unless --strict).
+
+    Example:  soundsearch index ~/Sounds/Foley ~/Sounds/Ambiences --jobs 4
+    """
+    from soundsearch.indexing import IndexProgress, index_paths
+    from soundsearch.paths import resolve_store_dir
+
+    store_dir = resolve_store_dir(store)
+    params = _parse_params(param or [])
+    with progress(quiet, *_rate_columns()) as bar:
+        task = None
+
+        def on_progress(p: IndexProgress) -> None:
+            nonlocal task
+            if bar is None:
+                return
+            if p.phase == "scan" and task is None:
+                task = bar.add_task("scanning", total=None, audio=0.0, rate=False)
+            elif p.phase == "featurize":
+                if p.done == 0 and p.total == 0:
+                    bar.update(task, total=1, completed=1, description="up to date")
+                elif p.done == 0:
+                    bar.reset(task, total=p.total, description="indexing", audio=0.0, rate=True)
+                else:
+                    bar.update(task, completed=p.done, audio=p.audio_seconds)
+            elif p.phase == "compact":
+                bar.update(task, description="compacting")
+
+        report = index_paths(
+            store_dir,
+            paths or [],
+            featurizer_name=featurizer.value if featurizer else None,
+            featurizer_params=params or None,
+            jobs=jobs,
+            on_progress=on_progress,
+            wait=wait,
+            batch_size=batch_size,
+        )
+    if json_out:
+        typer.echo(json.dumps(report.to_json()))
+    elif not quiet:
+        _summary(report)
+    failing = len(report.failed) + len(report.still_failed)
+    if strict and failing:
+        err.print(f"[bold red]error:[/] {failing} file(s) could not be indexed (--strict)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _rate_columns() -> list:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        """Throughput in files/s and in hours of audio per second, the two numbers that matter."""
+
+        def render(self, task) -> Text:
+            elapsed = task.elapsed or 0.0
+            if elapsed <= 0 or not task.completed or not task.fields.get("rate"):
+                return Text("")
+            hours = task.fields.get("audio", 0.0) / 3600.0
+            return Text(
+                f"{task.completed / elapsed:.1f} files/s {hours / elapsed:.2f} audio-h/s",
+                style="cyan", no_wrap=True, overflow="ellipsis",
+            )
+
+    return [Rate()]
+
+
+def _summary(report) -> None:
+    parts = [
+        f"{report.added} added",
+        f"{report.updated} updated",
+        f"{report.unchanged} unchanged",
+        f"{len(report.removed)} removed",
+        f"{len(report.failed)} failed",
+        f"{len(report.warnings)} warnings",
+    ]
+    err.print(
+        f"{_shown(report.store)}: " + ", ".join(parts)
+        + f" ({report.items_added} items, {_human_duration(report.audio_seconds)} of audio in {report.seconds:.1f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for label, paths in (("removed", report.removed), ("library folder missing, skipped", report.missing_roots)):
+        for p in paths[:SHOW_FAILED]:
+            err.print(f"  {label}: {_shown(p)}", highlight=False, soft_wrap=True)
+        if len(paths) > SHOW_FAILED:
+            err.print(f"  ... and {len(paths) - SHOW_FAILED} more {label}", highlight=False, soft_wrap=True)
+    if report.failed:
+        err.print("[yellow]failed:[/]", highlight=False, soft_wrap=True)
+        for p, reason in report.failed[:SHOW_FAILED]:
+            err.print(f"  {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        if len(report.failed) > SHOW_FAILED:
+            err.print(f"  ... and {len(report.failed) - SHOW_FAILED} more (soundsearch status lists them)", highlight=False, soft_wrap=True)
+    if report.still_failed:
+        err.print(
+            f"{len(report.still_failed)} file(s) failed in an earlier run and are unchanged, so were not retried "
+            "(soundsearch status lists them)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
+    """Describe the feature store: featurizer, files, items, audio duration, failures, size.
+
+    Example:  soundsearch status --json
+    """
+    from soundsearch.paths import resolve_store_dir
+    from soundsearch.store import Store
+
+    with Store.open(resolve_store_dir(store)) as st:
+        stats = st.stats()
+        failures = st.failures()
+    if json_out:
+        doc = stats.to_json()
+        doc["failed_files"] = [
+            {"path": os.fsencode(p).decode("utf-8", "backslashreplace"), "reason": r} for p, r in failures
+        ]
+        typer.echo(json.dumps(doc))
+        return
+    rows = [
+        ("store", _shown(stats.path)),
+        ("featurizer", f"{escape(stats.featurizer_name)}  [dim]{escape(stats.featurizer_identity)}[/]"),
+        ("files", f"{stats.files}"),
+        ("items", f"{stats.items} (items of up to {stats.item_seconds:g} s)"),
+        ("audio", _human_duration(stats.duration)),
+        ("failures", f"{stats.failures}"),
+        ("on disk", _human_bytes(stats.bytes_on_disk)),
+    ]
+    for i, root in enumerate(stats.roots):
+        rows.append(("libraries" if i == 0 else "", _shown(root)))
+    for key, value in rows:
+        out.print(f"[bold]{key:<11}[/]{value}", highlight=False, soft_wrap=True)
+    if failures:
+        out.print("[yellow]failed files:[/]", highlight=False, soft_wrap=True)
+        for p, reason in failures[:SHOW_FAILED]:
+            out.print(f"  {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        if len(failures) > SHOW_FAILED:
+            out.print(f"  ... and {len(failures) - SHOW_FAILED} more (--json lists all)", highlight=False, soft_wrap=True)

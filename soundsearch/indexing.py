@@ -1,0 +1,320 @@
+"""Index library folders into a feature store: scan, stat, featurize what changed, commit in batches.
+
+Featurization runs in joblib worker processes; the parent alone touches the store, writing every
+`batch_size` files (or every `batch_seconds`), so a kill loses at most one batch of work and the
+next run picks up where the last committed batch ended.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from soundsearch.errors import AudioError, SoundsearchError, StoreError
+from soundsearch.store import STATUS_FAILED, STATUS_OK, FileEntry, Store, StoreWriter, _display
+
+
+@dataclass
+class IndexProgress:
+    """Handed to `on_progress`: phase is "scan", "featurize" or "compact"."""
+
+    phase: str
+    done: int = 0
+    total: int = 0
+    audio_seconds: float = 0.0
+    path: Path | None = None
+
+
+@dataclass
+class IndexReport:
+    store: Path
+    featurizer_identity: str = ""
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    # Files that failed in an earlier run and have not changed since, so were not retried.
+    still_failed: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[tuple[Path, str]] = field(default_factory=list)
+    # Recorded library folders that were not there this time (unmounted drive?): left alone.
+    missing_roots: list[Path] = field(default_factory=list)
+    items_added: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    compacted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": _display(self.store),
+            "featurizer": self.featurizer_identity,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": [_display(p) for p in self.removed],
+            "failed": [{"path": _display(p), "reason": r} for p, r in self.failed],
+            "still_failed": [{"path": _display(p), "reason": r} for p, r in self.still_failed],
+            "warnings": [{"path": _display(p), "reason": r} for p, r in self.warnings],
+            "missing_roots": [_display(p) for p in self.missing_roots],
+            "items_added": self.items_added,
+            "audio_seconds": round(self.audio_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# One featurizer per worker process, rebuilt from its spec once rather than unpickled per task.
+_WORKER_FEATURIZERS: dict[str, Any] = {}
+
+
+def _worker_featurizer(spec: dict, identity: str):
+    fz = _WORKER_FEATURIZERS.get(identity)
+    if fz is None:
+        from soundsearch.features import featurizer_from_spec
+
+        fz = _WORKER_FEATURIZERS[identity] = featurizer_from_spec(spec)
+    return fz
+
+
+def _featurize(path: str, size: int, mtime_ns: int, spec: dict, identity: str, item_seconds: float) -> FileEntry:
+    """Worker side: one file in, one FileEntry out; a bad file is a failed entry, not a crash."""
+    import numpy as np
+
+    from soundsearch.features import featurize_file
+
+    entry = FileEntry(path=Path(path), size=size, mtime_ns=mtime_ns)
+    fz = _worker_featurizer(spec, identity)
+    try:
+        ff = featurize_file(path, fz, item_seconds=item_seconds)
+    except AudioError as exc:
+        entry.status, entry.error = STATUS_FAILED, exc.reason
+        return entry
+    except (ValueError, MemoryError, OverflowError, RuntimeError) as exc:
+        # A decoder or featurizer tripping over one odd file must not sink a library's batch.
+        entry.status, entry.error = STATUS_FAILED, f"could not be featurized ({type(exc).__name__}: {exc})"
+        return entry
+    feats = np.asarray(ff.features, dtype=np.float32)
+    if feats.shape[0] != len(ff.segments) or not np.isfinite(feats).all():
+        entry.status, entry.error = STATUS_FAILED, "featurizer produced invalid values"
+        return entry
+    entry.features = feats
+    entry.segments = [(float(a), float(b)) for a, b in ff.segments]
+    entry.duration = float(ff.info.duration)
+    entry.samplerate = int(ff.info.samplerate)
+    entry.channels = int(ff.info.channels)
+    entry.warnings = [getattr(w, "reason", str(w)) for w in ff.warnings]
+    return entry
+
+
+def _resolve_jobs(jobs: int | None, n_tasks: int) -> int:
+    cores = os.cpu_count() or 1
+    n = cores if jobs is None or jobs <= 0 else jobs
+    # Starting worker processes costs more than featurizing a couple of files.
+    return max(1, min(n, n_tasks if n_tasks > 2 else 1))
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def index_paths(
+    store_dir: Path | str,
+    paths: Iterable[Path | str],
+    featurizer_name: str | None = None,
+    featurizer_params: dict | None = None,
+    jobs: int | None = None,
+    on_progress: Callable[[IndexProgress], None] | None = None,
+    item_seconds: float | None = None,
+    *,
+    wait: bool = False,
+    batch_size: int = 64,
+    batch_seconds: float = 10.0,
+) -> IndexReport:
+    """Bring the store at `store_dir` up to date with the audio files under `paths`.
+
+    New and changed files (size or mtime_ns differ) are featurized, unchanged ones only stat'ed,
+    catalogued files under a given folder that are gone are removed. With no `paths`, every
+    library folder the store has seen is refreshed (ones that are missing are skipped and
+    reported, never emptied). Raises StoreLockedError when another process is writing (unless
+    `wait`), FeaturizerMismatchError when the featurizer differs from the store's, StoreError for
+    an unusable store, SoundsearchError for a missing path.
+    """
+    from soundsearch import audio
+    from soundsearch.features import featurizer_from_spec, get_featurizer
+
+    t0 = time.perf_counter()
+    store_dir = Path(store_dir).expanduser().absolute()
+    roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
+    for r in roots:
+        if not os.path.exists(r):
+            raise SoundsearchError(f"{_display(r)}: no such file or directory")
+        if os.path.isfile(r) and not audio.has_audio_extension(r):
+            raise SoundsearchError(
+                f"{_display(r)}: not a supported audio file (extensions: {', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
+            )
+
+    requested = None
+    if featurizer_name is not None or featurizer_params:
+        requested = get_featurizer(featurizer_name, **(featurizer_params or {}))
+
+    exists = (store_dir / "catalog.sqlite").exists()
+    if not exists and not roots:
+        raise StoreError(f"no store at {_display(store_dir)}: give the folders to index")
+    if not exists:
+        # Create under the lock so two first runs do not race to create it.
+        from soundsearch.store import _check_foreign, store_lock
+
+        _check_foreign(store_dir)
+        with store_lock(store_dir, wait=wait):
+            Store.open(store_dir, create=True, featurizer=requested or get_featurizer(None),
+                       item_seconds=item_seconds).close()
+
+    with Store.open(store_dir, item_seconds=item_seconds) as store:
+        spec, identity = store.featurizer_spec, store.featurizer_identity
+        # `--featurizer logmel` on a store made by logmel with other parameters means "this
+        # store's logmel", not "logmel with default parameters".
+        if requested is not None and (featurizer_params or requested.name != spec.get("name")):
+            store._check_request(requested, None)
+        else:
+            requested = None
+        fz = requested or featurizer_from_spec(spec)  # fails early, e.g. for missing weights
+        if fz.identity != identity:
+            raise StoreError(
+                f"the store at {_display(store_dir)} was made by {identity!r}, which this soundsearch "
+                f"rebuilds as {fz.identity!r}: index into a new store"
+            )
+        report = IndexReport(store=store_dir, featurizer_identity=identity)
+        with store.writer(wait=wait) as writer:
+            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run(
+    store: Store,
+    writer: StoreWriter,
+    roots: list[Path],
+    fz,
+    jobs: int | None,
+    on_progress: Callable[[IndexProgress], None] | None,
+    batch_size: int,
+    batch_seconds: float,
+    report: IndexReport,
+) -> None:
+    from soundsearch import audio
+
+    notify = on_progress or (lambda _p: None)
+    if not roots:
+        known = store.roots()
+        roots = [r for r in known if os.path.exists(r)]
+        report.missing_roots = [r for r in known if not os.path.exists(r)]
+    else:
+        writer.add_roots(roots)
+
+    notify(IndexProgress("scan"))
+    catalog = store.files()
+    todo: list[tuple[str, int, int]] = []
+    seen: set[str] = set()
+    for p in audio.scan(roots):
+        key = str(p)
+        seen.add(key)
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # vanished since the scan; the next run removes it
+        known = catalog.get(key)
+        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
+            report.unchanged += 1
+            if known.status == STATUS_FAILED:
+                report.still_failed.append((known.path, known.error or ""))
+            continue
+        todo.append((key, st.st_size, st.st_mtime_ns))
+
+    # Only folders named in this run (or refreshed) are checked for deletions.
+    gone = [
+        rec.path for key, rec in catalog.items()
+        if key not in seen and any(_under(key, str(r)) for r in roots)
+    ]
+    if gone:
+        writer.remove_files(gone)
+        report.removed = sorted(gone)
+
+    _featurize_all(writer, todo, catalog, fz, store.item_seconds, jobs, notify, batch_size, batch_seconds, report)
+
+    if writer.holes():
+        notify(IndexProgress("compact"))
+        report.compacted = writer.compact()
+
+
+def _featurize_all(
+    writer: StoreWriter,
+    todo: list[tuple[str, int, int]],
+    catalog: dict,
+    fz,
+    item_seconds: float,
+    jobs: int | None,
+    notify: Callable[[IndexProgress], None],
+    batch_size: int,
+    batch_seconds: float,
+    report: IndexReport,
+) -> None:
+    total = len(todo)
+    notify(IndexProgress("featurize", 0, total))
+    if not total:
+        return
+    spec, identity = fz.spec(), fz.identity
+    _WORKER_FEATURIZERS[identity] = fz  # the in-process path (jobs=1) reuses the parent's
+    n_jobs = _resolve_jobs(jobs, total)
+    results: Iterator[FileEntry]
+    if n_jobs == 1:
+        results = (_featurize(p, s, m, spec, identity, item_seconds) for p, s, m in todo)
+    else:
+        from joblib import Parallel, delayed
+
+        # Ordered results keep array rows in scan order, so a re-index is reproducible.
+        results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
+            delayed(_featurize)(p, s, m, spec, identity, item_seconds) for p, s, m in todo
+        )
+
+    pending: list[FileEntry] = []
+    last_flush = time.monotonic()
+    done = 0
+
+    def flush() -> None:
+        nonlocal pending, last_flush
+        if pending:
+            writer.write_files(pending)
+            for e in pending:
+                _account(e, catalog, report)
+            pending = []
+        last_flush = time.monotonic()
+
+    try:
+        for entry in results:
+            pending.append(entry)
+            done += 1
+            if entry.status == STATUS_OK:
+                report.audio_seconds += entry.duration or 0.0
+            notify(IndexProgress("featurize", done, total, report.audio_seconds, entry.path))
+            if len(pending) >= batch_size or time.monotonic() - last_flush >= batch_seconds:
+                flush()
+    except KeyboardInterrupt:
+        # Keep what is already featurized; the interrupted rest is picked up next run.
+        flush()
+        raise
+    flush()
+
+
+def _account(e: FileEntry, catalog: dict, report: IndexReport) -> None:
+    known = str(e.path) in catalog
+    if e.status == STATUS_OK:
+        if known:
+            report.updated += 1
+        else:
+            report.added += 1
+        report.items_added += len(e.segments)
+        report.warnings.extend((e.path, w) for w in e.warnings)
+    else:
+        report.failed.append((e.path, e.error or "unknown error"))
