@@ -9,6 +9,7 @@ from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from soundsearch.errors import SoundsearchError
 
@@ -29,7 +30,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Escaped and never wrapped: messages carry paths (which may contain "[...]") and
+    # featurizer identities longer than a terminal line, and scripts grep them.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
