@@ -81,6 +81,10 @@ def index(
     jobs: Annotated[
         Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes. Default: all cores.", show_default=False)
     ] = None,
+    item_seconds: Annotated[
+        Optional[float],
+        typer.Option("--item-seconds", min=0.1, help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
+    ] = None,
     quiet: QuietOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 if any file could not be indexed.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is indexing into the store, wait for it instead of failing.")] = False,
@@ -125,6 +129,7 @@ def index(
             featurizer_name=featurizer.value if featurizer else None,
             featurizer_params=params or None,
             jobs=jobs,
+            item_seconds=item_seconds,
             on_progress=on_progress,
             wait=wait,
             batch_size=batch_size,

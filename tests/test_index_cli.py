@@ -1,0 +1,307 @@
+"""`soundsearch index` and `status` end to end, plus index_paths' incremental behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import chirp, noise_bursts, tone, write_audio
+from soundsearch.cli import app
+from soundsearch.cli.index import FeaturizerName
+from soundsearch.features import available_featurizers, featurize_file, get_featurizer
+from soundsearch.indexing import index_paths
+from soundsearch.store import Store, store_lock
+
+SR = 8000  # small files; the featurizer resamples to its own rate anyway
+
+
+def make_library(root: Path) -> dict[str, int]:
+    """A few short files in several formats; returns the expected item count per file name."""
+    write_audio(root / "tone.wav", tone(440, 1.0, SR), SR)
+    write_audio(root / "sub" / "noise.flac", noise_bursts(0.8, SR, seed=1), SR)
+    write_audio(root / "sub" / "chirp.ogg", chirp(100, 3000, 1.2, SR), SR, format="OGG", subtype="VORBIS")
+    write_audio(root / "LOUD.WAV", tone(220, 0.5, SR, amp=0.9), SR, subtype="PCM_24")
+    # 23 s at 5 s items: 4 full windows plus a 3 s tail of its own.
+    write_audio(root / "long.aiff", chirp(200, 2000, 23.0, SR), SR, format="AIFF")
+    return {"tone.wav": 1, "noise.flac": 1, "chirp.ogg": 1, "LOUD.WAV": 1, "long.aiff": 5}
+
+
+def run(*args: str, **kw):
+    return CliRunner().invoke(app, list(args), **kw)
+
+
+def per_path(store_dir: Path) -> dict[str, np.ndarray]:
+    with Store.open(store_dir) as st:
+        assert st.verify() == []
+        feats = st.features()
+        out: dict[str, list] = {}
+        for it in st.items():
+            out.setdefault(str(it.path), []).append(np.array(feats[it.row]))
+        return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.fixture
+def library(tmp_path):
+    lib = tmp_path / "lib"
+    return lib, make_library(lib)
+
+
+def test_index_then_status(library, store_dir):
+    lib, expected = library
+    result = run("index", str(lib), "--jobs", "1", "--item-seconds", "5", "--json")
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.stdout)
+    assert (rep["added"], rep["updated"], rep["unchanged"], rep["removed"], rep["failed"]) == (5, 0, 0, [], [])
+    assert rep["items_added"] == sum(expected.values())
+    with Store.open(store_dir) as st:
+        counts = {}
+        for it in st.items():
+            counts[it.path.name] = counts.get(it.path.name, 0) + 1
+        assert counts == expected
+        assert all(it.path.is_absolute() for it in st.items())
+        long_items = st.items_for_path(lib / "long.aiff")
+        assert [(i.start, i.end) for i in long_items] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+        assert st.features().shape == (9, 10, 128)
+        # Stored rows are exactly what featurizing the file directly gives.
+        fz = st.featurizer()
+        direct = featurize_file(lib / "long.aiff", fz, item_seconds=5.0).features
+        np.testing.assert_allclose(st.features()[[i.row for i in long_items]], direct, rtol=0, atol=1e-5)
+
+    result = run("status", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)  # exactly one JSON document, nothing else on stdout
+    assert doc["files"] == 5 and doc["items"] == 9 and doc["failures"] == 0
+    assert doc["featurizer"]["name"] == "logmel"
+    assert doc["duration_seconds"] == pytest.approx(1.0 + 0.8 + 1.2 + 0.5 + 23.0, abs=1e-3)
+    assert doc["roots"] == [str(lib)]
+    assert doc["store"] == str(store_dir)
+    assert doc["bytes_on_disk"] >= 9 * 10 * 128 * 4
+
+    result = run("status")
+    assert result.exit_code == 0
+    assert f"store      {store_dir}" in result.stdout
+    assert "items      9 (items of up to 5 s)" in result.stdout
+    assert "audio      26.5 s" in result.stdout
+
+
+def test_cli_index_reports_and_is_incremental(library, store_dir, tmp_path):
+    lib, _ = library
+    result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # messages go to stderr
+    assert "5 added, 0 updated, 0 unchanged, 0 removed, 0 failed" in result.stderr
+    before = per_path(store_dir)
+    with Store.open(store_dir) as st:
+        fp = st.fingerprint()
+
+    # Unchanged library: nothing decoded, nothing written.
+    result = run("index", str(lib), "--jobs", "1", "--json")
+    rep = json.loads(result.stdout)
+    assert (rep["added"], rep["updated"], rep["unchanged"], rep["items_added"]) == (0, 0, 5, 0)
+    with Store.open(store_dir) as st:
+        assert st.fingerprint() == fp
+
+    # touch: same bytes, new mtime -> re-featurized, same features
+    st_ = os.stat(lib / "tone.wav")
+    os.utime(lib / "tone.wav", ns=(st_.st_atime_ns, st_.st_mtime_ns + 5_000_000_000))
+    # modify: new content
+    write_audio(lib / "sub" / "noise.flac", noise_bursts(0.8, SR, seed=7), SR)
+    # delete
+    (lib / "LOUD.WAV").unlink()
+    result = run("index", str(lib), "--jobs", "1", "--json")
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.stdout)
+    assert (rep["added"], rep["updated"], rep["unchanged"]) == (0, 2, 2)
+    assert rep["removed"] == [str(lib / "LOUD.WAV")]
+    after = per_path(store_dir)
+    assert set(after) == set(before) - {str(lib / "LOUD.WAV")}
+    np.testing.assert_array_equal(after[str(lib / "tone.wav")], before[str(lib / "tone.wav")])
+    assert not np.allclose(after[str(lib / "sub" / "noise.flac")], before[str(lib / "sub" / "noise.flac")])
+    np.testing.assert_array_equal(after[str(lib / "long.aiff")], before[str(lib / "long.aiff")])
+
+    # The same library indexed from scratch gives the same store contents.
+    fresh = tmp_path / "fresh"
+    index_paths(fresh, [lib], jobs=1)
+    clean = per_path(fresh)
+    assert set(clean) == set(after)
+    for k in clean:
+        np.testing.assert_array_equal(clean[k], after[k])
+    with Store.open(store_dir) as st:
+        assert st.fingerprint() != fp
+        assert isinstance(st.features().base, np.memmap)  # compacted: no copy on read
+
+
+def test_bad_files_are_named_skipped_and_retried_only_when_changed(tmp_path, store_dir):
+    lib = tmp_path / "lib"
+    write_audio(lib / "good.wav", tone(300, 0.5, SR), SR)
+    (lib / "garbage.wav").write_bytes(os.urandom(2000))
+    (lib / "empty.wav").write_bytes(b"")
+    write_audio(lib / "nan.wav", np.full(800, np.nan, np.float32), SR, subtype="FLOAT")
+    write_audio(lib / "silent.wav", np.zeros(4000, np.float32), SR)
+    (lib / "notes.txt").write_text("not audio, not reported")
+
+    result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    err = result.stderr
+    assert "2 added, 0 updated, 0 unchanged, 0 removed, 3 failed, 1 warnings" in err
+    assert f"{lib / 'empty.wav'}: empty file (0 bytes)" in err
+    assert f"{lib / 'garbage.wav'}: not decodable as audio" in err
+    assert f"{lib / 'nan.wav'}: contains non-finite samples" in err
+    assert "notes.txt" not in err
+
+    status = json.loads(run("status", "--json").stdout)
+    assert status["files"] == 2 and status["failures"] == 3
+    assert {f["path"] for f in status["failed_files"]} == {str(lib / n) for n in ("empty.wav", "garbage.wav", "nan.wav")}
+    assert "failed files:" in run("status").stdout
+
+    # Unchanged failures are not retried, but --strict still counts them.
+    result = run("index", str(lib), "--jobs", "1", "--strict", "--json")
+    assert result.exit_code == 1
+    rep = json.loads(result.stdout)
+    assert rep["failed"] == [] and len(rep["still_failed"]) == 3 and rep["unchanged"] == 5
+    assert "3 file(s) could not be indexed (--strict)" in result.stderr
+
+    # Repairing a file gets it indexed on the next run.
+    write_audio(lib / "empty.wav", tone(500, 0.5, SR), SR)
+    rep = json.loads(run("index", str(lib), "--jobs", "1", "--json").stdout)
+    assert rep["updated"] == 1 and rep["failed"] == [] and len(rep["still_failed"]) == 2
+    with Store.open(store_dir) as st:
+        assert len(st.items_for_path(lib / "empty.wav")) == 1
+        assert st.stats().failures == 2
+
+
+def test_failures_past_the_first_few_are_counted(tmp_path, store_dir):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(8):
+        (lib / f"bad{i}.wav").write_bytes(b"RIFF" + bytes(40))
+    result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 0
+    assert result.stderr.count(": ") >= 5
+    assert "... and 3 more" in result.stderr
+
+
+def test_several_roots_share_a_store(tmp_path, store_dir):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_audio(a / "x.wav", tone(300, 0.4, SR), SR)
+    write_audio(b / "y.wav", tone(600, 0.4, SR), SR)
+    write_audio(b / "z.wav", tone(900, 0.4, SR), SR)
+    assert run("index", str(a), "--jobs", "1").exit_code == 0
+    assert run("index", str(b), "--jobs", "1").exit_code == 0
+    with Store.open(store_dir) as st:
+        assert sorted(p.name for p in {i.path for i in st.items()}) == ["x.wav", "y.wav", "z.wav"]
+        assert st.roots() == [a, b]
+
+    # A deletion is noticed only when its folder is indexed (or all are refreshed).
+    (a / "x.wav").unlink()
+    rep = json.loads(run("index", str(b), "--jobs", "1", "--json").stdout)
+    assert rep["removed"] == [] and rep["unchanged"] == 2
+    rep = json.loads(run("index", "--jobs", "1", "--json").stdout)  # no PATH: every known folder
+    assert rep["removed"] == [str(a / "x.wav")] and rep["unchanged"] == 2
+
+    # A library folder that is not there (an unmounted drive) is skipped, not emptied.
+    shutil.move(b, tmp_path / "b-away")
+    result = run("index", "--jobs", "1")
+    assert result.exit_code == 0
+    assert f"library folder missing, skipped: {b}" in result.stderr
+    with Store.open(store_dir) as st:
+        assert len(st.items()) == 2
+
+
+def test_user_errors_exit_1(tmp_path, store_dir, library):
+    lib, _ = library
+    # Brackets would be rich markup, and a long path must not be wrapped: both verbatim.
+    missing = tmp_path / ("[take 1] " + "x" * 90)
+    result = run("index", str(missing))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: {missing}: no such file or directory"
+    (tmp_path / "notes.txt").write_text("x")
+    result = run("index", str(tmp_path / "notes.txt"))
+    assert result.exit_code == 1 and "not a supported audio file" in result.stderr
+    result = run("status")
+    assert result.exit_code == 1
+    assert f"no store at {store_dir}" in result.stderr
+    result = run("index", "--jobs", "1")
+    assert result.exit_code == 1 and "give the folders to index" in result.stderr
+    # --store pointing at a folder of other files
+    result = run("index", str(lib), "--store", str(lib), "--jobs", "1")
+    assert result.exit_code == 1 and "holds no soundsearch store" in result.stderr
+
+
+def test_featurizer_mismatch_is_refused(library, store_dir):
+    lib, _ = library
+    assert run("index", str(lib / "tone.wav"), "--jobs", "1").exit_code == 0
+    result = run("index", str(lib), "--param", "stats=mean,max", "--jobs", "1")
+    assert result.exit_code == 1
+    assert "featurizers cannot be mixed in one store" in result.stderr
+    # Naming the store's own featurizer is fine.
+    assert run("index", str(lib / "tone.wav"), "--featurizer", "logmel", "--jobs", "1").exit_code == 0
+
+
+def test_featurizer_params_reach_a_new_store(library, tmp_path):
+    lib, _ = library
+    result = run("index", str(lib / "tone.wav"), "--store", str(tmp_path / "s"), "-p", "stats=mean,std,max", "-j", "1")
+    assert result.exit_code == 0, result.output
+    with Store.open(tmp_path / "s") as st:
+        assert st.featurizer_spec["params"]["stats"] == "mean,std,max"
+        assert st.features().shape == (1, 10, 384)
+
+
+def test_second_index_while_locked_is_refused_or_waits(library, store_dir):
+    lib, _ = library
+    assert run("index", str(lib / "tone.wav"), "--jobs", "1").exit_code == 0
+    with store_lock(store_dir):
+        result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 1
+    assert "is being updated by another soundsearch process" in result.stderr
+    assert "--wait" in result.stderr
+
+    released = threading.Event()
+
+    def hold():
+        with store_lock(store_dir):
+            held.set()
+            time.sleep(0.5)
+        released.set()
+
+    held = threading.Event()
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    result = run("index", str(lib), "--jobs", "1", "--wait", "--quiet")
+    t.join()
+    assert result.exit_code == 0, result.output
+    assert released.is_set()
+    assert result.stderr == ""  # --quiet
+
+
+def test_parallel_workers_give_the_same_store(library, tmp_path):
+    lib, _ = library
+    index_paths(tmp_path / "one", [lib], jobs=1)
+    rep = index_paths(tmp_path / "two", [lib], jobs=2)
+    assert rep.added == 5
+    a, b = per_path(tmp_path / "one"), per_path(tmp_path / "two")
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    with Store.open(tmp_path / "one") as s1, Store.open(tmp_path / "two") as s2:
+        assert [(i.path, i.start) for i in s1.items()] == [(i.path, i.start) for i in s2.items()]
+
+
+def test_featurizer_choices_match_the_registry():
+    assert sorted(f.value for f in FeaturizerName) == sorted(available_featurizers())
+
+
+def test_help_has_examples():
+    for cmd in ("index", "status"):
+        result = run(cmd, "--help")
+        assert result.exit_code == 0
+        assert "Example:" in result.stdout
