@@ -58,3 +58,7 @@ class DatasetError(SoundsearchError):
 
 class DownloadError(SoundsearchError):
     """A download that failed, or whose checksum does not match."""
+
+
+class SearchError(SoundsearchError):
+    """A query that cannot be answered as asked: unknown category, bad filter or features."""
