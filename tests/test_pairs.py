@@ -1,0 +1,99 @@
+"""Balanced training pairs: coverage per category and situation, dedup, reproducibility."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from soundsearch.pairs import _sample_subsets, make_pairs, summarise_pairs
+from soundsearch.presence import presence_targets
+
+
+def random_labels(n: int, prevalence, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, len(prevalence))) < np.asarray(prevalence)).astype(np.uint8)
+
+
+def test_small_pools_are_taken_whole():
+    # With more partners wanted than exist, every recording pairs with every other one.
+    labels = np.array([[1, 0], [1, 1], [0, 0], [0, 1], [1, 0]], dtype=np.uint8)
+    pairs = make_pairs(labels, per_side=30, seed=0)
+    assert sorted(map(tuple, pairs.tolist())) == list(itertools.combinations(range(5), 2))
+
+
+def test_every_target_gets_its_partners_in_both_situations():
+    labels = random_labels(300, [0.5, 0.1, 0.03, 0.8])
+    k = 7
+    pairs = make_pairs(labels, per_side=k, seed=3)
+    assert pairs.dtype.kind == "i" and pairs.shape[1] == 2
+    assert np.all(pairs[:, 0] < pairs[:, 1])  # unordered, no self pairs
+    assert len(np.unique(pairs, axis=0)) == len(pairs)  # no duplicates
+    n = len(labels)
+    partners = [[] for _ in range(n)]
+    for a, b in pairs:
+        partners[a].append(b)
+        partners[b].append(a)
+    for i in range(n):
+        p = np.array(partners[i])
+        for c in range(labels.shape[1]):
+            same_pool = int((labels[:, c] == labels[i, c]).sum()) - 1
+            opp_pool = n - 1 - same_pool
+            same = int((labels[p, c] == labels[i, c]).sum())
+            # Dedup only merges a pair drawn twice, so each target keeps at least its quota.
+            assert same >= min(k, same_pool)
+            assert len(p) - same >= min(k, opp_pool)
+
+
+def test_pairs_are_balanced_per_category():
+    labels = random_labels(400, [0.5, 0.1])
+    pairs = make_pairs(labels, per_side=10, seed=1)
+    s = summarise_pairs(pairs, labels)
+    targets = presence_targets(labels[pairs[:, 0]], labels[pairs[:, 1]])
+    assert s.pairs == len(pairs) and s.recordings == 400
+    assert s.both == (targets == 0).sum(0).tolist()
+    assert s.neither == (targets == 1).sum(0).tolist()
+    assert s.differs == (targets == 2).sum(0).tolist()
+    # Balanced sampling: for the even category "differs" is about as common as agreement.
+    agree = s.both[0] + s.neither[0]
+    assert 0.6 < s.differs[0] / agree < 1.6
+    # The rare category still gets plenty of "differs" and some "both" pairs.
+    assert s.differs[1] > 0.2 * s.pairs and s.both[1] > 0
+
+
+def test_reproducible_with_seed():
+    labels = random_labels(200, [0.3, 0.6, 0.1])
+    a = make_pairs(labels, seed=5)
+    np.testing.assert_array_equal(a, make_pairs(labels, seed=5))
+    assert not np.array_equal(a, make_pairs(labels, seed=6))
+
+
+def test_floyd_subsets_are_uniform():
+    rng = np.random.default_rng(0)
+    draws = _sample_subsets(rng, 30000, 6, 2)
+    assert all(len(set(row)) == 2 for row in draws[:100].tolist())
+    counts = Counter(tuple(sorted(r)) for r in draws.tolist())
+    assert len(counts) == 15
+    expected = 30000 / 15
+    # 15 cells: a 5-sigma band on each count is far from flaky and catches a biased sampler.
+    assert all(abs(v - expected) < 5 * np.sqrt(expected) for v in counts.values())
+
+
+def test_paper_sized_pairs_are_fast():
+    labels = random_labels(2351, [0.62, 0.18, 0.25, 0.08, 0.33, 0.13, 0.47, 0.08])
+    t0 = time.perf_counter()
+    pairs = make_pairs(labels, seed=0)
+    elapsed = time.perf_counter() - t0
+    assert len(pairs) > 200_000
+    assert elapsed < 2.0  # typically ~0.1 s; generous for a loaded CI machine
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        make_pairs(np.zeros(5), seed=0)
+    with pytest.raises(ValueError):
+        make_pairs(np.zeros((5, 2)), per_side=0)
+    assert make_pairs(np.zeros((1, 2)), seed=0).shape == (0, 2)
