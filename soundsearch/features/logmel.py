@@ -11,8 +11,9 @@ so digital silence gives a finite -100 everywhere. A 10 s item has 1 + 220500 //
 frames; they are split into T = 10 contiguous groups and summarised per group by `stats`
 (see features.pool_steps), giving (10, 128 * len(stats)).
 
-Everything is vectorised over frames: one strided frame view, one batched real FFT and one
-matrix product with the precomputed filterbank per call.
+Everything is vectorised over frames, in float32: one strided frame view, one batched real
+FFT (scipy.fft when installed, else numpy.fft) and one matrix product with the precomputed
+filterbank per call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+try:
+    # scipy's pocketfft transforms float32 in float32, about 3x faster here than numpy's FFT
+    # (which is slower still on float32 than on float64). Results agree to float rounding.
+    from scipy import fft as _scipy_fft
+except ImportError:  # scipy is optional: numpy's FFT gives the same features, only slower
+    _scipy_fft = None
 
 from soundsearch.errors import FeaturizerError
 from soundsearch.features import Featurizer, check_signal, parse_stats, pool_steps
@@ -73,7 +81,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 @lru_cache(maxsize=8)
 def _hann(n: int) -> np.ndarray:
     # Periodic Hann (scipy's fftbins=True), as librosa uses for STFT.
-    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+    w = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
     w.setflags(write=False)
     return w
 
@@ -121,7 +129,6 @@ class LogMel(Featurizer):
         self.stats = parse_stats(stats)
         self.dim = n_mels * len(self.stats)
         self.frame_samples = n_fft
-        # float64 FFT: numpy's pocketfft is several times slower on float32 input here.
         self._fb_t = np.ascontiguousarray(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).T.astype(np.float32))
         self._window = _hann(n_fft)
 
@@ -144,16 +151,23 @@ class LogMel(Featurizer):
 
     def _frame_matrix(self, x: np.ndarray) -> np.ndarray:
         half = self.n_fft // 2
-        padded = np.zeros(x.size + 2 * half, np.float64)
+        padded = np.zeros(x.size + 2 * half, np.float32)
         padded[half : half + x.size] = x
         view = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
         return view * self._window
 
     def _logmel_of_frames(self, frames: np.ndarray) -> np.ndarray:
-        spec = np.fft.rfft(frames, axis=-1)
-        power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)
+        if _scipy_fft is not None:
+            spec = _scipy_fft.rfft(frames, axis=-1, workers=1, overwrite_x=True)
+        else:
+            spec = np.fft.rfft(frames.astype(np.float64), axis=-1)
+        power = np.abs(spec).astype(np.float32, copy=False)
+        power *= power
         mel = power @ self._fb_t
-        return 10.0 * np.log10(np.maximum(mel, AMIN, dtype=np.float32))
+        np.maximum(mel, np.float32(AMIN), out=mel)
+        np.log10(mel, out=mel)
+        mel *= np.float32(10.0)
+        return mel
 
     def frames(self, signal: np.ndarray) -> np.ndarray:
         """(F, n_mels) float32 log-Mel frames of a mono signal, before pooling."""

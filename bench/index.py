@@ -1,0 +1,245 @@
+"""Benchmark: featurizing speed of logmel vs a plain librosa pipeline, and an unchanged re-index.
+
+Generates a library of synthetic files (mixed lengths, sample rates, channel counts and
+formats) in a temporary folder, then measures, on one core (jobs=1, BLAS limited to one thread):
+
+  logmel_x_realtime_per_core   audio seconds per wall second: decode + mono + resample +
+                               item split + logmel, through soundsearch.features.featurize_file
+  librosa_x_realtime_per_core  the same files through librosa.load(sr=22050) +
+                               librosa.feature.melspectrogram + librosa.power_to_db
+  reindex_unchanged_s          wall time of soundsearch.indexing.index_paths on the library
+                               a second time, when nothing changed (left out if unavailable)
+
+Both pipelines read the same files from a warm page cache, are warmed up on a few files so
+one-off import and JIT costs are not counted, and run interleaved file by file so a busy
+machine slows both alike; CPU-time figures are printed beside the wall-time ones. Not a test: run it by hand,
+
+    python bench/index.py --files 300
+    python bench/index.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000)
+CHANNELS = (1, 1, 1, 2, 2, 2, 4, 6)
+# (extension, format, subtype, share)
+FORMATS = (
+    ("wav", "WAV", "PCM_16", 0.55),
+    ("flac", "FLAC", "PCM_16", 0.2),
+    ("wav", "WAV", "PCM_24", 0.1),
+    ("wav", "WAV", "FLOAT", 0.1),
+    ("aiff", "AIFF", "PCM_16", 0.05),
+)
+MAX_SECONDS = 30.0
+MIN_SECONDS = 0.5
+
+
+def _base_signal(rng: np.random.Generator, sr: int, channels: int) -> np.ndarray:
+    """30 s of tones, a chirp and gated noise; files are random slices of it (cheap to make)."""
+    n = int(MAX_SECONDS * sr)
+    t = np.arange(n, dtype=np.float64) / sr
+    out = np.empty((n, channels), np.float32)
+    for c in range(channels):
+        f0 = rng.uniform(80, min(4000, sr / 4))
+        tone = 0.2 * np.sin(2 * np.pi * f0 * t)
+        sweep = 0.1 * np.sin(2 * np.pi * (50 * t + (sr / 5 - 50) * t**2 / (2 * MAX_SECONDS)))
+        gate = (np.arange(n) // (sr // rng.integers(2, 9))) % 2
+        noise = 0.1 * rng.standard_normal(n) * gate
+        out[:, c] = (tone + sweep + noise).astype(np.float32)
+    return out
+
+
+def generate_library(root: Path, n_files: int, seed: int = 0) -> tuple[list[Path], float]:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    bases: dict[tuple[int, int], np.ndarray] = {}
+    shares = np.array([f[3] for f in FORMATS])
+    paths, total = [], 0.0
+    for i in range(n_files):
+        sr = int(rng.choice(RATES))
+        ch = int(rng.choice(CHANNELS))
+        seconds = float(rng.uniform(MIN_SECONDS, MAX_SECONDS))
+        ext, fmt, subtype, _ = FORMATS[int(rng.choice(len(FORMATS), p=shares / shares.sum()))]
+        key = (sr, ch)
+        if key not in bases:
+            bases[key] = _base_signal(rng, sr, ch)
+        base = bases[key]
+        n = max(1, int(seconds * sr))
+        start = int(rng.integers(0, base.shape[0] - n + 1))
+        gain = float(rng.uniform(0.2, 1.5))
+        path = root / f"d{i % 20:02d}" / f"f{i:05d}_{sr}_{ch}ch.{ext}"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(str(path), np.clip(base[start : start + n] * gain, -1, 1), sr, subtype=subtype, format=fmt)
+        paths.append(path)
+        total += n / sr
+    return paths, total
+
+
+def _warm_cache(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+
+def _logmel_pipeline():
+    from soundsearch.features import featurize_file, get_featurizer
+
+    fz = get_featurizer("logmel")
+    return lambda p: featurize_file(p, fz).duration
+
+
+def _librosa_pipeline():
+    import librosa
+
+    def one(p: Path) -> float:
+        y, sr = librosa.load(p, sr=22050, mono=True)
+        mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=4096, hop_length=2048, n_mels=128, power=2.0)
+        librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+        return y.size / sr
+
+    return one
+
+
+def run_pipelines(paths: list[Path], pipelines: dict) -> dict[str, dict[str, float]]:
+    """Time each pipeline over all files, interleaved file by file.
+
+    Interleaving (and swapping which goes first on every file) means a machine shared with
+    other work slows both pipelines alike, so their ratio stays fair; CPU time is reported
+    beside wall time for the same reason.
+    """
+    names = list(pipelines)
+    for name in names:
+        for p in paths[:5]:
+            pipelines[name](p)  # warm-up: lazy imports, JIT, first-call caches
+    acc = {n: {"audio_s": 0.0, "wall_s": 0.0, "cpu_s": 0.0} for n in names}
+    for i, p in enumerate(paths):
+        order = names if i % 2 == 0 else names[::-1]
+        for name in order:
+            w0, c0 = time.perf_counter(), time.process_time()
+            secs = pipelines[name](p)
+            acc[name]["wall_s"] += time.perf_counter() - w0
+            acc[name]["cpu_s"] += time.process_time() - c0
+            acc[name]["audio_s"] += secs
+    return acc
+
+
+def bench_reindex(lib: Path, store: Path) -> dict:
+    try:
+        from soundsearch.indexing import index_paths
+    except ImportError as e:
+        return {"reindex_unchanged_s": None, "reindex_note": f"soundsearch.indexing unavailable ({e})"}
+    t0 = time.perf_counter()
+    first = index_paths(store, [lib], jobs=1)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = index_paths(store, [lib], jobs=1)
+    again_s = time.perf_counter() - t0
+    return {
+        "index_first_run_s": round(first_s, 3),
+        "index_first_run_added": first.added,
+        "index_first_run_failed": len(first.failed),
+        "reindex_unchanged_s": round(again_s, 3),
+        "reindex_unchanged_files": again.unchanged,
+        "reindex_unchanged_added_or_updated": again.added + again.updated,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=2000, help="library size (default 2000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dir", type=Path, default=None, help="generate the library here and keep it")
+    ap.add_argument("--skip-librosa", action="store_true", help="leave out the librosa pipeline")
+    ap.add_argument("--skip-reindex", action="store_true", help="leave out the index/re-index figures")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = ap.parse_args(argv)
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a dev extra; without it BLAS may use more than one core
+        threadpool_limits = None
+
+    def log(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="soundsearch-bench-") as tmp:
+        lib = (args.dir or Path(tmp) / "library").absolute()
+        log(f"generating {args.files} files in {lib} ...")
+        t0 = time.perf_counter()
+        paths, audio_s = generate_library(lib, args.files, args.seed)
+        gen_s = time.perf_counter() - t0
+        _warm_cache(paths)
+        result: dict = {
+            "files": len(paths),
+            "audio_hours": round(audio_s / 3600, 3),
+            "generate_s": round(gen_s, 1),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        }
+        limits = threadpool_limits(1) if threadpool_limits else None
+        try:
+            pipelines = {"logmel": _logmel_pipeline()}
+            if not args.skip_librosa:
+                try:
+                    pipelines["librosa"] = _librosa_pipeline()
+                except ImportError:
+                    result["librosa_x_realtime_per_core"] = None
+            log(f"featurizing with {' and '.join(pipelines)} on one core, interleaved ...")
+            acc = run_pipelines(paths, pipelines)
+            for name, a in acc.items():
+                result[f"{name}_x_realtime_per_core"] = round(a["audio_s"] / a["wall_s"], 1)
+                result[f"{name}_x_realtime_per_cpu_second"] = round(a["audio_s"] / a["cpu_s"], 1)
+                result[f"{name}_wall_s"] = round(a["wall_s"], 2)
+            if "librosa" in acc:
+                result["speedup_vs_librosa"] = round(acc["librosa"]["wall_s"] / acc["logmel"]["wall_s"], 2)
+                result["speedup_vs_librosa_cpu"] = round(acc["librosa"]["cpu_s"] / acc["logmel"]["cpu_s"], 2)
+            if not args.skip_reindex:
+                log("index, then unchanged re-index (jobs=1) ...")
+                result.update(bench_reindex(lib, Path(tmp) / "store"))
+        finally:
+            if limits is not None:
+                limits.unregister() if hasattr(limits, "unregister") else limits.__exit__(None, None, None)
+
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"library: {result['files']} files, {result['audio_hours']} h of audio (generated in {result['generate_s']} s)")
+        for name in ("logmel", "librosa"):
+            if result.get(f"{name}_x_realtime_per_core"):
+                print(
+                    f"{name + ':':9}{result[f'{name}_x_realtime_per_core']}x real time per core "
+                    f"({result[f'{name}_wall_s']} s wall; {result[f'{name}_x_realtime_per_cpu_second']}x per CPU second)"
+                )
+        if result.get("speedup_vs_librosa"):
+            print(
+                f"ratio:   logmel is {result['speedup_vs_librosa']}x the librosa pipeline "
+                f"({result['speedup_vs_librosa_cpu']}x by CPU time)"
+            )
+        if "reindex_unchanged_s" in result:
+            if result["reindex_unchanged_s"] is None:
+                print(f"re-index: not measured ({result.get('reindex_note')})")
+            else:
+                print(
+                    f"index (first run, jobs=1): {result['index_first_run_s']} s; "
+                    f"unchanged re-index of {result['reindex_unchanged_files']} files: {result['reindex_unchanged_s']} s"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
