@@ -1,0 +1,453 @@
+"""Training the presence network from feature arrays: the paper's recipe, seeded.
+
+1. Hold out `val_fraction` of the recordings (split by recording, so no pair crosses the split).
+2. Standardise features per value with statistics of the training recordings.
+3. Balanced pairs (soundsearch.pairs) within each side; train with RMSprop (lr 1e-3, batch 128)
+   and pick the number of epochs by validation loss, with early stopping (patience).
+4. Refit on all recordings for that many epochs (skipped with refit=False, which keeps the
+   best held-out-selected weights).
+
+Speed: the normalised features live in one in-memory tensor; a batch is gathered by indexing it
+with the pair indices, the tower runs once per distinct item of the batch, and validation embeds
+each held-out item once and only runs the pair head per pair.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from soundsearch.errors import DatasetError
+from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, library_versions
+from soundsearch.pairs import make_pairs, summarise_pairs
+from soundsearch.presence import STATES
+from soundsearch.taxonomy import Taxonomy
+
+OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; recorded in the checkpoint. Defaults = the paper."""
+
+    # architecture / variant (see ModelConfig)
+    siamese: bool = True
+    per_category: bool = False
+    attention: bool = True
+    tower: tuple[int, ...] = (128, 128, 128)
+    head: tuple[int, ...] = (256, 128)
+    dropout: float = 0.5
+    context: str = "none"
+    # optimisation
+    optimizer: str = "rmsprop"
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    input_noise: float = 0.0  # std of Gaussian noise added to standardised features in training
+    # pairs
+    pairs_per_side: int = 30
+    # epochs: None = choose by validation loss with early stopping
+    epochs: int | None = None
+    max_epochs: int = 30
+    patience: int = 3
+    val_fraction: float = 0.1
+    refit: bool = True
+    seed: int = 0
+    threads: int | None = None  # torch threads for this run; None leaves torch's setting
+
+    def __post_init__(self) -> None:
+        self.tower = tuple(int(u) for u in self.tower)
+        self.head = tuple(int(u) for u in self.head)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("lr must be positive and batch_size at least 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError("epochs must be at least 1 (or None to choose by validation)")
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ValueError("max_epochs and patience must be at least 1")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ValueError("val_fraction must be in (0, 0.5)")
+        if self.input_noise < 0 or self.weight_decay < 0:
+            raise ValueError("input_noise and weight_decay must not be negative")
+
+    def model_config(self, steps: int, dim: int, n_categories: int) -> ModelConfig:
+        return ModelConfig(
+            steps=steps, dim=dim, n_categories=n_categories, siamese=self.siamese,
+            per_category=self.per_category, attention=self.attention, tower=self.tower,
+            head=self.head, dropout=self.dropout, context=self.context,
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class EpochInfo:
+    phase: str  # "select" (held-out validation) or "refit" (all recordings)
+    epoch: int  # 1-based
+    epochs: int  # planned: max_epochs while selecting, the chosen count when refitting
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+    pairs_per_s: float
+    best: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Validation:
+    loss: float
+    accuracy: float  # presence-state accuracy over (pair, category)
+    majority: float  # accuracy of always predicting each category's most common state
+    per_category: list[float]
+    pairs: int
+    recordings: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainReport:
+    epochs: int
+    refit: bool
+    history: list[EpochInfo]
+    validation: Validation
+    train_pairs: int
+    recordings: int
+    items: int
+    seconds: float
+    pairs_per_s: float
+    positives: list[int]  # training items holding each category
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    model: LoadedModel
+    report: TrainReport
+
+
+EpochCallback = Callable[[EpochInfo], None]
+BatchCallback = Callable[[str, int, int], None]  # (phase, pairs done, pairs in the epoch)
+
+
+@contextmanager
+def _torch_settings(threads: int | None) -> Iterator[None]:
+    """Deterministic kernels and a thread count for the run, restored afterwards."""
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.set_num_threads(old_threads)
+
+
+def norm_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-value mean and std over items and steps; constant values get std 1."""
+    flat = feats.reshape(-1, feats.shape[-1]).astype(np.float64)
+    mean = flat.mean(0)
+    std = flat.std(0)
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _check_inputs(feats: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> None:
+    if feats.ndim != 3:
+        raise DatasetError(f"features must be (items, steps, dim), got shape {feats.shape}")
+    if labels.ndim != 2 or labels.shape[0] != feats.shape[0]:
+        raise DatasetError(f"labels must be (items, categories) for {feats.shape[0]} items, got {labels.shape}")
+    if labels.shape[1] != len(taxonomy):
+        raise DatasetError(f"labels have {labels.shape[1]} categories, the taxonomy {len(taxonomy)}")
+    if not np.isin(labels, (0, 1)).all():
+        raise DatasetError("labels must be 0/1")
+    if not np.isfinite(feats).all():
+        raise DatasetError("features contain NaN or infinite values")
+    pos = labels.sum(0)
+    neg = labels.shape[0] - pos
+    bad = [f"{c} ({int(p)} with, {int(n)} without)" for c, p, n in zip(taxonomy, pos, neg) if p < 2 or n < 2]
+    if bad:
+        raise DatasetError(
+            "every category needs at least 2 training recordings with it and 2 without; "
+            f"not so for: {', '.join(bad)}"
+        )
+
+
+def split_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out items: whole recordings (groups), about `fraction` of them.
+
+    Recordings are taken in a seeded random order, skipping any whose removal would leave the
+    training side with fewer than 2 recordings with, or without, some category.
+    """
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    g = len(uniq)
+    # a recording's labels: the union over its items (normally identical)
+    glabels = np.zeros((g, labels.shape[1]), dtype=np.int64)
+    np.maximum.at(glabels, inverse, labels.astype(np.int64))
+    want = max(2, int(round(fraction * g)))
+    pos_left = glabels.sum(0)
+    neg_left = g - pos_left
+    chosen = np.zeros(g, dtype=bool)
+    rng = np.random.default_rng(seed)
+    taken = 0
+    for r in rng.permutation(g):
+        if taken >= want:
+            break
+        lab = glabels[r]
+        if np.any(pos_left - lab < 2) or np.any(neg_left - (1 - lab) < 2):
+            continue
+        chosen[r] = True
+        pos_left -= lab
+        neg_left -= 1 - lab
+        taken += 1
+    if taken < 2:
+        raise DatasetError(
+            "too few recordings to hold some out for validation while keeping every category "
+            "in training: add recordings or pass a fixed number of epochs with no refit"
+        )
+    return chosen[inverse]
+
+
+def _make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def _targets(labels: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, C) state indices for index pairs, from a (N, C) bool label tensor."""
+    la, lb = labels[a], labels[b]
+    # both -> 0, neither -> 1, differs -> 2 (presence.STATES order)
+    return torch.where(la & lb, 0, torch.where(~la & ~lb, 1, 2))
+
+
+class _Trainer:
+    """One training phase over a fixed set of items and pairs."""
+
+    def __init__(self, net: PresenceNet, feats: torch.Tensor, labels: torch.Tensor, pairs: np.ndarray,
+                 cfg: TrainConfig, generator: torch.Generator):
+        self.net, self.feats, self.labels, self.cfg, self.gen = net, feats, labels, cfg, generator
+        self.pairs = torch.from_numpy(np.ascontiguousarray(pairs)).long()
+        self.opt = _make_optimizer(net.parameters(), cfg)
+
+    def epoch(self, phase: str, on_batch: BatchCallback | None) -> float:
+        net, cfg = self.net, self.cfg
+        net.train()
+        n = len(self.pairs)
+        order = torch.randperm(n, generator=self.gen)
+        total, seen = 0.0, 0
+        every = max(1, 20000 // cfg.batch_size)
+        for k, start in enumerate(range(0, n, cfg.batch_size)):
+            idx = self.pairs[order[start : start + cfg.batch_size]]
+            bsz = idx.shape[0]
+            if bsz < 2 and seen:
+                break  # a lone pair gives degenerate batch statistics; it is seen next epoch
+            a, b = idx[:, 0], idx[:, 1]
+            # Run the item-only tower once per distinct item of the batch.
+            uniq, inv = torch.unique(torch.cat([a, b]), return_inverse=True)
+            x = self.feats[uniq]
+            if cfg.input_noise:
+                x = x + cfg.input_noise * torch.randn(x.shape, generator=self.gen)
+            pa, pb = net.project(net.embed(x))
+            ia, ib = inv[:bsz], inv[bsz:]
+            logp = net.pair_log_probs((pa[ia], pb[ia]), (pa[ib], pb[ib]))
+            target = _targets(self.labels, a, b)
+            loss = F.nll_loss(logp.reshape(-1, len(STATES)), target.reshape(-1))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+            total += value * bsz
+            seen += bsz
+            if on_batch is not None and (k + 1) % every == 0:
+                on_batch(phase, seen, n)
+        if on_batch is not None:
+            on_batch(phase, n, n)
+        return total / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate_pairs(net: PresenceNet, feats: torch.Tensor, labels: torch.Tensor, pairs: np.ndarray,
+                   chunk: int = 8192) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean loss, per-category correct counts and per-category majority counts on pairs."""
+    net.eval()
+    pa, pb = net.project(net.embed(feats))
+    p = torch.from_numpy(np.ascontiguousarray(pairs)).long()
+    c = labels.shape[1]
+    loss_sum = 0.0
+    correct = torch.zeros(c, dtype=torch.long)
+    state_counts = torch.zeros(c, len(STATES), dtype=torch.long)
+    for start in range(0, len(p), chunk):
+        a, b = p[start : start + chunk, 0], p[start : start + chunk, 1]
+        logp = net.pair_log_probs((pa[a], pb[a]), (pa[b], pb[b]))
+        target = _targets(labels, a, b)
+        loss_sum += float(F.nll_loss(logp.reshape(-1, 3), target.reshape(-1), reduction="sum"))
+        correct += (logp.argmax(-1) == target).sum(0)
+        state_counts += F.one_hot(target, len(STATES)).sum(0)
+    n = max(len(p), 1)
+    return loss_sum / (n * c), correct.numpy() / n, state_counts.max(1).values.numpy() / n
+
+
+def fit(
+    train_feats: np.ndarray,
+    train_labels: np.ndarray,
+    taxonomy: Taxonomy,
+    featurizer_spec: dict,
+    featurizer_identity: str,
+    config: TrainConfig | None = None,
+    on_epoch: EpochCallback | None = None,
+    groups: np.ndarray | None = None,
+    on_batch: BatchCallback | None = None,
+    data_summary: dict | None = None,
+) -> TrainResult:
+    """Train a presence network on raw (N, T, D) features and (N, C) 0/1 labels.
+
+    `groups` names each item's recording (items cut from one long file share it), so the
+    held-out split never separates a recording's items; default: every item its own recording.
+    """
+    cfg = config or TrainConfig()
+    feats = np.asarray(train_feats, dtype=np.float32)
+    labels = np.asarray(train_labels)
+    _check_inputs(feats, labels, taxonomy)
+    labels = labels.astype(np.uint8)
+    n, steps, dim = feats.shape
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if groups.shape != (n,):
+        raise DatasetError(f"groups must name the recording of each of the {n} items")
+    model_cfg = cfg.model_config(steps, dim, len(taxonomy))
+    started = time.perf_counter()
+    history: list[EpochInfo] = []
+
+    with _torch_settings(cfg.threads):
+        held = split_holdout(labels, groups, cfg.val_fraction, cfg.seed)
+        tr, va = np.flatnonzero(~held), np.flatnonzero(held)
+        mean, std = norm_stats(feats[tr])
+        x_tr = torch.from_numpy((feats[tr] - mean) / std)
+        x_va = torch.from_numpy((feats[va] - mean) / std)
+        l_tr = torch.from_numpy(labels[tr].astype(bool))
+        l_va = torch.from_numpy(labels[va].astype(bool))
+        pairs_tr = make_pairs(labels[tr], cfg.pairs_per_side, seed=cfg.seed)
+        pairs_va = make_pairs(labels[va], cfg.pairs_per_side, seed=cfg.seed + 1)
+        if len(pairs_tr) == 0 or len(pairs_va) == 0:
+            raise DatasetError("no training pairs could be formed: too few recordings")
+
+        # Phase 1: train on the kept recordings, validate on the held-out ones.
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        net = PresenceNet(model_cfg)
+        trainer = _Trainer(net, x_tr, l_tr, pairs_tr, cfg, gen)
+        planned = cfg.epochs or cfg.max_epochs
+        best_loss, best_epoch, best_state, best_val = math.inf, 0, None, None
+        for epoch in range(1, planned + 1):
+            t0 = time.perf_counter()
+            train_loss = trainer.epoch("select", on_batch)
+            dt = time.perf_counter() - t0
+            val_loss, per_cat, majority = evaluate_pairs(net, x_va, l_va, pairs_va)
+            improved = val_loss < best_loss
+            if improved or cfg.epochs is not None:
+                best_loss, best_epoch = val_loss, epoch
+                best_state = copy.deepcopy(net.state_dict())
+                best_val = (val_loss, per_cat, majority)
+            info = EpochInfo("select", epoch, planned, train_loss, val_loss, float(per_cat.mean()),
+                             dt, len(pairs_tr) / max(dt, 1e-9), best=improved)
+            history.append(info)
+            if on_epoch is not None:
+                on_epoch(info)
+            if cfg.epochs is None and epoch - best_epoch >= cfg.patience:
+                break
+        assert best_state is not None and best_val is not None
+        val_loss, per_cat, majority = best_val
+        validation = Validation(
+            loss=float(val_loss), accuracy=float(per_cat.mean()), majority=float(majority.mean()),
+            per_category=[float(v) for v in per_cat], pairs=int(len(pairs_va)),
+            recordings=int(len(np.unique(groups[va]))),
+        )
+        chosen = best_epoch
+
+        if cfg.refit:
+            # Phase 2: the same recipe on every recording for the chosen number of epochs.
+            mean, std = norm_stats(feats)
+            x_all = torch.from_numpy((feats - mean) / std)
+            l_all = torch.from_numpy(labels.astype(bool))
+            pairs_final = make_pairs(labels, cfg.pairs_per_side, seed=cfg.seed)
+            torch.manual_seed(cfg.seed)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            net = PresenceNet(model_cfg)
+            trainer = _Trainer(net, x_all, l_all, pairs_final, cfg, gen)
+            for epoch in range(1, chosen + 1):
+                t0 = time.perf_counter()
+                train_loss = trainer.epoch("refit", on_batch)
+                dt = time.perf_counter() - t0
+                info = EpochInfo("refit", epoch, chosen, train_loss, None, None, dt,
+                                 len(pairs_final) / max(dt, 1e-9))
+                history.append(info)
+                if on_epoch is not None:
+                    on_epoch(info)
+        else:
+            net.load_state_dict(best_state)
+            pairs_final = pairs_tr
+        net.eval()
+
+    seconds = time.perf_counter() - started
+    trained_pairs = sum(len(pairs_tr) if h.phase == "select" else len(pairs_final) for h in history)
+    train_seconds = sum(h.seconds for h in history)
+    pair_summary = summarise_pairs(pairs_final, labels[tr] if not cfg.refit else labels)
+    data = dict(data_summary or {})
+    data.update({
+        "items": int(n),
+        "recordings": int(len(np.unique(groups))),
+        "positives": [int(v) for v in labels.sum(0)],
+        "pairs": pair_summary.to_json(),
+        "validation_recordings": validation.recordings,
+        "validation_pairs": validation.pairs,
+    })
+    report = TrainReport(
+        epochs=chosen, refit=cfg.refit, history=history, validation=validation,
+        train_pairs=int(len(pairs_final)), recordings=data["recordings"], items=int(n),
+        seconds=seconds, pairs_per_s=trained_pairs / max(train_seconds, 1e-9),
+        positives=data["positives"], data=data,
+    )
+    meta = {
+        "seed": cfg.seed,
+        "epochs": chosen,
+        "refit": cfg.refit,
+        "validation": validation.to_json() | {"note": "held-out recordings, model before refit"},
+        "data": data,
+        "recipe": cfg.to_json(),
+        "history": [h.to_json() for h in history],
+        "training_seconds": round(seconds, 3),
+        "versions": library_versions(),
+    }
+    model = LoadedModel(
+        net=net, config=model_cfg, taxonomy=taxonomy, featurizer_spec=dict(featurizer_spec),
+        featurizer_identity=featurizer_identity, norm_mean=mean, norm_std=std, meta=meta,
+    )
+    return TrainResult(model=model, report=report)
