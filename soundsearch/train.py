@@ -327,11 +327,17 @@ def fit(
     groups: np.ndarray | None = None,
     on_batch: BatchCallback | None = None,
     data_summary: dict | None = None,
+    val_feats: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    val_groups: np.ndarray | None = None,
 ) -> TrainResult:
     """Train a presence network on raw (N, T, D) features and (N, C) 0/1 labels.
 
     `groups` names each item's recording (items cut from one long file share it), so the
     held-out split never separates a recording's items; default: every item its own recording.
+    With `val_feats`/`val_labels` (a dataset's own validation split) those pick the epochs
+    instead of a random held-out part, and the selected weights are kept: a refit would train
+    on exactly the same recordings again.
     """
     cfg = config or TrainConfig()
     feats = np.asarray(train_feats, dtype=np.float32)
@@ -346,16 +352,32 @@ def fit(
     started = time.perf_counter()
     history: list[EpochInfo] = []
 
-    with _torch_settings(cfg.threads):
+    external = val_feats is not None
+    if external:
+        f_va = np.asarray(val_feats, dtype=np.float32)
+        y_va = np.asarray(val_labels) if val_labels is not None else None
+        if y_va is None or f_va.ndim != 3 or f_va.shape[1:] != feats.shape[1:] or y_va.shape != (len(f_va), labels.shape[1]):
+            raise DatasetError("validation features/labels do not match the training ones in shape")
+        if not np.isin(y_va, (0, 1)).all() or not np.isfinite(f_va).all():
+            raise DatasetError("validation labels must be 0/1 and features finite")
+        y_va = y_va.astype(np.uint8)
+        g_va = np.arange(len(f_va)) if val_groups is None else np.asarray(val_groups)
+        f_tr, y_tr, g_tr = feats, labels, groups
+        refit = False
+    else:
         held = split_holdout(labels, groups, cfg.val_fraction, cfg.seed)
-        tr, va = np.flatnonzero(~held), np.flatnonzero(held)
-        mean, std = norm_stats(feats[tr])
-        x_tr = torch.from_numpy((feats[tr] - mean) / std)
-        x_va = torch.from_numpy((feats[va] - mean) / std)
-        l_tr = torch.from_numpy(labels[tr].astype(bool))
-        l_va = torch.from_numpy(labels[va].astype(bool))
-        pairs_tr = make_pairs(labels[tr], cfg.pairs_per_side, seed=cfg.seed)
-        pairs_va = make_pairs(labels[va], cfg.pairs_per_side, seed=cfg.seed + 1)
+        f_tr, y_tr, g_tr = feats[~held], labels[~held], groups[~held]
+        f_va, y_va, g_va = feats[held], labels[held], groups[held]
+        refit = cfg.refit
+
+    with _torch_settings(cfg.threads):
+        mean, std = norm_stats(f_tr)
+        x_tr = torch.from_numpy((f_tr - mean) / std)
+        x_va = torch.from_numpy((f_va - mean) / std)
+        l_tr = torch.from_numpy(y_tr.astype(bool))
+        l_va = torch.from_numpy(y_va.astype(bool))
+        pairs_tr = make_pairs(y_tr, cfg.pairs_per_side, seed=cfg.seed)
+        pairs_va = make_pairs(y_va, cfg.pairs_per_side, seed=cfg.seed + 1)
         if len(pairs_tr) == 0 or len(pairs_va) == 0:
             raise DatasetError("no training pairs could be formed: too few recordings")
 
@@ -388,11 +410,11 @@ def fit(
         validation = Validation(
             loss=float(val_loss), accuracy=float(per_cat.mean()), majority=float(majority.mean()),
             per_category=[float(v) for v in per_cat], pairs=int(len(pairs_va)),
-            recordings=int(len(np.unique(groups[va]))),
+            recordings=int(len(np.unique(g_va))),
         )
         chosen = best_epoch
 
-        if cfg.refit:
+        if refit:
             # Phase 2: the same recipe on every recording for the chosen number of epochs.
             mean, std = norm_stats(feats)
             x_all = torch.from_numpy((feats - mean) / std)
@@ -419,7 +441,7 @@ def fit(
     seconds = time.perf_counter() - started
     trained_pairs = sum(len(pairs_tr) if h.phase == "select" else len(pairs_final) for h in history)
     train_seconds = sum(h.seconds for h in history)
-    pair_summary = summarise_pairs(pairs_final, labels[tr] if not cfg.refit else labels)
+    pair_summary = summarise_pairs(pairs_final, labels if refit else y_tr)
     data = dict(data_summary or {})
     data.update({
         "items": int(n),
@@ -430,7 +452,7 @@ def fit(
         "validation_pairs": validation.pairs,
     })
     report = TrainReport(
-        epochs=chosen, refit=cfg.refit, history=history, validation=validation,
+        epochs=chosen, refit=refit, history=history, validation=validation,
         train_pairs=int(len(pairs_final)), recordings=data["recordings"], items=int(n),
         seconds=seconds, pairs_per_s=trained_pairs / max(train_seconds, 1e-9),
         positives=data["positives"], data=data,
@@ -438,8 +460,11 @@ def fit(
     meta = {
         "seed": cfg.seed,
         "epochs": chosen,
-        "refit": cfg.refit,
-        "validation": validation.to_json() | {"note": "held-out recordings, model before refit"},
+        "refit": refit,
+        "validation": validation.to_json() | {
+            "source": "validation split" if external else f"{cfg.val_fraction:.0%} of the training recordings held out",
+            "note": "model before refit" if refit else "the model as saved",
+        },
         "data": data,
         "recipe": cfg.to_json(),
         "history": [h.to_json() for h in history],

@@ -134,3 +134,17 @@ def test_bad_training_data_is_refused():
         run(feats, labels * 2)
     with pytest.raises(DatasetError, match="items"):
         run(feats, labels[:10])
+
+
+def test_external_validation_split_picks_epochs_and_keeps_weights():
+    feats, labels = separable(80)
+    vfeats, vlabels = separable(30, seed=7)
+    res = fit(feats, labels, TAX, {"name": "synthetic", "params": {}}, "synthetic/1:{}",
+              TrainConfig(**(SMALL | dict(max_epochs=3, patience=1))), val_feats=vfeats, val_labels=vlabels)
+    assert not res.report.refit and all(h.phase == "select" for h in res.report.history)
+    assert res.report.validation.recordings == 30
+    assert res.model.meta["validation"]["source"] == "validation split"
+    # All 80 training recordings were trained on (none held out), with their statistics.
+    np.testing.assert_allclose(res.model.norm_mean, feats.reshape(-1, D).mean(0), rtol=1e-4, atol=1e-4)
+    with pytest.raises(DatasetError, match="shape"):
+        fit(feats, labels, TAX, {}, "x", TrainConfig(**SMALL), val_feats=vfeats[:, :2], val_labels=vlabels)
