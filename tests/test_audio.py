@@ -227,6 +227,22 @@ def test_long_file_streams_in_blocks(tmp_path, monkeypatch):
     assert np.max(np.abs(streamed[:n] - whole[:n])) < 1e-4
 
 
+def test_load_copes_with_a_header_that_undercounts(tmp_path, monkeypatch):
+    # MP3 and truncated files can announce fewer frames than they decode to.
+    x = chirp(seconds=1.0)
+    p = write_audio(tmp_path / "x.wav", x, SR, subtype="FLOAT")
+    real_info_of = audio._info_of
+
+    def lying(f, path):
+        info = real_info_of(f, path)
+        return audio.AudioInfo(info.path, info.samplerate, info.channels, 10, 10 / info.samplerate)
+
+    monkeypatch.setattr(audio, "_info_of", lying)
+    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.1)
+    got = load(p, SR)
+    assert got.signal.size == x.size and np.array_equal(got.signal, x)
+
+
 # ---- scanning -------------------------------------------------------------------------------
 
 
