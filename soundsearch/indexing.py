@@ -214,7 +214,7 @@ def _run(
         writer.add_roots(roots)
 
     notify(IndexProgress("scan"))
-    catalog = store.files()
+    catalog = store.file_states()
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
     for p in audio.scan(roots):
@@ -225,16 +225,16 @@ def _run(
         except OSError:
             continue  # vanished since the scan; the next run removes it
         known = catalog.get(key)
-        if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
+        if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
             report.unchanged += 1
-            if known.status == STATUS_FAILED:
-                report.still_failed.append((known.path, known.error or ""))
+            if known[2] == STATUS_FAILED:
+                report.still_failed.append((p, known[3] or ""))
             continue
         todo.append((key, st.st_size, st.st_mtime_ns))
 
     # Only folders named in this run (or refreshed) are checked for deletions.
     gone = [
-        rec.path for key, rec in catalog.items()
+        Path(key) for key in catalog
         if key not in seen and any(_under(key, str(r)) for r in roots)
     ]
     if gone:

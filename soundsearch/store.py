@@ -57,15 +57,43 @@ _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 # Records
 
 
-@dataclass(frozen=True, slots=True)
 class ItemRecord:
-    """One stored item; `row` is its index into `Store.features()` and `Store.items()`."""
+    """One stored item; `row` is its index into `Store.features()` and `Store.items()`.
 
-    row: int
-    path: Path
-    start: float
-    end: float
-    file_duration: float
+    Read-only by convention. The Path is built on first access: a query reads every item of a
+    large store but looks at the paths of only a few, and pathlib dominates the cost otherwise.
+    """
+
+    __slots__ = ("row", "_path", "start", "end", "file_duration")
+
+    def __init__(self, row: int, path: Path | str, start: float, end: float, file_duration: float):
+        self.row = row
+        self._path = path
+        self.start = start
+        self.end = end
+        self.file_duration = file_duration
+
+    @property
+    def path(self) -> Path:
+        p = self._path
+        if type(p) is str:
+            p = self._path = Path(p)
+        return p  # type: ignore[return-value]
+
+    def _key(self) -> tuple:
+        return (self.row, str(self._path), self.start, self.end, self.file_duration)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ItemRecord) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemRecord(row={self.row}, path={str(self._path)!r}, start={self.start}, end={self.end}, "
+            f"file_duration={self.file_duration})"
+        )
 
 
 @dataclass(frozen=True)
@@ -431,6 +459,12 @@ class Store:
             out[str(path)] = FileRecord(path, size, mtime_ns, duration, sr, ch, status, error, tuple(json.loads(warnings)))
         return out
 
+    def file_states(self) -> dict[str, tuple[int, int, str, str | None]]:
+        """path -> (size, mtime_ns, status, error) of every catalogued file; cheap for large stores."""
+        with _sql_errors(self.path):
+            rows = self._db.execute("SELECT path, size, mtime_ns, status, error FROM files").fetchall()
+        return {os.fsdecode(p): (size, mtime_ns, status, error) for p, size, mtime_ns, status, error in rows}
+
     def failures(self) -> list[tuple[Path, str]]:
         with _sql_errors(self.path):
             rows = self._db.execute(
@@ -577,16 +611,17 @@ class Store:
             # Holes left by a run that was stopped before compacting; the next `index` compacts.
             features = np.ascontiguousarray(mm[slots])
             features.flags.writeable = False
-        paths: dict[bytes, Path] = {}
+        paths: dict[bytes, str] = {}
         items: list[ItemRecord] = []
         by_path: dict[str, list[ItemRecord]] = {}
         for i, (_slot, p, start, end, duration) in enumerate(rows):
             path = paths.get(p)
             if path is None:
-                path = paths[p] = Path(os.fsdecode(p))
-            rec = ItemRecord(i, path, float(start), float(end), float(duration if duration is not None else end))
+                path = paths[p] = os.fsdecode(p)
+                by_path[path] = []
+            rec = ItemRecord(i, path, start, end, duration if duration is not None else end)
             items.append(rec)
-            by_path.setdefault(str(path), []).append(rec)
+            by_path[path].append(rec)
         return _Snapshot(generation, items, features, by_path)
 
     def _open_array(self, array_file: str, n_slots: int) -> np.ndarray:
