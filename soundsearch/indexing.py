@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from soundsearch.errors import AudioError, SoundsearchError, StoreError
+from soundsearch.errors import AudioError, FeaturizerError, SoundsearchError, StoreError
 from soundsearch.store import STATUS_FAILED, STATUS_OK, FileEntry, Store, StoreWriter, _display
 
 
@@ -91,6 +91,10 @@ def _featurize(path: str, size: int, mtime_ns: int, spec: dict, identity: str, i
     except AudioError as exc:
         entry.status, entry.error = STATUS_FAILED, exc.reason
         return entry
+    except FeaturizerError as exc:
+        # The featurizer itself was built in the parent, so this is about this file's signal.
+        entry.status, entry.error = STATUS_FAILED, f"could not be featurized ({exc})"
+        return entry
     except (ValueError, MemoryError, OverflowError, RuntimeError) as exc:
         # A decoder or featurizer tripping over one odd file must not sink a library's batch.
         entry.status, entry.error = STATUS_FAILED, f"could not be featurized ({type(exc).__name__}: {exc})"
@@ -115,8 +119,16 @@ def _resolve_jobs(jobs: int | None, n_tasks: int) -> int:
     return max(1, min(n, n_tasks if n_tasks > 2 else 1))
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+def _under_any(path: str, roots: set[str]) -> bool:
+    """Whether `path` is one of `roots` or inside one (O(depth): datasets pass thousands of roots)."""
+    p = path
+    while True:
+        if p in roots:
+            return True
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
 
 
 def index_paths(
@@ -233,10 +245,8 @@ def _run(
         todo.append((key, st.st_size, st.st_mtime_ns))
 
     # Only folders named in this run (or refreshed) are checked for deletions.
-    gone = [
-        Path(key) for key in catalog
-        if key not in seen and any(_under(key, str(r)) for r in roots)
-    ]
+    root_set = {str(r) for r in roots}
+    gone = [Path(key) for key in catalog if key not in seen and _under_any(key, root_set)]
     if gone:
         writer.remove_files(gone)
         report.removed = sorted(gone)

@@ -190,7 +190,8 @@ def test_failures_past_the_first_few_are_counted(tmp_path, store_dir):
 
 
 def test_several_roots_share_a_store(tmp_path, store_dir):
-    a, b = tmp_path / "a", tmp_path / "b"
+    # "lib" is a string prefix of "lib2": deletions in one must not be applied through the other.
+    a, b = tmp_path / "lib", tmp_path / "lib2"
     write_audio(a / "x.wav", tone(300, 0.4, SR), SR)
     write_audio(b / "y.wav", tone(600, 0.4, SR), SR)
     write_audio(b / "z.wav", tone(900, 0.4, SR), SR)
@@ -204,11 +205,15 @@ def test_several_roots_share_a_store(tmp_path, store_dir):
     (a / "x.wav").unlink()
     rep = json.loads(run("index", str(b), "--jobs", "1", "--json").stdout)
     assert rep["removed"] == [] and rep["unchanged"] == 2
+    (b / "z.wav").unlink()
+    rep = json.loads(run("index", str(b / "y.wav"), "--jobs", "1", "--json").stdout)  # a file as root
+    assert rep["removed"] == [] and rep["unchanged"] == 1
+    write_audio(b / "z.wav", tone(900, 0.4, SR), SR)
     rep = json.loads(run("index", "--jobs", "1", "--json").stdout)  # no PATH: every known folder
-    assert rep["removed"] == [str(a / "x.wav")] and rep["unchanged"] == 2
+    assert rep["removed"] == [str(a / "x.wav")] and rep["unchanged"] == 1 and rep["updated"] == 1
 
     # A library folder that is not there (an unmounted drive) is skipped, not emptied.
-    shutil.move(b, tmp_path / "b-away")
+    shutil.move(b, tmp_path / "moved-away")
     result = run("index", "--jobs", "1")
     assert result.exit_code == 0
     assert f"library folder missing, skipped: {b}" in result.stderr

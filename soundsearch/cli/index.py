@@ -226,8 +226,11 @@ def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
         ("failures", f"{stats.failures}"),
         ("on disk", _human_bytes(stats.bytes_on_disk)),
     ]
-    for i, root in enumerate(stats.roots):
+    # A dataset cache names thousands of files as its roots: show a few, count the rest.
+    for i, root in enumerate(stats.roots[:SHOW_FAILED]):
         rows.append(("libraries" if i == 0 else "", _shown(root)))
+    if len(stats.roots) > SHOW_FAILED:
+        rows.append(("", f"... and {len(stats.roots) - SHOW_FAILED} more"))
     for key, value in rows:
         out.print(f"[bold]{key:<11}[/]{value}", highlight=False, soft_wrap=True)
     if failures:
