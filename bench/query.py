@@ -1,0 +1,236 @@
+"""Benchmark the search engine against the naive approach on a synthetic store.
+
+    python bench/query.py --items 100000 [--json] [--cli] [--cache-dtype bfloat16]
+
+Builds a store of N items (random features written straight into a real feature store, in
+10-item files so results carry time ranges) and a model of the paper's architecture with
+random weights and random batch-norm statistics, then prints in one run:
+
+- engine_ms: warm latency of SearchEngine.search (the database side already cached);
+- naive_ms: the full network on every (query, item) pair, batched, as in the paper
+  (LoadedModel.score_pairs, batch 4096);
+- same_topk: whether both rankings give the same top K in the same order;
+- engine_gflops: the engine's pair-specific FLOPs per query over its latency, next to
+  matmul_gflops, this machine's fp32 matrix-product rate measured in the same run
+  (best of a (rows x 256) x (256 x 128) product, the engine's main shape, and a square one);
+- rss_mb (now) and peak_rss_mb; build_s (computing the database side), and with --cli
+  cli_cold_s: a fresh `soundsearch query --json` process end to end on this store.
+
+Timings are the minimum over --repeat runs (the median is printed too): on a small shared
+machine the minimum is the figure least disturbed by other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soundsearch.features import get_featurizer
+from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, load_model, save_model
+from soundsearch.search import SearchEngine, rank
+from soundsearch.store import FileEntry, Store
+from soundsearch.taxonomy import Taxonomy
+
+ITEMS_PER_FILE = 10
+ITEM_SECONDS = 10.0
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, repeat: int) -> tuple[float, float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times), result
+
+
+def matmul_gflops(repeat: int = 30) -> float:
+    """This machine's fp32 matrix-product rate now (best of the engine's shape and a square one)."""
+    best = 0.0
+    for m, k, n in ((1024, 256, 128), (4096, 256, 128), (1024, 1024, 1024)):
+        a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        torch.mm(a, b, out=c)
+        t, _, _ = timed(lambda: torch.mm(a, b, out=c), repeat)
+        best = max(best, 2 * m * k * n / t / 1e9)
+    return best
+
+
+def make_model(path: Path, identity: str, spec: dict, dim: int, steps: int, seed: int) -> LoadedModel:
+    torch.manual_seed(seed)
+    config = ModelConfig(steps=steps, dim=dim, n_categories=8)
+    net = PresenceNet(config)
+    # Random batch-norm statistics, so that folding them into the weights is really tested.
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.5)
+    net.eval()
+    save_model(path, net, config, Taxonomy.default(), spec, identity,
+               np.zeros(dim, np.float32), np.ones(dim, np.float32), {"seed": seed, "note": "random weights (bench)"})
+    return load_model(path)
+
+
+def make_store(path: Path, n_items: int, seed: int) -> Store:
+    fz = get_featurizer("logmel")
+    store = Store.open(path, create=True, featurizer=fz, item_seconds=ITEM_SECONDS)
+    rng = np.random.default_rng(seed)
+    root = path.parent / "library"
+    with store.writer() as w:
+        w.add_roots([root])
+        batch: list[FileEntry] = []
+        done, f = 0, 0
+        while done < n_items:
+            n = min(ITEMS_PER_FILE, n_items - done)
+            # Each file gets its own level and texture, so items differ in more than noise.
+            base = rng.normal(0, 1, (1, 1, store.dim)).astype(np.float32)
+            feats = (base + rng.normal(0, 1, (n, store.steps, store.dim))).astype(np.float32)
+            segs = [(i * ITEM_SECONDS, (i + 1) * ITEM_SECONDS) for i in range(n)]
+            batch.append(FileEntry(path=root / f"d{f // 1000:03d}" / f"rec{f:06d}.wav", size=1, mtime_ns=f,
+                                   duration=n * ITEM_SECONDS, samplerate=22050, channels=1,
+                                   segments=segs, features=feats))
+            done += n
+            f += 1
+            if len(batch) == 500:
+                w.write_files(batch)
+                batch = []
+        if batch:
+            w.write_files(batch)
+    return store
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", type=int, required=True)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--naive-repeat", type=int, default=2)
+    ap.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--block-rows", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    ap.add_argument("--dir", type=Path, default=None, help="where to build store and model (kept); default: a temp dir, removed")
+    ap.add_argument("--cli", action="store_true", help="also time a cold `soundsearch query` process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="ss-bench-query-"))
+    work.mkdir(parents=True, exist_ok=True)
+    fig: dict = {"items": args.items, "k": args.k, "threads": torch.get_num_threads(), "cache_dtype": args.cache_dtype}
+    try:
+        store_dir = work / f"store-{args.items}"
+        t0 = time.perf_counter()
+        if (store_dir / "catalog.sqlite").exists():
+            store = Store.open(store_dir)
+        else:
+            store = make_store(store_dir, args.items, args.seed)
+        fig["store_build_s"] = round(time.perf_counter() - t0, 2)
+        n = store.features().shape[0]
+        assert n == args.items, (n, args.items)
+        model = make_model(work / "bench-model.safetensors", store.featurizer_identity, store.featurizer_spec,
+                           store.dim, store.steps, args.seed)
+        kwargs = {"cache_dtype": args.cache_dtype}
+        if args.block_rows:
+            kwargs["block_rows"] = args.block_rows
+        engine = SearchEngine(store, model, **kwargs)
+        t0 = time.perf_counter()
+        engine.prepare()
+        fig["build_s"] = round(time.perf_counter() - t0, 2)
+        fig["cache_built"] = engine.built_cache
+        fig["cache_mb"] = round(engine._cache_path.stat().st_size / 2**20, 1) if engine._cache_path else None
+
+        rng = np.random.default_rng(args.seed + 1)
+        query = (rng.normal(0, 1, (1, 1, store.dim)) + rng.normal(0, 1, (store.steps, store.dim))).astype(np.float32)[0]
+        query = query.reshape(store.steps, store.dim)
+
+        engine.search(query, k=args.k)  # warm: pages of the cache, allocator, kernels
+        mm_before = matmul_gflops()
+        best, median, res = timed(lambda: engine.search(query, k=args.k), args.repeat)
+        mm_after = matmul_gflops()
+        engine_top = [r.item.row for r in res.results]
+        fig["engine_ms"] = round(best * 1e3, 1)
+        fig["engine_median_ms"] = round(median * 1e3, 1)
+        flops = engine.flops_per_query()
+        fig["engine_flops_per_query"] = flops
+        fig["engine_gflops"] = round(flops / best / 1e9, 1)
+        fig["matmul_gflops"] = round(max(mm_before, mm_after), 1)
+        fig["engine_vs_matmul"] = round(fig["engine_gflops"] / fig["matmul_gflops"], 3)
+        fig["rss_mb"] = round(rss_mb(), 1)
+
+        feats = store.features()
+        nbest, nmedian, naive = timed(lambda: model.score_pairs(query, feats, batch=4096), args.naive_repeat)
+        fig["naive_ms"] = round(nbest * 1e3, 1)
+        fig["naive_median_ms"] = round(nmedian * 1e3, 1)
+        fig["speedup"] = round(nbest / best, 2)
+        # Closeness for the naive ranking's last tie-break, from the towers directly (untimed).
+        with torch.no_grad():
+            pooled = []
+            for s in range(0, n, 8192):
+                h = model.net.embed(torch.from_numpy(model.normalise(feats[s : s + 8192]))).mean(1)
+                pooled.append(torch.nn.functional.normalize(h, dim=1))
+            qh = model.net.embed(torch.from_numpy(model.normalise(query[None]))).mean(1)
+            close = (torch.cat(pooled) @ torch.nn.functional.normalize(qh, dim=1)[0]).numpy()
+        naive_top = rank(naive.level, naive.expected, close, k=args.k).tolist()
+        fig["same_topk"] = engine_top == naive_top
+        full = engine.score_all(query, probs=True)
+        fig["max_abs_prob_diff"] = float(np.abs(full.probs[0] - naive.probs).max())
+        fig["level_agreement"] = float((full.level[0] == naive.level).mean())
+        fig["peak_rss_mb"] = round(peak_rss_mb(), 1)
+
+        if args.cli:
+            import soundfile as sf
+
+            wav = work / "query.wav"
+            t = np.arange(int(3 * 22050)) / 22050
+            sf.write(wav, (0.2 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 22050)
+            cmd = [sys.executable, "-m", "soundsearch", "query", str(wav), "--store", str(store_dir),
+                   "--model", str(model.path), "--json", "-k", str(args.k)]
+            cold = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                cold.append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    fig["cli_error"] = proc.stderr.strip()[-500:]
+                    break
+            fig["cli_cold_s"] = round(min(cold), 2)
+            fig["cli_cold_runs_s"] = [round(c, 2) for c in cold]
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(fig))
+    else:
+        for key, value in fig.items():
+            print(f"{key:>24}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

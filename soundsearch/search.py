@@ -1,0 +1,702 @@
+"""The search engine: score a query against every stored item with the presence model, rank.
+
+Speed by construction. The network's first pair layer is symmetric and splits into one half
+per item (model.PresenceNet.project), so everything that depends on a database item alone is
+computed once per (store, model) and cached beside the store, with every batch norm folded
+into the weights:
+
+    per item, per step t:  PA = s * W_a h,  PB = s * W_b h + shift   (s, shift: the pair BN)
+                           pooled = mean_t h / |mean_t h|             (for acoustic closeness)
+
+A query then pays only for the pair-specific part, per item and step:
+
+    z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q)    the model's pair layer, both orders
+    z  = ReLU(W' z + b') ...                      the rest of the head, batch norm folded
+    per category a 3-way softmax f_t and an attention weight v_t (softmax over T)
+    y  = sum_t v_t f_t                            (mean over t without attention)
+
+streamed over the items in chunks (bounded memory, cache-friendly buffers reused). This is
+exact: the same arithmetic as the model's forward pass up to float rounding, for every
+variant (siamese or not, single or per-category, attention or mean pooling).
+
+Ranking: predicted similarity level (categories whose most likely state is both or neither)
+descending, then the expected agreement sum_c p_both + p_neither descending, then the
+closeness (cosine of the mean-pooled tower embeddings) descending, then row order.
+
+A query file cut into several items (a long recording) is scored item by item against every
+database item; the per-category probabilities are averaged over the query's items and the
+level and expected agreement are read from that average. Its closeness is the cosine between
+the mean of its items' pooled embeddings and the database item's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from soundsearch.errors import SearchError, StoreError
+from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
+
+if TYPE_CHECKING:
+    from soundsearch.model import LoadedModel
+    from soundsearch.store import ItemRecord, Store
+    from soundsearch.taxonomy import Taxonomy
+
+# Bump when the cache layout or the folding changes: old files then simply stop matching.
+CACHE_VERSION = 1
+CACHE_PREFIX = "search-"
+CACHE_DTYPES = ("float32", "bfloat16")
+# Item-steps scored per block: the block's activations (rows x 256 floats, a few of them) then
+# stay within the CPU's L2 cache between the elementwise ops and the matrix products.
+DEFAULT_BLOCK_ROWS = 1024
+# Items embedded per chunk while building the cache.
+_BUILD_CHUNK = 2048
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class ScoreMatrix:
+    """Scores of Q queries against the N stored items (rows in store order)."""
+
+    level: np.ndarray  # (Q, N) int16: predicted similarity level 0..C
+    expected: np.ndarray  # (Q, N) float32: sum_c p_both + p_neither
+    closeness: np.ndarray  # (Q, N) float32: cosine of pooled tower embeddings
+    probs: np.ndarray | None = None  # (Q, N, C, 3) float32 in STATES order, when asked for
+
+    @property
+    def states(self) -> np.ndarray:
+        if self.probs is None:
+            raise SearchError("these scores were computed without probabilities")
+        return self.probs.argmax(-1)
+
+
+@dataclass(frozen=True)
+class Result:
+    rank: int  # 1-based
+    item: "ItemRecord"
+    level: int
+    score: float  # expected agreement, 0..C
+    closeness: float
+    probs: np.ndarray  # (C, 3) in STATES order
+    states: np.ndarray  # (C,) index into STATES
+    is_query: bool = False  # the query recording itself (it is in the store, unchanged)
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    query: Path | None
+    query_segments: list[tuple[float, float]]
+    results: list[Result]
+    taxonomy: "Taxonomy"
+    items_searched: int
+    matches: int  # items left after --require / --exclude / --min-level
+    query_in_store: bool = False
+    filters: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking
+
+
+def rank(level: np.ndarray, expected: np.ndarray, closeness: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Indices ordering items best first: level desc, expected desc, closeness desc, index asc.
+
+    With `k`, only the best k (in order); linear time in the number of items.
+    """
+    level = np.asarray(level)
+    expected = np.asarray(expected, dtype=np.float64)
+    closeness = np.asarray(closeness, dtype=np.float64)
+    n = level.shape[0]
+    if k is None or k >= n:
+        return np.lexsort((-closeness, -expected, -level.astype(np.int64)))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    # expected <= C < C + 1, so this key orders by level first, then expected, exactly enough:
+    # both are small numbers and float64 keeps the expected part's float32 precision.
+    span = float(np.max(expected)) + 1.0 if n else 1.0
+    key = level.astype(np.float64) * span + expected
+    kth = np.partition(key, n - k)[n - k]
+    cand = np.flatnonzero(key >= kth)  # every item that can reach the top k, ties included
+    order = np.lexsort((cand, -closeness[cand], -key[cand]))
+    return cand[order[:k]]
+
+
+# --------------------------------------------------------------------------------------------
+# The folded head
+
+
+def _fold_bn(norm: torch.nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference batch norm as y = s * x + shift."""
+    var = norm.running_var.double()
+    mean = norm.running_mean.double()
+    weight = norm.weight.double() if norm.weight is not None else torch.ones_like(var)
+    bias = norm.bias.double() if norm.bias is not None else torch.zeros_like(var)
+    s = weight / torch.sqrt(var + norm.eps)
+    return s, bias - mean * s
+
+
+@dataclass
+class _Head:
+    """The pair-specific part of a PresenceNet with batch norm folded in, grouped (G, ...)."""
+
+    groups: int
+    per_group: int  # categories per group (C, or 1 per sub-model)
+    width: int  # G * K1: values per step of each half
+    pair_scale: torch.Tensor  # (G*K1,)
+    pair_shift: torch.Tensor  # (G*K1,)
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # (G, fin, fout) weight, (G, 1, fout) bias
+    out_w: torch.Tensor  # (G, last, 4 * per_group): 3 state columns k-major, then attention
+    out_b: torch.Tensor  # (G, 1, 4 * per_group)
+    attention: bool
+    steps: int
+
+    @property
+    def n_categories(self) -> int:
+        return self.groups * self.per_group
+
+    def flops_per_step(self) -> int:
+        """Floating-point operations per (query, item) pair and step, matrix products and adds."""
+        g = self.groups
+        flops = 3 * self.width  # two adds and the sum of both orders
+        for w, _ in self.layers:
+            flops += 2 * g * w.shape[1] * w.shape[2]
+        flops += 2 * g * self.out_w.shape[1] * self.out_w.shape[2]
+        return flops
+
+
+@torch.no_grad()
+def _fold_head(net) -> _Head:
+    config = net.config
+    g = config.groups
+    per_group = config.outputs_per_group
+    s, shift = _fold_bn(net.pair_norm)
+    layers = []
+    for block in net.head:
+        w = block.linear.weight.detach().double()  # (G, fin, fout)
+        bs, bshift = _fold_bn(block.norm)
+        fout = w.shape[2]
+        layers.append(
+            (
+                (w * bs.view(g, 1, fout)).float().contiguous(),
+                bshift.view(g, 1, fout).float().contiguous(),
+            )
+        )
+    nstates = len(STATES)
+    sw = net.state.weight.detach()  # (G, last, per_group * 3), columns category-major
+    sb = net.state.bias.detach().view(g, per_group * nstates)
+    last = sw.shape[1]
+    # State columns reordered k-major (all categories' "both", then "neither", then "differs")
+    # so the pooling reads contiguous runs of categories.
+    sw = sw.view(g, last, per_group, nstates).permute(0, 1, 3, 2).reshape(g, last, nstates * per_group)
+    sb = sb.view(g, per_group, nstates).permute(0, 2, 1).reshape(g, nstates * per_group)
+    if net.attend is not None:
+        aw = net.attend.weight.detach()
+        ab = net.attend.bias.detach().view(g, per_group)
+    else:
+        aw = torch.zeros(g, last, per_group)
+        ab = torch.zeros(g, per_group)
+    out_w = torch.cat([sw, aw], dim=2).float().contiguous()
+    out_b = torch.cat([sb, ab], dim=1).view(g, 1, (nstates + 1) * per_group).float().contiguous()
+    return _Head(
+        groups=g,
+        per_group=per_group,
+        width=g * config.head[0],
+        pair_scale=s.float(),
+        pair_shift=shift.float(),
+        layers=layers,
+        out_w=out_w,
+        out_b=out_b,
+        attention=net.attend is not None,
+        steps=config.steps,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+
+
+def _sha(data: bytes | str, n: int = 16) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()[:n]
+
+
+def model_key(model: "LoadedModel") -> str:
+    """Content hash of the model: the file's bytes, or the weights of an unsaved model."""
+    h = hashlib.sha256()
+    if model.path is not None and Path(model.path).is_file():
+        with open(model.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    else:
+        for name, tensor in sorted(model.net.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(np.asarray(model.norm_mean, np.float32).tobytes())
+        h.update(np.asarray(model.norm_std, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Engine
+
+
+class SearchEngine:
+    """Scores queries against every item of a store with a presence model.
+
+    The database side is computed on first use (or loaded from `cache_dir`, default
+    `<store>/cache`); `prepare()` does it eagerly.
+    """
+
+    def __init__(
+        self,
+        store: "Store",
+        model: "LoadedModel",
+        cache_dir: Path | None = None,
+        cache_dtype: str = "float32",
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        persist: bool = True,
+        workers: int | None = None,
+    ):
+        if cache_dtype not in CACHE_DTYPES:
+            raise SearchError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not {cache_dtype!r}")
+        model.check_featurizer(store.featurizer_identity)
+        self.store = store
+        self.model = model
+        self.taxonomy = model.taxonomy
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.path) / "cache"
+        self.cache_dtype = cache_dtype
+        self.block_rows = max(int(block_rows), model.config.steps)
+        self.persist = persist
+        self.workers = max(1, int(workers if workers is not None else torch.get_num_threads()))
+        self.head = _fold_head(model.net)
+        self.embed_width = model.net.embed_width
+        self._cache: np.ndarray | None = None
+        self._cache_path: Path | None = None
+        self.built_cache = False  # whether the last prepare() had to compute the database side
+
+    # ---- database side
+
+    @property
+    def n_items(self) -> int:
+        return int(self.store.features().shape[0])
+
+    @property
+    def _row_width(self) -> int:
+        return 2 * self.head.steps * self.head.width + self.embed_width
+
+    def cache_path(self) -> Path:
+        store_part = _sha(self.store.fingerprint(), 12)
+        where = str(self.model.path) if self.model.path is not None else "(unsaved)"
+        return self.cache_dir / (
+            f"{CACHE_PREFIX}{store_part}-{_sha(where, 8)}-{model_key(self.model)}"
+            f"-{self.cache_dtype}-v{CACHE_VERSION}.npy"
+        )
+
+    def prepare(self) -> "SearchEngine":
+        """Load the database side from the cache, or compute it (and cache it when possible)."""
+        if self._cache is not None:
+            return self
+        n = self.n_items
+        path = self.cache_path()
+        storage = np.uint16 if self.cache_dtype == "bfloat16" else np.float32
+        if path.is_file():
+            try:
+                arr = np.load(path, mmap_mode="c", allow_pickle=False)
+                if arr.shape == (n, self._row_width) and arr.dtype == storage:
+                    self._cache, self._cache_path, self.built_cache = arr, path, False
+                    return self
+            except (OSError, ValueError):
+                pass  # unreadable or truncated: recompute below, replacing it
+        self._cache = self._build(path, storage)
+        self._cache_path = path
+        self.built_cache = True
+        return self
+
+    def _build(self, path: Path, storage: type) -> np.ndarray:
+        n, width = self.n_items, self._row_width
+        out: np.ndarray | None = None
+        tmp: str | None = None
+        if self.persist and n:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.cache_dir)
+                os.close(fd)
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=(n, width))
+            except OSError:
+                # A read-only store still searches; it just recomputes its side each time.
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                out, tmp = None, None
+        if out is None:
+            out = np.empty((n, width), dtype=storage)
+        try:
+            feats = self.store.features()
+
+            def build_chunk(start: int) -> None:
+                rows = self._database_rows(feats[start : start + _BUILD_CHUNK])
+                if storage is np.uint16:
+                    out[start : start + rows.shape[0]] = rows.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+                else:
+                    out[start : start + rows.shape[0]] = rows.numpy()
+
+            _run_chunks(build_chunk, range(0, n, _BUILD_CHUNK), self.workers)
+            if tmp is not None:
+                out.flush()
+                del out
+                os.replace(tmp, path)
+                tmp = None
+                self._remove_stale(path)
+                return np.load(path, mmap_mode="c", allow_pickle=False)
+            return out
+        except OSError as exc:
+            raise StoreError(f"cannot write the search cache in {self.cache_dir}: {exc}") from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    def _remove_stale(self, current: Path) -> None:
+        """Drop caches of an older store state, or of an older version of this model file."""
+        store_part, where_part = current.name[len(CACHE_PREFIX) :].split("-")[:2]
+        for other in self.cache_dir.glob(f"{CACHE_PREFIX}*.npy"):
+            if other == current:
+                continue
+            parts = other.name[len(CACHE_PREFIX) :].split("-")
+            if len(parts) < 2 or parts[0] != store_part or parts[1] == where_part:
+                try:
+                    other.unlink()
+                except OSError:
+                    pass  # another process may hold or have removed it; harmless
+
+    @torch.no_grad()
+    def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:
+        """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding."""
+        pa, pb, pooled = self._sides(feats_raw)
+        n = pa.shape[0]
+        return torch.cat([pa.reshape(n, -1), pb.reshape(n, -1), pooled], dim=1)
+
+    @torch.no_grad()
+    def _sides(self, feats_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(self.model.normalise(feats_raw)))
+        net = self.model.net
+        net.eval()
+        h = net.embed(x)
+        pa, pb = net.project(h)
+        pa = pa * self.head.pair_scale
+        pb = torch.addcmul(self.head.pair_shift, pb, self.head.pair_scale)
+        pooled = h.mean(1)
+        pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return pa.contiguous(), pb.contiguous(), pooled.contiguous()
+
+    # ---- scoring
+
+    @torch.no_grad()
+    def score_all(
+        self,
+        query_feats_raw: np.ndarray,
+        probs: bool = False,
+        aggregate: bool = False,
+        rows: np.ndarray | None = None,
+    ) -> ScoreMatrix:
+        """Score Q query items (Q, T, D) against every stored item (or the given `rows`).
+
+        With `aggregate`, the Q items are one query (a long recording): probabilities are
+        averaged over them and the result has one row.
+        """
+        q = np.asarray(query_feats_raw, dtype=np.float32)
+        if q.ndim == 2:
+            q = q[None]
+        steps, dim = self.model.config.steps, self.model.config.dim
+        if q.ndim != 3 or q.shape[1:] != (steps, dim) or q.shape[0] == 0:
+            raise SearchError(f"query features must be (Q, {steps}, {dim}), got {q.shape}")
+        self.prepare()
+        cache = self._cache
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+        n = self.n_items if rows is None else rows.shape[0]
+        qa, qb, qpooled = self._sides(q)
+        nq = q.shape[0]
+        out_q = 1 if aggregate else nq
+        c = self.head.n_categories
+        level = np.zeros((out_q, n), dtype=np.int16)
+        expected = np.zeros((out_q, n), dtype=np.float32)
+        all_probs = np.zeros((out_q, n, c, len(STATES)), dtype=np.float32) if probs else None
+        if aggregate:
+            qpooled = qpooled.mean(0, keepdim=True)
+            qpooled = qpooled / qpooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        closeness = np.zeros((out_q, n), dtype=np.float32)
+        if n == 0:
+            return ScoreMatrix(level, expected, closeness, all_probs)
+
+        t, k = self.head.steps, self.head.width
+        chunk = max(1, self.block_rows // t)
+        local = threading.local()
+
+        def score_chunk(start: int) -> None:
+            block = getattr(local, "block", None)
+            if block is None:
+                block = local.block = _Block(self.head, chunk)
+            stop = min(n, start + chunk)
+            if rows is None:
+                raw = cache[start:stop]
+            else:
+                raw = cache[rows[start:stop]]
+            db = self._as_tensor(raw)
+            m = db.shape[0]
+            db_pa = db[:, : t * k].view(m, t, k)
+            db_pb = db[:, t * k : 2 * t * k].view(m, t, k)
+            db_pooled = db[:, 2 * t * k :].float()
+            closeness[:, start:stop] = (qpooled @ db_pooled.T).numpy()
+            acc = None
+            for j in range(nq):
+                y = block.pool(db_pa, db_pb, qa[j], qb[j])  # (m, 3, C)
+                if aggregate:
+                    acc = y if acc is None else acc.add_(y)
+                else:
+                    self._emit(y, j, start, stop, level, expected, all_probs)
+            if aggregate:
+                self._emit(acc.div_(nq), 0, start, stop, level, expected, all_probs)
+
+        _run_chunks(score_chunk, range(0, n, chunk), self.workers)
+        return ScoreMatrix(level, expected, closeness, all_probs)
+
+    @staticmethod
+    def _emit(y, j, start, stop, level, expected, all_probs) -> None:
+        expected[j, start:stop] = (y[:, BOTH] + y[:, NEITHER]).sum(-1).numpy()
+        states = y.argmax(1)
+        level[j, start:stop] = (states != DIFFERS).sum(-1).numpy()
+        if all_probs is not None:
+            all_probs[j, start:stop] = y.transpose(1, 2).numpy()
+
+    def _as_tensor(self, raw: np.ndarray) -> torch.Tensor:
+        if raw.dtype == np.uint16:
+            return torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(raw if raw.flags.c_contiguous else np.ascontiguousarray(raw))
+
+    def flops_per_query(self, items: int | None = None) -> int:
+        """Pair-specific floating-point operations of one single-item query over the store."""
+        n = self.n_items if items is None else items
+        return self.head.flops_per_step() * self.head.steps * n
+
+    # ---- search
+
+    def search(
+        self,
+        query: Path | str | np.ndarray,
+        k: int = 10,
+        require: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        min_level: int | None = None,
+    ) -> SearchResults:
+        """The k best items for a query file (or raw (T, D) / (Q, T, D) features)."""
+        require, exclude = list(require), list(exclude)
+        req_idx = self._category_indices(require)
+        exc_idx = self._category_indices(exclude)
+        both = sorted(set(require) & set(exclude))
+        if both:
+            raise SearchError(f"a category cannot be both required and excluded: {', '.join(both)}")
+        c = len(self.taxonomy)
+        if min_level is not None and not 0 <= min_level <= c:
+            raise SearchError(f"--min-level must be between 0 and {c}, not {min_level}")
+        if k < 1:
+            raise SearchError(f"k must be at least 1, not {k}")
+
+        n = self.n_items
+        if n == 0:
+            raise StoreError(f"the store at {self.store.path} holds no items: run `soundsearch index PATH` first")
+        query_path, segments, feats, self_rows = self._query_features(query)
+        scores = self.score_all(feats, probs=True, aggregate=True)
+        level, expected, closeness = scores.level[0], scores.expected[0], scores.closeness[0]
+        probs = scores.probs[0]
+        states = probs.argmax(-1)  # (N, C)
+
+        keep = np.ones(n, dtype=bool)
+        for j in req_idx:
+            keep &= states[:, j] == BOTH
+        for j in exc_idx:
+            keep &= states[:, j] != BOTH
+        if min_level is not None:
+            keep &= level >= min_level
+        cand = np.flatnonzero(keep)
+        is_self = np.zeros(n, dtype=bool)
+        if self_rows is not None:
+            is_self[self_rows] = True
+        # The query recording itself comes first whatever the model says: its presence matrix
+        # with itself has no "differs" by construction.
+        first = cand[is_self[cand]]
+        first = first[rank(level[first], expected[first], closeness[first])]
+        rest = cand[~is_self[cand]]
+        rest = rest[rank(level[rest], expected[rest], closeness[rest], k=max(0, k - len(first)))]
+        order = np.concatenate([first, rest])[:k]
+
+        items = self.store.items()
+        results = [
+            Result(
+                rank=i + 1,
+                item=items[row],
+                level=int(level[row]),
+                score=float(expected[row]),
+                closeness=float(closeness[row]),
+                probs=probs[row].copy(),
+                states=states[row].copy(),
+                is_query=bool(is_self[row]),
+            )
+            for i, row in enumerate(order.tolist())
+        ]
+        return SearchResults(
+            query=query_path,
+            query_segments=segments,
+            results=results,
+            taxonomy=self.taxonomy,
+            items_searched=n,
+            matches=int(cand.size),
+            query_in_store=self_rows is not None,
+            filters={"require": require, "exclude": exclude, "min_level": min_level},
+        )
+
+    def _category_indices(self, names: Sequence[str]) -> list[int]:
+        unknown = [name for name in names if name not in self.taxonomy]
+        if unknown:
+            raise SearchError(
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}; "
+                f"the model '{self.model.name}' knows: {', '.join(self.taxonomy.categories)}"
+            )
+        return [self.taxonomy.index(name) for name in names]
+
+    def _query_features(self, query):
+        """(path or None, segments, (Q, T, D) raw features, store rows of the query itself or None)."""
+        if isinstance(query, np.ndarray):
+            feats = query[None] if query.ndim == 2 else query
+            return None, [], feats, None
+        from soundsearch.features import featurize_file
+
+        path = Path(query).expanduser().absolute()
+        ff = featurize_file(path, self.store.featurizer(), item_seconds=self.store.item_seconds)
+        feats = ff.features
+        self_rows = None
+        stored = self.store.items_for_path(path)
+        if len(stored) == feats.shape[0]:
+            rows = np.array([r.row for r in stored], dtype=np.int64)
+            if np.allclose(self.store.features()[rows], feats, rtol=1e-5, atol=1e-5):
+                self_rows = rows
+        return path, list(ff.segments), feats, self_rows
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) -> None:
+    """Run fn over chunk starts on `workers` threads, each with single-threaded torch ops.
+
+    Threads that each take whole chunks, rather than torch's intra-op threads splitting every
+    small operation, keep each block in one core's cache and never wait at a barrier for a
+    descheduled thread: on a busy machine intra-op threading was measured 10x slower.
+    """
+    starts = list(starts)
+
+    def run(start: int) -> None:
+        with torch.no_grad():  # grad mode is per thread: a worker does not inherit the caller's
+            fn(start)
+
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            run(start)
+        return
+    with _torch_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+        for _ in pool.map(run, starts):
+            pass
+
+
+class _Block:
+    """Reusable buffers and the pair-specific arithmetic for one block of database items."""
+
+    def __init__(self, head: _Head, chunk: int):
+        self.head = head
+        g, t = head.groups, head.steps
+        k1 = head.width // g
+        # Flat storage, viewed per block so that a short last block still gets contiguous
+        # (G, m, ...) tensors for the grouped products.
+        self.u1 = torch.empty(g * chunk * t * k1)
+        self.u2 = torch.empty(g * chunk * t * k1)
+        self.layer_out = [torch.empty(g * chunk * t * w.shape[2]) for w, _ in head.layers]
+        self.out = torch.empty(g * chunk * t * head.out_w.shape[2])
+
+    def pool(self, db_pa, db_pb, q_pa, q_pb) -> torch.Tensor:
+        """(m, T, G*K1) database halves x (T, G*K1) query halves -> pooled (m, 3, C)."""
+        head = self.head
+        g, t = head.groups, head.steps
+        m = db_pa.shape[0]
+        k1 = head.width // g
+        rows = m * t
+        u1 = self.u1[: g * rows * k1].view(g, m, t, k1)
+        u2 = self.u2[: g * rows * k1].view(g, m, t, k1)
+        # Grouped layout (G, m, T, K1): with G = 1 these permutes are free views.
+        torch.add(db_pb.view(m, t, g, k1).permute(2, 0, 1, 3), q_pa.view(t, g, k1).permute(1, 0, 2).unsqueeze(1), out=u1)
+        u1.relu_()
+        torch.add(db_pa.view(m, t, g, k1).permute(2, 0, 1, 3), q_pb.view(t, g, k1).permute(1, 0, 2).unsqueeze(1), out=u2)
+        u2.relu_()
+        z = u1.add_(u2).view(g, rows, k1)
+        for (w, b), buf in zip(head.layers, self.layer_out):
+            dst = buf[: g * rows * w.shape[2]].view(g, rows, w.shape[2])
+            if g == 1:
+                torch.addmm(b[0], z[0], w[0], out=dst[0])
+            else:
+                torch.baddbmm(b, z, w, out=dst)
+            z = dst.relu_()
+        width = head.out_w.shape[2]
+        out = self.out[: g * rows * width].view(g, rows, width)
+        if g == 1:
+            torch.addmm(head.out_b[0], z[0], head.out_w[0], out=out[0])
+        else:
+            torch.baddbmm(head.out_b, z, head.out_w, out=out)
+        p = head.per_group
+        ns = len(STATES)
+        # (G, rows, 3, p) -> (m, T, 3, C) with category = group * p + index within the group.
+        logits = out[:, :, : ns * p].view(g, rows, ns, p).permute(1, 2, 0, 3).reshape(m, t, ns, g * p)
+        mx = logits.amax(2, keepdim=True)
+        e = (logits - mx).exp_()
+        total = e.sum(2)  # (m, T, C): softmax denominators per step
+        if head.attention:
+            att = out[:, :, ns * p :].permute(1, 0, 2).reshape(m, t, g * p)
+            w = att.softmax(1).div_(total)
+        else:
+            w = total.reciprocal_().mul_(1.0 / t)
+        return (e * w.unsqueeze(2)).sum(1)  # (m, 3, C)
+
+
+def open_engine(store: "Store", model: "LoadedModel", **kwargs) -> SearchEngine:
+    """A ready engine (database side loaded or computed)."""
+    return SearchEngine(store, model, **kwargs).prepare()
+
+
+__all__ = [
+    "CACHE_DTYPES",
+    "Result",
+    "ScoreMatrix",
+    "SearchEngine",
+    "SearchResults",
+    "model_key",
+    "open_engine",
+    "rank",
+]
