@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from soundsearch.cli._common import JsonOption, QuietOption, StoreOption, err, out, progress
 
+
 # Mirrors soundsearch.features' registry (tests check they agree); spelled out here so that
 # `--help` and completion need not import the featurizers.
 class FeaturizerName(str, Enum):
@@ -65,7 +66,7 @@ def index(
     paths: Annotated[
         Optional[list[Path]],
         typer.Argument(
-            help="Audio files or folders (searched recursively). None: refresh every folder the store has indexed.",
+            help="Audio files or folders (searched recursively). Without any, every folder the store has indexed is refreshed.",
             show_default=False,
         ),
     ] = None,
