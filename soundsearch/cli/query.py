@@ -1,8 +1,283 @@
-"""Placeholder: being written."""
+"""`soundsearch query`: the recordings of the store most similar to a query recording."""
 
-from soundsearch.errors import SoundsearchError
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from soundsearch.cli._common import JsonOption, StoreOption, err, out
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from soundsearch.search import SearchResults
+
+# One glyph per category and state, so the breakdown of 8 categories takes 8 columns.
+GLYPHS = {"both": ("●", "bold green"), "neither": ("·", "dim"), "differs": ("✕", "red")}
+LEGEND = "● both have it  · neither has it  ✕ only one has it"
 
 
-def query() -> None:
-    """Not available yet."""
-    raise SoundsearchError("'query' is not implemented yet")
+def _complete_category(incomplete: str) -> list[str]:
+    # Completion runs on every Tab: offer the default taxonomy without loading a model.
+    from soundsearch.taxonomy import SONYC_UST_COARSE
+
+    return [c for c in SONYC_UST_COARSE if c.startswith(incomplete)]
+
+
+def query(
+    file: Annotated[
+        Path,
+        typer.Argument(help="A recording to search with (any format `index` reads); a long one counts as all its items.", show_default=False),
+    ],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results to show.")] = 10,
+    store: StoreOption = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", "-m", help="Model name or .safetensors path. Default: the shipped default model.", show_default=False),
+    ] = None,
+    json_out: JsonOption = False,
+    require: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--require", metavar="CATEGORY", autocompletion=_complete_category,
+            help="Keep only results predicted to contain this category along with the query (state both). Repeatable.",
+        ),
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude", metavar="CATEGORY", autocompletion=_complete_category,
+            help="Drop results predicted to share this category with the query (state both). Repeatable.",
+        ),
+    ] = None,
+    min_level: Annotated[
+        Optional[int],
+        typer.Option("--min-level", min=0, help="Drop results whose similarity level (categories in agreement) is below this.", show_default=False),
+    ] = None,
+) -> None:
+    """Find the recordings most similar to FILE: same sound events present, same absent.
+
+    Each stored item is scored against the query by the model; results are ranked by the
+    similarity level (how many categories both recordings agree on: both have it or neither
+    does), then by the model's expected agreement, then by acoustic closeness. The
+    breakdown shows, per category, whether both have it (●), neither (·) or only one (✕).
+
+    Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog
+    """
+    from soundsearch.errors import AudioError
+    from soundsearch.model import load_model, resolve_model
+    from soundsearch.paths import resolve_store_dir
+    from soundsearch.search import SearchEngine
+    from soundsearch.store import Store
+
+    path = file.expanduser()
+    if path.is_dir():
+        raise AudioError(path, "is a folder; give one recording to search with")
+    if not path.exists():
+        raise AudioError(path, "no such file")
+    with Store.open(resolve_store_dir(store)) as st:
+        loaded = load_model(resolve_model(model))
+        engine = SearchEngine(st, loaded)
+        if engine.n_items == 0:
+            from soundsearch.errors import StoreError
+
+            raise StoreError(f"the store at {_shown(st.path)} holds no items: run `soundsearch index PATH` first")
+        if not engine.cache_path().is_file():
+            err.print(
+                f"preparing the search cache for this store and model '{loaded.name}' (once)...",
+                highlight=False, soft_wrap=True,
+            )
+        results = engine.search(path, k=k, require=require or (), exclude=exclude or (), min_level=min_level)
+        roots = st.roots()
+        if json_out:
+            typer.echo(json.dumps(to_json(results, st, loaded)))
+            return
+        render(results, roots, loaded.name)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _shown(path) -> str:
+    """Printable form of a path whose name need not be valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def short_codes(names: list[str]) -> list[str]:
+    """Unique short codes for category names: initials of hyphenated words, else a prefix."""
+    codes: list[str] = []
+    for name in names:
+        words = [w for w in name.replace("_", "-").replace(" ", "-").split("-") if w]
+        code = "".join(w[0] for w in words) if len(words) > 1 else name[: min(len(name), 3)]
+        code = code.lower() or "?"
+        base, n = code, 2
+        while code in codes:
+            code = f"{base}{n}"
+            n += 1
+        codes.append(code)
+    return codes
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _length(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else _clock(seconds)
+
+
+def display_paths(paths: list[Path], roots: list[Path]) -> list[str]:
+    """Each path relative to the indexed folder holding it, else to the results' common folder."""
+    roots = sorted((Path(r) for r in roots), key=lambda r: len(r.parts), reverse=True)
+    shown: list[str | None] = []
+    for p in paths:
+        rel = None
+        for r in roots:
+            if r != p and p.is_relative_to(r):
+                rel = p.relative_to(r)
+                break
+        shown.append(_shown(rel) if rel is not None else None)
+    rest = [p for p, s in zip(paths, shown) if s is None]
+    if rest:
+        try:
+            common = Path(os.path.commonpath([str(p.parent) for p in rest]))
+        except ValueError:
+            common = None
+        for i, (p, s) in enumerate(zip(paths, shown)):
+            if s is None:
+                shown[i] = _shown(p.relative_to(common)) if common is not None and p != common else _shown(p)
+    return [s or "" for s in shown]
+
+
+def _fit_left(text: str, width: int) -> str:
+    """Cut from the left: the file name at the end says most about a recording."""
+    if len(text) <= width:
+        return text
+    return "…" + text[len(text) - width + 1 :] if width > 1 else "…"
+
+
+def build_table(results: "SearchResults", roots: list[Path], width: int) -> "Table":
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from soundsearch.presence import STATES
+
+    rows = results.results
+    names = display_paths([r.item.path for r in rows], roots)
+    times = [
+        f"{_clock(r.item.start)}–{_clock(r.item.end)}" if r.item.end - r.item.start < r.item.file_duration - 1e-6 else ""
+        for r in rows
+    ]
+    c = len(results.taxonomy)
+    cells = {
+        "#": [str(r.rank) for r in rows],
+        "level": [f"{r.level}/{c}" for r in rows],
+        "score": [f"{r.score:.2f}" for r in rows],
+        "time": times,
+        "length": [_length(r.item.file_duration) for r in rows],
+    }
+    fixed = {name: max([len(name)] + [len(v) for v in vals]) for name, vals in cells.items()}
+    if not any(times):
+        fixed.pop("time")
+    presence_w = max(c, len("presence"))
+    # Seven columns, one space between neighbours: the file column gets what is left.
+    n_cols = len(fixed) + 2
+    file_w = max(8, width - sum(fixed.values()) - presence_w - (n_cols - 1))
+
+    # No padding: SIMPLE_HEAD's column dividers are one space each, counted above.
+    table = Table(box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for name, justify in (("#", "right"), ("level", "right"), ("score", "right")):
+        table.add_column(name, justify=justify, no_wrap=True, min_width=fixed[name])
+    table.add_column("file", no_wrap=True, overflow="ellipsis", max_width=file_w)
+    if "time" in fixed:
+        table.add_column("time", no_wrap=True, min_width=fixed["time"])
+    table.add_column("length", justify="right", no_wrap=True, min_width=fixed["length"])
+    table.add_column("presence", no_wrap=True, min_width=presence_w)
+    for r, name, t in zip(rows, names, times):
+        label = Text(_fit_left(name + (" (query)" if r.is_query else ""), file_w))
+        if r.is_query:
+            label.stylize("italic")
+        glyphs = Text()
+        for s in r.states.tolist():
+            glyph, style = GLYPHS[STATES[s]]
+            glyphs.append(glyph, style=style)
+        cols = [cells["#"][r.rank - 1], cells["level"][r.rank - 1], cells["score"][r.rank - 1], label]
+        if "time" in fixed:
+            cols.append(t)
+        cols += [cells["length"][r.rank - 1], glyphs]
+        table.add_row(*cols)
+    return table
+
+
+def render(results: "SearchResults", roots: list[Path], model_name: str) -> None:
+    from rich.text import Text
+
+    width = out.width
+    q = results.query
+    n_seg = len(results.query_segments)
+    head = Text(f"{_shown(q.name) if q else 'query'}", style="bold")
+    head.append(f"  {n_seg} items" if n_seg > 1 else "")
+    head.append(f"  model {model_name}  {results.items_searched:,} items searched", style="dim")
+    f = results.filters
+    if f.get("require") or f.get("exclude") or f.get("min_level") is not None:
+        head.append(f", {results.matches:,} pass the filters", style="dim")
+    out.print(head)
+    if not results.results:
+        out.print("no results: no stored item passes the filters", style="yellow", highlight=False)
+        return
+    out.print(build_table(results, roots, width))
+    codes = short_codes(list(results.taxonomy.categories))
+    legend = Text("presence, left to right: ", style="dim")
+    legend.append(" ".join(f"{code}={name}" for code, name in zip(codes, results.taxonomy.categories)))
+    out.print(legend, highlight=False)
+    out.print(Text(LEGEND, style="dim"), highlight=False)
+
+
+def to_json(results: "SearchResults", store, model) -> dict:
+    from soundsearch.presence import STATES
+
+    cats = list(results.taxonomy.categories)
+    return {
+        "query": {
+            "path": _shown(results.query) if results.query else None,
+            "items": [{"start": round(s, 3), "end": round(e, 3)} for s, e in results.query_segments],
+            "in_store": results.query_in_store,
+        },
+        "model": {"name": model.name, "path": _shown(model.path) if model.path else None, "variant": model.variant},
+        "store": _shown(store.path),
+        "featurizer": {"identity": store.featurizer_identity, **store.featurizer_spec},
+        "categories": cats,
+        "filters": results.filters,
+        "items_searched": results.items_searched,
+        "matches": results.matches,
+        "results": [
+            {
+                "rank": r.rank,
+                "path": _shown(r.item.path),
+                "start": round(r.item.start, 3),
+                "end": round(r.item.end, 3),
+                "file_duration": round(r.item.file_duration, 3),
+                "level": r.level,
+                "score": round(r.score, 6),
+                "closeness": round(r.closeness, 6),
+                "is_query": r.is_query,
+                "categories": {
+                    cat: {
+                        **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},
+                        "state": STATES[int(r.states[j])],
+                    }
+                    for j, cat in enumerate(cats)
+                },
+            }
+            for r in results.results
+        ],
+    }
