@@ -62,6 +62,12 @@ def _base_signal(rng: np.random.Generator, sr: int, channels: int) -> np.ndarray
 
 
 def generate_library(root: Path, n_files: int, seed: int = 0) -> tuple[list[Path], float]:
+    """Write the library (or reuse one this function wrote before with the same size and seed)."""
+    manifest = root / ".bench-library.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        if m.get("files") == n_files and m.get("seed") == seed and all((root / p).is_file() for p in m["paths"]):
+            return [root / p for p in m["paths"]], float(m["audio_s"])
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     bases: dict[tuple[int, int], np.ndarray] = {}
@@ -84,6 +90,8 @@ def generate_library(root: Path, n_files: int, seed: int = 0) -> tuple[list[Path
         sf.write(str(path), np.clip(base[start : start + n] * gain, -1, 1), sr, subtype=subtype, format=fmt)
         paths.append(path)
         total += n / sr
+    rel = [str(p.relative_to(root)) for p in paths]
+    manifest.write_text(json.dumps({"files": n_files, "seed": seed, "audio_s": total, "paths": rel}))
     return paths, total
 
 
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=2000, help="library size (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dir", type=Path, default=None, help="generate the library here and keep it")
+    ap.add_argument("--dir", type=Path, default=None, help="generate the library here and keep it (reused when size and seed match)")
     ap.add_argument("--skip-librosa", action="store_true", help="leave out the librosa pipeline")
     ap.add_argument("--skip-reindex", action="store_true", help="leave out the index/re-index figures")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")

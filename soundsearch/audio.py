@@ -159,7 +159,8 @@ def _mix_to_mono(data: np.ndarray) -> np.ndarray:
     channels = data.shape[1]
     scale = _INT_SCALE.get(data.dtype.name, 1.0) / channels
     # Column adds: ndarray.mean(axis=1) over an (n, 2) array is tens of times slower.
-    mono = data[:, 0].astype(np.float32)
+    # copy=False: a mono float32 block is used as read (it is ours; nothing else holds it).
+    mono = data[:, 0].astype(np.float32, copy=channels > 1)
     for c in range(1, channels):
         mono += data[:, c]
     if scale != 1.0:

@@ -11,9 +11,9 @@ so digital silence gives a finite -100 everywhere. A 10 s item has 1 + 220500 //
 frames; they are split into T = 10 contiguous groups and summarised per group by `stats`
 (see features.pool_steps), giving (10, 128 * len(stats)).
 
-Everything is vectorised over frames, in float32: one strided frame view, one batched real
-FFT (scipy.fft when installed, else numpy.fft) and one matrix product with the precomputed
-filterbank per call.
+Everything is vectorised over frames, in float32: a strided frame view, then per chunk of 64
+frames one batched real FFT (scipy.fft when installed, else numpy.fft) and one matrix product
+with the precomputed filterbank.
 """
 
 from __future__ import annotations
@@ -26,15 +26,20 @@ import numpy as np
 
 try:
     # scipy's pocketfft transforms float32 in float32, about 3x faster here than numpy's FFT
-    # (which is slower still on float32 than on float64). Results agree to float rounding.
+    # (which is slower still on float32 than on float64); and each FFT bin feeds at most two
+    # Mel bands, so a sparse filterbank product is ~2x the dense one. Results agree to float
+    # rounding.
     from scipy import fft as _scipy_fft
-except ImportError:  # scipy is optional: numpy's FFT gives the same features, only slower
+    from scipy import sparse as _scipy_sparse
+except ImportError:  # scipy is optional: numpy gives the same features, only slower
     _scipy_fft = None
+    _scipy_sparse = None
 
 from soundsearch.errors import FeaturizerError
 from soundsearch.features import Featurizer, check_signal, parse_stats, pool_steps
 
 AMIN = 1e-10
+_CHUNK_FRAMES = 64
 LOG_FORMULA = "10*log10(max(mel_power,1e-10))"
 # Recorded in params so the identity states them; fixed in this version (a spec asking for
 # anything else comes from a newer or foreign featurizer and is refused).
@@ -129,7 +134,9 @@ class LogMel(Featurizer):
         self.stats = parse_stats(stats)
         self.dim = n_mels * len(self.stats)
         self.frame_samples = n_fft
-        self._fb_t = np.ascontiguousarray(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).T.astype(np.float32))
+        fb = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).astype(np.float32)
+        self._fb_t = np.ascontiguousarray(fb.T)
+        self._fb_sparse = _scipy_sparse.csr_array(fb) if _scipy_sparse is not None else None
         self._window = _hann(n_fft)
 
     @property
@@ -149,12 +156,12 @@ class LogMel(Featurizer):
     def n_frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop_length
 
-    def _frame_matrix(self, x: np.ndarray) -> np.ndarray:
+    def _frame_view(self, x: np.ndarray) -> np.ndarray:
+        """(F, n_fft) strided view of the centre-padded signal: frames without copying."""
         half = self.n_fft // 2
         padded = np.zeros(x.size + 2 * half, np.float32)
         padded[half : half + x.size] = x
-        view = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
-        return view * self._window
+        return np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
 
     def _logmel_of_frames(self, frames: np.ndarray) -> np.ndarray:
         if _scipy_fft is not None:
@@ -163,7 +170,10 @@ class LogMel(Featurizer):
             spec = np.fft.rfft(frames.astype(np.float64), axis=-1)
         power = np.abs(spec).astype(np.float32, copy=False)
         power *= power
-        mel = power @ self._fb_t
+        if self._fb_sparse is not None:
+            mel = np.ascontiguousarray((self._fb_sparse @ power.T).T)
+        else:
+            mel = power @ self._fb_t
         np.maximum(mel, np.float32(AMIN), out=mel)
         np.log10(mel, out=mel)
         mel *= np.float32(10.0)
@@ -171,21 +181,13 @@ class LogMel(Featurizer):
 
     def frames(self, signal: np.ndarray) -> np.ndarray:
         """(F, n_mels) float32 log-Mel frames of a mono signal, before pooling."""
-        return self._logmel_of_frames(self._frame_matrix(check_signal(signal)))
+        view = self._frame_view(check_signal(signal))
+        out = np.empty((view.shape[0], self.n_mels), np.float32)
+        # Chunks of frames keep the FFT's working set (~2 MB a chunk) in cache; one call
+        # over a 30 s signal's 323 frames measured ~3x slower per frame than 64-frame chunks.
+        for i in range(0, view.shape[0], _CHUNK_FRAMES):
+            out[i : i + _CHUNK_FRAMES] = self._logmel_of_frames(view[i : i + _CHUNK_FRAMES] * self._window)
+        return out
 
     def __call__(self, signal: np.ndarray) -> np.ndarray:
         return pool_steps(self.frames(signal), self.steps, self.stats)
-
-    def batch(self, signals: Sequence[np.ndarray]) -> np.ndarray:
-        if not signals:
-            return np.zeros((0, self.steps, self.dim), np.float32)
-        # One FFT and one matrix product for all items' frames: fewer, larger numpy calls.
-        mats = [self._frame_matrix(check_signal(s)) for s in signals]
-        counts = [m.shape[0] for m in mats]
-        logmel = self._logmel_of_frames(np.concatenate(mats) if len(mats) > 1 else mats[0])
-        out = np.empty((len(signals), self.steps, self.dim), np.float32)
-        offset = 0
-        for i, c in enumerate(counts):
-            out[i] = pool_steps(logmel[offset : offset + c], self.steps, self.stats)
-            offset += c
-        return out
