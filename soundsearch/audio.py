@@ -120,15 +120,15 @@ def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
     try:
         f = sf.SoundFile(bpath)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        raise AudioError(display_path(bpath), _diagnose(bpath, e)) from None
+        raise AudioError(as_path(bpath), _diagnose(bpath, e)) from None
     return f, as_path(bpath)
 
 
 def _info_of(f: sf.SoundFile, path: Path) -> AudioInfo:
     if f.samplerate <= 0 or f.channels <= 0:
-        raise AudioError(display_path(path), f"invalid header (rate {f.samplerate}, channels {f.channels})")
+        raise AudioError(path, f"invalid header (rate {f.samplerate}, channels {f.channels})")
     if f.frames <= 0:
-        raise AudioError(display_path(path), "no audio samples (zero length)")
+        raise AudioError(path, "no audio samples (zero length)")
     return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames), f.frames / f.samplerate)
 
 
@@ -181,7 +181,7 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
         f.close()
         raise
     warnings: list[AudioWarning] = []
-    shown = display_path(p)
+    shown = p  # AudioError/AudioWarning keep the real path and print it escaped
 
     def blocks() -> Iterator[np.ndarray]:
         peak = 0.0
@@ -261,7 +261,7 @@ def load(path: PathLike, sample_rate: int, min_samples: int = 0) -> LoadedAudio:
 
 def _short_warning(path: Path, n: int, sample_rate: int, min_samples: int) -> AudioWarning:
     return AudioWarning(
-        display_path(path),
+        path,
         f"shorter than one analysis frame ({n / sample_rate:.3f} s < {min_samples / sample_rate:.3f} s): padded",
     )
 
@@ -348,7 +348,7 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
     roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
     for r in roots:
         if not os.path.lexists(r) or (os.path.islink(r) and not os.path.exists(r)):
-            raise AudioError(display_path(r), "no such file or directory")
+            raise AudioError(r, "no such file or directory")
 
     found: list[tuple[str, tuple[int, int]]] = []
     seen_dirs: set[tuple[int, int]] = set()

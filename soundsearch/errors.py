@@ -7,11 +7,18 @@ and, where there is one, what the user can do about it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
 class SoundsearchError(Exception):
     """Root of every error the CLI reports as a user error (exit code 1)."""
+
+
+def _printable(path: Path | str) -> str:
+    # A name that is not valid UTF-8 holds lone surrogates as a str; printing those raises, so
+    # messages carry \xNN escapes while .path keeps the real, round-tripping name.
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 class AudioError(SoundsearchError):
@@ -20,7 +27,7 @@ class AudioError(SoundsearchError):
     def __init__(self, path: Path | str, reason: str):
         self.path = Path(path) if not isinstance(path, Path) else path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{_printable(path)}: {reason}")
 
 
 class AudioWarning(UserWarning):
@@ -29,7 +36,7 @@ class AudioWarning(UserWarning):
     def __init__(self, path: Path | str, reason: str):
         self.path = Path(path) if not isinstance(path, Path) else path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{_printable(path)}: {reason}")
 
 
 class FeaturizerError(SoundsearchError):

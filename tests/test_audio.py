@@ -214,6 +214,17 @@ def test_non_utf8_file_name_round_trips(tmp_path):
     assert "\\xe9" in shown and "\\xff" in shown
 
 
+def test_errors_about_a_non_utf8_name_keep_the_path_and_print_cleanly(tmp_path):
+    raw = os.path.join(os.fsencode(tmp_path), b"bad-\xe9.wav")
+    with open(raw, "wb") as fh:
+        fh.write(b"not audio at all")
+    with pytest.raises(AudioError) as ei:
+        load(raw, SR)
+    assert os.fsencode(ei.value.path) == raw
+    str(ei.value).encode("utf-8")
+    assert "bad-\\xe9.wav: not decodable" in str(ei.value)
+
+
 def test_long_file_streams_in_blocks(tmp_path, monkeypatch):
     # Small blocks stand in for an hour-long file: many blocks, resampler state carried across.
     monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.37)

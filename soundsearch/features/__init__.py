@@ -208,7 +208,7 @@ def featurize_file(
     if shortest is not None and shortest < featurizer.frame_samples:
         warnings.append(audio._short_warning(info.path, shortest, featurizer.sample_rate, featurizer.frame_samples))
     if not chunks:
-        raise AudioError(audio.display_path(info.path), "no audio samples could be decoded")
+        raise AudioError(info.path, "no audio samples could be decoded")
     feats = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     return FileFeatures(info.path, info, segments, feats, warnings, total / featurizer.sample_rate)
 
