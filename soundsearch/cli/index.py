@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -105,16 +106,20 @@ def index(
 
     store_dir = resolve_store_dir(store)
     params = _parse_params(param or [])
-    with progress(quiet, *_rate_columns()) as bar:
+    # The bar starts with the first progress event, i.e. once the store is open and locked, so
+    # an early error (missing path, locked store) is the only thing on stderr.
+    with ExitStack() as stack:
+        bar = None
         task = None
 
         def on_progress(p: IndexProgress) -> None:
-            nonlocal task
-            if bar is None:
+            nonlocal bar, task
+            if quiet:
                 return
-            if p.phase == "scan" and task is None:
+            if bar is None:
+                bar = stack.enter_context(progress(False, *_rate_columns()))
                 task = bar.add_task("scanning", total=None, audio=0.0, rate=False)
-            elif p.phase == "featurize":
+            if p.phase == "featurize":
                 if p.done == 0 and p.total == 0:
                     bar.update(task, total=1, completed=1, description="up to date")
                 elif p.done == 0:
