@@ -110,8 +110,12 @@ def _diagnose(bpath: bytes, exc: Exception) -> str:
         return "permission denied"
     except OSError as e:
         return f"cannot read: {e.strerror or e}"
-    detail = str(exc).split(": ", 1)[-1] if isinstance(exc, sf.LibsndfileError) else str(exc)
-    return f"not decodable as audio ({detail.strip() or 'unknown format'})"
+    detail = (str(exc).split(": ", 1)[-1] if isinstance(exc, sf.LibsndfileError) else str(exc)).strip()
+    # The file exists and opens, so libsndfile's generic "does not exist"/"System error" (its
+    # MP3 reader's answer to garbage) only means it could not make sense of the data.
+    if not detail or "does not exist" in detail or "System error" in detail:
+        detail = "format not recognised or data corrupt"
+    return f"not decodable as audio ({detail.rstrip('.')})"
 
 
 def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:

@@ -113,10 +113,12 @@ def test_empty_file_is_an_error(tmp_path):
         probe(p)
 
 
-def test_random_bytes_named_wav_is_an_error(tmp_path):
-    p = tmp_path / "noise.wav"
+@pytest.mark.parametrize("ext", ["wav", "mp3", "flac", "ogg", "aiff"])
+def test_random_bytes_with_an_audio_extension_are_an_error(tmp_path, ext):
+    p = tmp_path / f"noise.{ext}"
     p.write_bytes(np.random.default_rng(1).bytes(4000))
-    _assert_audio_error(p, "not decodable")
+    err = _assert_audio_error(p, "not decodable")
+    assert "does not exist" not in err.reason  # libsndfile's MP3 wording, misleading here
 
 
 def test_truncated_header_is_an_error(tmp_path):
@@ -175,6 +177,19 @@ def test_unreadable_file_is_an_error(tmp_path):
         _assert_audio_error(p, "permission denied")
     finally:
         p.chmod(0o644)
+
+
+def test_permission_denied_is_named_as_such(tmp_path, monkeypatch):
+    # Runs as root too: libsndfile and open() are made to fail the way they do for a user
+    # without read permission (root reads anything, so chmod alone cannot show it).
+    p = write_audio(tmp_path / "locked.wav", tone(seconds=0.1), SR, subtype="PCM_16")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(audio.sf, "SoundFile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("System error")))
+    monkeypatch.setattr(audio, "open", refuse, raising=False)
+    _assert_audio_error(p, "permission denied")
 
 
 def test_silent_audio_warns_but_loads(tmp_path):
