@@ -357,3 +357,47 @@ def test_read_only_store_reads_but_refuses_writes(tmp_path, fz):
     finally:
         for p in [tmp_path / "s", tmp_path / "s" / ARRAYS]:
             os.chmod(p, 0o755)
+
+
+def test_a_failure_before_the_catalog_commit_leaves_no_trace(tmp_path, fz, monkeypatch):
+    import soundsearch.store as store_mod
+
+    st = Store.open(tmp_path / "s", create=True, featurizer=fz)
+    a = entry("/lib/a.wav", 2, 1)
+    with st.writer() as w:
+        w.write_files([a])
+    fp = st.fingerprint()
+
+    # Die right after the feature rows hit the file, before anything is committed.
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod.os, "fsync", broken_fsync)
+        with st.writer() as w:
+            with pytest.raises(StoreError, match="writing feature rows failed: Input/output error"):
+                w.write_files([entry("/lib/b.wav", 3, 2)])
+    with Store.open(tmp_path / "s") as reader:
+        assert [str(i.path) for i in reader.items()] == ["/lib/a.wav"] * 2
+        assert reader.fingerprint() == fp
+        assert reader.verify() == []
+
+    # Die during a compaction, after the new array is in place but before the catalog names it.
+    with st.writer() as w:
+        w.remove_files(["/lib/a.wav"])
+        w.write_files([entry("/lib/c.wav", 1, 3)])
+        with monkeypatch.context() as m:
+            m.setattr(store_mod, "_fsync_dir", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            with pytest.raises(StoreError, match="compacting the feature array failed: No space left"):
+                w.compact()
+    assert sorted(os.listdir(tmp_path / "s" / ARRAYS)) == ["features-1.npy", "features-2.npy"]
+    with Store.open(tmp_path / "s") as reader:
+        assert [str(i.path) for i in reader.items()] == ["/lib/c.wav"]
+        assert reader.verify() == []
+    with st.writer() as w:  # the next writer clears the orphan and compacts for real
+        assert os.listdir(tmp_path / "s" / ARRAYS) == ["features-1.npy"]
+        assert w.compact() is True
+    st.refresh()
+    assert os.listdir(tmp_path / "s" / ARRAYS) == ["features-2.npy"]
+    assert len(st.items()) == 1 and st.verify() == []
+    st.close()
