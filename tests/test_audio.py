@@ -92,6 +92,18 @@ def test_six_channels_mix_to_their_mean(tmp_path):
     assert np.allclose(got.signal, np.mean([0.1 * (c + 1) for c in range(6)]), atol=1e-6)
 
 
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_integer_and_float_reads_mix_to_the_same_mono(tmp_path, subtype):
+    # Integer PCM is read as integers and scaled by us (faster); it must equal libsndfile's
+    # own float conversion averaged over channels.
+    x = np.stack([chirp(seconds=0.3), tone(200.0, seconds=0.3), noise_bursts(seconds=0.3)], axis=1)
+    p = write_audio(tmp_path / "three.wav", x, SR, subtype=subtype)
+    reference = sf.read(p, dtype="float64")[0].mean(axis=1)
+    got = load(p, SR).signal
+    assert got.dtype == np.float32
+    assert np.max(np.abs(got - reference)) < 1e-6
+
+
 # ---- bad and odd inputs ---------------------------------------------------------------------
 
 
