@@ -174,8 +174,8 @@ class FileFeatures:
     duration: float = 0.0  # seconds actually decoded, at the featurizer's rate
 
 
-# Items featurized per batch call. Larger batches gain nothing measurable (one item is already
-# ~108 FFT frames) and cost ~8 MB of working memory per 10 s item.
+# Items handed to Featurizer.batch at a time: room for a featurizer to batch across items,
+# while a long recording still costs memory for a few items, not for the whole file.
 _BATCH_ITEMS = 4
 
 
