@@ -539,9 +539,12 @@ class Store:
         if orphans:
             problems.append(f"{orphans} items belong to no file")
         try:
-            shape, dtype, _ = _read_npy_header(self.path / ARRAYS / array_file)
+            shape, dtype, offset = _read_npy_header(self.path / ARRAYS / array_file)
             if dtype != np.dtype("<f4") or tuple(shape[1:]) != (self.steps, self.dim) or shape[0] < n_slots:
                 problems.append(f"array file {array_file} has shape {shape} {dtype}, expected >= {n_slots} rows")
+            size = os.path.getsize(self.path / ARRAYS / array_file)
+            if size < offset + n_slots * self.steps * self.dim * 4:
+                problems.append(f"array file {array_file} holds {size} bytes, too few for {n_slots} rows")
         except (OSError, ValueError) as exc:
             problems.append(f"array file {array_file} unreadable: {exc}")
         return problems
@@ -634,7 +637,13 @@ class Store:
             raise StoreError(
                 f"the feature array {_display(path)} is unreadable ({exc}): move the store folder away and index again"
             ) from exc
-        if dtype != np.dtype("<f4") or tuple(shape[1:]) != (self.steps, self.dim) or shape[0] < n_slots:
+        row_bytes = self.steps * self.dim * 4
+        if (
+            dtype != np.dtype("<f4")
+            or tuple(shape[1:]) != (self.steps, self.dim)
+            or shape[0] < n_slots
+            or os.path.getsize(path) < offset + n_slots * row_bytes
+        ):
             raise StoreError(
                 f"the feature array {_display(path)} has shape {shape} ({dtype}), the catalog expects "
                 f"{n_slots} rows of ({self.steps}, {self.dim}) float32: move the store folder away and index again"
@@ -784,9 +793,24 @@ class StoreWriter:
         self.store = store
         self._db = store._db
         self._rows_bytes = store.steps * store.dim * 4
-        with _sql_errors(store.path):
-            self._n_slots, self._array_file = store._array_meta()
-            self._seq = int(self._db.execute("SELECT value FROM meta WHERE key='array_seq'").fetchone()[0])
+
+    # The committed state is re-read from the catalog before every step rather than cached: a
+    # Ctrl-C between a COMMIT and a cache update must not leave the writer believing stale
+    # row counts (it would then overwrite committed rows).
+    @property
+    def _n_slots(self) -> int:
+        with _sql_errors(self.store.path):
+            return self.store._array_meta()[0]
+
+    @property
+    def _array_file(self) -> str:
+        with _sql_errors(self.store.path):
+            return self.store._array_meta()[1]
+
+    @property
+    def _seq(self) -> int:
+        with _sql_errors(self.store.path):
+            return int(self._db.execute("SELECT value FROM meta WHERE key='array_seq'").fetchone()[0])
 
     @property
     def _array_path(self) -> Path:
@@ -796,8 +820,9 @@ class StoreWriter:
         """Drop what a killed writer left behind: rows past n_slots, superseded or temp files."""
         arrays = self.store.path / ARRAYS
         with _os_errors(self.store.path, "cleaning up the feature arrays"):
+            current = self._array_file
             for name in os.listdir(arrays):
-                if name != self._array_file:
+                if name != current:
                     os.unlink(arrays / name)
             try:
                 shape, _dtype, offset = _read_npy_header(self._array_path)
@@ -808,12 +833,19 @@ class StoreWriter:
                 ) from exc
             if offset != _HEADER_BYTES:
                 raise StoreError(f"the feature array {_display(self._array_path)} has an unexpected header")
-            want = offset + self._n_slots * self._rows_bytes
-            if shape[0] != self._n_slots or os.path.getsize(self._array_path) != want:
+            n_slots = self._n_slots
+            want = offset + n_slots * self._rows_bytes
+            if os.path.getsize(self._array_path) < want or shape[0] < n_slots:
+                # Committed rows are missing: damage from outside, not a killed run. Never pad.
+                raise StoreError(
+                    f"the feature array {_display(self._array_path)} is shorter than the catalog says: "
+                    "move the store folder away and index again"
+                )
+            if shape[0] != n_slots or os.path.getsize(self._array_path) != want:
                 with open(self._array_path, "r+b") as f:
                     f.truncate(want)
                     f.seek(0)
-                    f.write(_npy_header(self._n_slots, self.store.steps, self.store.dim))
+                    f.write(_npy_header(n_slots, self.store.steps, self.store.dim))
                     f.flush()
                     os.fsync(f.fileno())
 
@@ -912,7 +944,6 @@ class StoreWriter:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self._n_slots = start + n_new
 
     def holes(self) -> int:
         """Array rows no item points at any more (compaction reclaims them)."""
@@ -932,9 +963,10 @@ class StoreWriter:
         new_seq = self._seq + 1
         new_name = f"features-{new_seq}.npy"
         old_path = self._array_path
-        if self._n_slots:
+        n_slots = self._n_slots
+        if n_slots:
             src = np.memmap(old_path, dtype="<f4", mode="r", offset=_HEADER_BYTES,
-                            shape=(self._n_slots, store.steps, store.dim))
+                            shape=(n_slots, store.steps, store.dim))
         else:
             src = np.empty((0, store.steps, store.dim), np.float32)
         blocks = (src[slots[i:i + chunk_rows]] for i in range(0, n, chunk_rows))
@@ -957,7 +989,6 @@ class StoreWriter:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self._array_file, self._seq, self._n_slots = new_name, new_seq, n
         with _os_errors(store.path, "removing the old feature array"):
             os.unlink(old_path)
             _fsync_dir(old_path.parent)

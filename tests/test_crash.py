@@ -211,3 +211,29 @@ def test_a_second_index_process_is_refused_or_waits(tmp_path):
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, err
     assert json.loads(out)["added"] == 4
+
+
+def test_ctrl_c_keeps_the_finished_work(tmp_path):
+    lib = tmp_path / "lib"
+    make_files(lib, 120, seed=5)
+    store = tmp_path / "store"
+    proc = start_index(lib, store)
+    deadline = time.monotonic() + 120
+    while (seen := committed_items(store)) == 0:
+        assert proc.poll() is None, "index finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    after = committed_items(store)
+    assert seen <= after < 120
+    with Store.open(store) as st:
+        assert st.verify() == []
+        assert len(st.items()) == after
+    rerun = subprocess.run(
+        [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store), "--jobs", "1", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    rep = json.loads(rerun.stdout)
+    assert rep["unchanged"] == after and rep["added"] == 120 - after

@@ -401,3 +401,20 @@ def test_a_failure_before_the_catalog_commit_leaves_no_trace(tmp_path, fz, monke
     assert os.listdir(tmp_path / "s" / ARRAYS) == ["features-2.npy"]
     assert len(st.items()) == 1 and st.verify() == []
     st.close()
+
+
+def test_a_truncated_array_is_reported_not_padded(tmp_path, fz):
+    with Store.open(tmp_path / "s", create=True, featurizer=fz) as st:
+        with st.writer() as w:
+            w.write_files([entry("/lib/a.wav", 2, 1)])
+    array = tmp_path / "s" / ARRAYS / "features-1.npy"
+    with open(array, "r+b") as f:
+        f.truncate(128 + T * D * 4)  # one of two committed rows gone
+    with Store.open(tmp_path / "s") as st:
+        assert st.verify() == [f"array file features-1.npy holds {128 + T * D * 4} bytes, too few for 2 rows"]
+        with pytest.raises(StoreError, match=r"catalog expects 2 rows .*index again"):
+            st.features()
+        with pytest.raises(StoreError, match="shorter than the catalog says"):
+            with st.writer():
+                pass
+    assert array.stat().st_size == 128 + T * D * 4
