@@ -54,12 +54,17 @@ if TYPE_CHECKING:
     from soundsearch.taxonomy import Taxonomy
 
 # Bump when the cache layout or the folding changes: old files then simply stop matching.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_PREFIX = "search-"
 CACHE_DTYPES = ("float32", "bfloat16")
 # Item-steps scored per block: the block's activations (rows x 256 floats, a few of them) then
 # stay within the CPU's L2 cache between the elementwise ops and the matrix products.
-DEFAULT_BLOCK_ROWS = 1024
+DEFAULT_BLOCK_ROWS = 640
+# Logits this far from zero cannot overflow or underflow exp() in float32 in any sum the
+# pooling forms, so the softmaxes can skip their max-shift.
+_EXP_SAFE = 80.0
+# Item-steps pooled at once: the pooling is many small operations, cheaper on long runs.
+DEFAULT_CHUNK_ROWS = 10240
 # Items embedded per chunk while building the cache.
 _BUILD_CHUNK = 2048
 
@@ -269,6 +274,7 @@ class SearchEngine:
         cache_dir: Path | None = None,
         cache_dtype: str = "float32",
         block_rows: int = DEFAULT_BLOCK_ROWS,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
         persist: bool = True,
         workers: int | None = None,
     ):
@@ -281,6 +287,7 @@ class SearchEngine:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.path) / "cache"
         self.cache_dtype = cache_dtype
         self.block_rows = max(int(block_rows), model.config.steps)
+        self.chunk_rows = max(int(chunk_rows), self.block_rows)
         self.persist = persist
         self.workers = max(1, int(workers if workers is not None else torch.get_num_threads()))
         self.head = _fold_head(model.net)
@@ -387,7 +394,8 @@ class SearchEngine:
         """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding."""
         pa, pb, pooled = self._sides(feats_raw)
         n = pa.shape[0]
-        return torch.cat([pa.reshape(n, -1), pb.reshape(n, -1), pooled], dim=1)
+        # PB before PA: a query's (PA_q, PB_q) then lines up with both orders in one add.
+        return torch.cat([pb.reshape(n, -1), pa.reshape(n, -1), pooled], dim=1)
 
     @torch.no_grad()
     def _sides(self, feats_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -429,6 +437,7 @@ class SearchEngine:
             rows = np.asarray(rows, dtype=np.int64)
         n = self.n_items if rows is None else rows.shape[0]
         qa, qb, qpooled = self._sides(q)
+        qpair = torch.stack([qa, qb], dim=1)  # (Q, 2, T, G*K1)
         nq = q.shape[0]
         out_q = 1 if aggregate else nq
         c = self.head.n_categories
@@ -443,13 +452,16 @@ class SearchEngine:
             return ScoreMatrix(level, expected, closeness, all_probs)
 
         t, k = self.head.steps, self.head.width
-        chunk = max(1, self.block_rows // t)
+        sub = max(1, self.block_rows // t)
+        # Enough chunks to keep every worker busy, each as large as the pooling likes.
+        chunk = max(sub, min(self.chunk_rows // t, -(-n // (4 * self.workers))))
+        chunk = -(-chunk // sub) * sub
         local = threading.local()
 
         def score_chunk(start: int) -> None:
             block = getattr(local, "block", None)
             if block is None:
-                block = local.block = _Block(self.head, chunk)
+                block = local.block = _Block(self.head, sub, chunk)
             stop = min(n, start + chunk)
             if rows is None:
                 raw = cache[start:stop]
@@ -457,13 +469,12 @@ class SearchEngine:
                 raw = cache[rows[start:stop]]
             db = self._as_tensor(raw)
             m = db.shape[0]
-            db_pa = db[:, : t * k].view(m, t, k)
-            db_pb = db[:, t * k : 2 * t * k].view(m, t, k)
+            halves = db[:, : 2 * t * k].view(m, 2, t, k)
             db_pooled = db[:, 2 * t * k :].float()
             closeness[:, start:stop] = (qpooled @ db_pooled.T).numpy()
             acc = None
             for j in range(nq):
-                y = block.pool(db_pa, db_pb, qa[j], qb[j])  # (m, 3, C)
+                y = block.pool(block.logits(halves, qpair[j]), m)  # (m, 3, C)
                 if aggregate:
                     acc = y if acc is None else acc.add_(y)
                 else:
@@ -476,9 +487,11 @@ class SearchEngine:
 
     @staticmethod
     def _emit(y, j, start, stop, level, expected, all_probs) -> None:
-        expected[j, start:stop] = (y[:, BOTH] + y[:, NEITHER]).sum(-1).numpy()
-        states = y.argmax(1)
-        level[j, start:stop] = (states != DIFFERS).sum(-1).numpy()
+        expected[j, start:stop] = y[:, BOTH : NEITHER + 1].sum((1, 2)).numpy()
+        # argmax is "differs" exactly when it beats both others strictly (ties go to the
+        # first state, as argmax breaks them).
+        differs = torch.gt(y[:, DIFFERS], torch.maximum(y[:, BOTH], y[:, NEITHER])).sum(-1)
+        level[j, start:stop] = (y.shape[2] - differs).numpy()
         if all_probs is not None:
             all_probs[j, start:stop] = y.transpose(1, 2).numpy()
 
@@ -629,34 +642,57 @@ def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) 
 
 
 class _Block:
-    """Reusable buffers and the pair-specific arithmetic for one block of database items."""
+    """Reusable buffers and the pair-specific arithmetic for a chunk of database items.
 
-    def __init__(self, head: _Head, chunk: int):
+    The first layers run on sub-blocks of `sub_items` (their activations stay in cache); the
+    pooling, a dozen small operations whose cost is mostly per call, runs once per chunk.
+    """
+
+    def __init__(self, head: _Head, sub_items: int, chunk_items: int):
         self.head = head
         g, t = head.groups, head.steps
         k1 = head.width // g
+        self.sub_items = sub_items
         # Flat storage, viewed per block so that a short last block still gets contiguous
         # (G, m, ...) tensors for the grouped products.
-        self.u1 = torch.empty(g * chunk * t * k1)
-        self.u2 = torch.empty(g * chunk * t * k1)
-        self.layer_out = [torch.empty(g * chunk * t * w.shape[2]) for w, _ in head.layers]
-        self.out = torch.empty(g * chunk * t * head.out_w.shape[2])
+        self.u = torch.empty(g * sub_items * 2 * t * k1)
+        self.z = torch.empty(g * sub_items * t * k1)
+        self.layer_out = [torch.empty(g * sub_items * t * w.shape[2]) for w, _ in head.layers]
+        width = head.out_w.shape[2]
+        self.sub_out = torch.empty(g * sub_items * t * width) if g > 1 else None
+        self.out = torch.empty(g * chunk_items * t * width)
 
-    def pool(self, db_pa, db_pb, q_pa, q_pb) -> torch.Tensor:
-        """(m, T, G*K1) database halves x (T, G*K1) query halves -> pooled (m, 3, C)."""
+    def logits(self, halves, qpair) -> torch.Tensor:
+        """(m, 2, T, G*K1) database halves (PB, PA) x (2, T, G*K1) query halves (PA, PB)
+        -> the output layer, (G, m*T, 4p)."""
         head = self.head
         g, t = head.groups, head.steps
-        m = db_pa.shape[0]
+        m = halves.shape[0]
+        width = head.out_w.shape[2]
+        out = self.out[: g * m * t * width].view(g, m * t, width)
+        if g > 1:
+            qpair = qpair.view(2, t, g, -1).permute(2, 0, 1, 3).unsqueeze(1)  # (G, 1, 2, T, K1)
+        for s in range(0, m, self.sub_items):
+            e = min(m, s + self.sub_items)
+            self._sub(halves[s:e], qpair, out[:, s * t : e * t])
+        return out
+
+    def _sub(self, halves, qpair, dst_out) -> None:
+        head = self.head
+        g, t = head.groups, head.steps
+        m = halves.shape[0]
         k1 = head.width // g
         rows = m * t
-        u1 = self.u1[: g * rows * k1].view(g, m, t, k1)
-        u2 = self.u2[: g * rows * k1].view(g, m, t, k1)
-        # Grouped layout (G, m, T, K1): with G = 1 these permutes are free views.
-        torch.add(db_pb.view(m, t, g, k1).permute(2, 0, 1, 3), q_pa.view(t, g, k1).permute(1, 0, 2).unsqueeze(1), out=u1)
-        u1.relu_()
-        torch.add(db_pa.view(m, t, g, k1).permute(2, 0, 1, 3), q_pb.view(t, g, k1).permute(1, 0, 2).unsqueeze(1), out=u2)
-        u2.relu_()
-        z = u1.add_(u2).view(g, rows, k1)
+        u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
+        z = self.z[: g * rows * k1].view(g, m, t, k1)
+        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one add, one ReLU, one sum.
+        if g == 1:
+            torch.add(halves, qpair, out=u[0])
+        else:
+            torch.add(halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4), qpair, out=u)
+        u.relu_()
+        torch.add(u[:, :, 0], u[:, :, 1], out=z)
+        z = z.view(g, rows, k1)
         for (w, b), buf in zip(head.layers, self.layer_out):
             dst = buf[: g * rows * w.shape[2]].view(g, rows, w.shape[2])
             if g == 1:
@@ -664,25 +700,51 @@ class _Block:
             else:
                 torch.baddbmm(b, z, w, out=dst)
             z = dst.relu_()
-        width = head.out_w.shape[2]
-        out = self.out[: g * rows * width].view(g, rows, width)
         if g == 1:
-            torch.addmm(head.out_b[0], z[0], head.out_w[0], out=out[0])
+            torch.addmm(head.out_b[0], z[0], head.out_w[0], out=dst_out[0])
         else:
-            torch.baddbmm(head.out_b, z, head.out_w, out=out)
-        p = head.per_group
+            width = head.out_w.shape[2]
+            tmp = self.sub_out[: g * rows * width].view(g, rows, width)
+            torch.baddbmm(head.out_b, z, head.out_w, out=tmp)
+            dst_out.copy_(tmp)
+
+    def pool(self, out: torch.Tensor, m: int) -> torch.Tensor:
+        """Output layer (G, m*T, 4p) -> presence probabilities pooled over T, (m, 3, C)."""
+        head = self.head
+        g, t, p = head.groups, head.steps, head.per_group
         ns = len(STATES)
+        rows = m * t
+        if g == 1:
+            lo, hi = torch.aminmax(out)
+            if -_EXP_SAFE < float(lo) and float(hi) < _EXP_SAFE:
+                return self._pool_unshifted(out[0], m)
         # (G, rows, 3, p) -> (m, T, 3, C) with category = group * p + index within the group.
         logits = out[:, :, : ns * p].view(g, rows, ns, p).permute(1, 2, 0, 3).reshape(m, t, ns, g * p)
-        mx = logits.amax(2, keepdim=True)
-        e = (logits - mx).exp_()
-        total = e.sum(2)  # (m, T, C): softmax denominators per step
+        e = (logits - logits.amax(2, keepdim=True)).exp_()
+        total = e.sum(2)  # (m, T, C): the per-step softmax denominators
         if head.attention:
             att = out[:, :, ns * p :].permute(1, 0, 2).reshape(m, t, g * p)
             w = att.softmax(1).div_(total)
         else:
             w = total.reciprocal_().mul_(1.0 / t)
-        return (e * w.unsqueeze(2)).sum(1)  # (m, 3, C)
+        return (e * w.unsqueeze(2)).sum(1)
+
+    def _pool_unshifted(self, out: torch.Tensor, m: int) -> torch.Tensor:
+        """pool() for logits known to lie within +-_EXP_SAFE: no max-shift needed, so one
+        exponential over the contiguous output and a handful of operations."""
+        head = self.head
+        t, c = head.steps, head.per_group
+        ns = len(STATES)
+        ex = out.exp().view(m, t, (ns + 1) * c)
+        total = ex[:, :, :c] + ex[:, :, c : 2 * c]
+        total += ex[:, :, 2 * c : 3 * c]
+        if head.attention:
+            att = ex[:, :, ns * c :]
+            w = att / att.sum(1, keepdim=True)
+            w /= total
+        else:
+            w = total.reciprocal_().mul_(1.0 / t)
+        return (ex[:, :, : ns * c].view(m, t, ns, c) * w.unsqueeze(2)).sum(1)
 
 
 def open_engine(store: "Store", model: "LoadedModel", **kwargs) -> SearchEngine:

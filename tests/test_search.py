@@ -279,3 +279,23 @@ def test_flop_count_matches_the_architecture(store, model):
     # Per item-step: adds of both orders (3 x 256), 256x128 layer, 128 x (8*3 + 8) outputs.
     per_step = 3 * 256 + 2 * 256 * 128 + 2 * 128 * 32
     assert engine.flops_per_query() == per_step * T * 37
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_huge_logits_stay_exact(tmp_path, store, attention):
+    # Logits far beyond exp()'s float32 range take the max-shifted softmax path.
+    model = make_model(None, seed=8, attention=attention)
+    with torch.no_grad():
+        model.net.state.weight.mul_(300)
+        if model.net.attend is not None:
+            model.net.attend.weight.mul_(300)
+    engine = SearchEngine(store, model, cache_dir=tmp_path / "c")
+    q = queries(2)
+    scores = engine.score_all(q, probs=True)
+    assert np.isfinite(scores.probs).all()
+    for j in range(2):
+        ref = model.score_pairs(q[j], store.feats)
+        assert np.abs(ref.probs).max() > 0.999  # saturated, so the test is about large values
+        # Logits in the hundreds carry float32 rounding of ~1e-4, which the softmax passes on.
+        np.testing.assert_allclose(scores.probs[j], ref.probs, atol=1e-3)
+        np.testing.assert_array_equal(scores.level[j], ref.level)
