@@ -367,7 +367,11 @@ class Store:
         except BaseException:
             db.close()
             raise
-        store._check_request(featurizer, item_seconds)
+        try:
+            store._check_request(featurizer, item_seconds)
+        except FeaturizerMismatchError:
+            store.close()
+            raise
         return store
 
     def _check_request(self, featurizer: Featurizer | None, item_seconds: float | None) -> None:
@@ -434,7 +438,7 @@ class Store:
 
     def items(self) -> list[ItemRecord]:
         """Every item, ordered by row (the row of `features()` that holds its matrix)."""
-        return self._snap().items
+        return list(self._snap().items)  # a copy: callers may sort or filter it
 
     def features(self) -> np.ndarray:
         """All feature matrices as one read-only (N, T, D) float32 array, row-aligned with items()."""
