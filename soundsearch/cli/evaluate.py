@@ -1,8 +1,139 @@
-"""Placeholder: being written."""
+"""`soundsearch eval`: the paper's Fig. 3 as a command, with the baselines it lacked."""
 
-from soundsearch.errors import SoundsearchError
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
 
 
-def eval_() -> None:
-    """Not available yet."""
-    raise SoundsearchError("'eval_' is not implemented yet")
+def eval_(
+    dataset: Annotated[
+        str,
+        typer.Option("--dataset", "-d", help="'sonyc-ust' or the path of a labels CSV (path + one 0/1 column per category, or a labels column)."),
+    ] = "sonyc-ust",
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option("--data-dir", help="Where SONYC-UST lives. Default: $SOUNDSEARCH_DATA/sonyc-ust, else a per-user data folder.", show_default=False),
+    ] = None,
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", "-m", help="Model name or file; repeat to compare several. Default: the shipped default model.", show_default=False),
+    ] = None,
+    variants: Annotated[
+        bool, typer.Option("--variants", help="Also train and evaluate the paper's 8 variants (Siamese or not x single or per-category x attention or not), one seed.")
+    ] = False,
+    k: Annotated[
+        Optional[list[str]], typer.Option("--k", help="Cut-offs K (repeat, or comma-separated). Default: 1,5,10,30,50,100.", show_default=False)
+    ] = None,
+    thresholds: Annotated[
+        Optional[list[str]],
+        typer.Option("--thresholds", "-s", help="Agreement thresholds s (repeat, or comma-separated). Default: C and C-1.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for a CSV's split and the variants' training.")] = 0,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Feature extraction processes (default: all cores).", show_default=False)] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write the mAP-vs-K figure (one panel per query group x threshold) to this PNG.", show_default=False)
+    ] = None,
+    download: Annotated[bool, typer.Option("--download", help="Fetch SONYC-UST from Zenodo first (resumes, checks md5).")] = False,
+    featurizer: Annotated[
+        Optional[str], typer.Option("--featurizer", help="Features for --variants when no --model is given (default logmel).", show_default=False)
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option("--epochs", help="Epochs for each --variants model (default: chosen on a validation split).", show_default=False)
+    ] = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Measure retrieval quality: mAP_s@K of the test split queried against the training split.
+
+    Rows: each model, a random ranking (exact expectation), and cosine similarity of pooled
+    features (the same featurizer). Queries are grouped into single-label, multi-label and
+    no-category ones.
+
+    Example: soundsearch eval --dataset my-labels.csv --model mymodel --plot fig3.png
+    """
+    from soundsearch.evaluate import evaluate, parse_ints, plot_report
+
+    ks = parse_ints(k, "--k")
+    ss = parse_ints(thresholds, "--thresholds")
+    say = (lambda m: None) if quiet else (lambda m: err.print(m, highlight=False))
+
+    with progress(quiet) as bar:
+        task = None
+
+        def on_progress(p) -> None:
+            nonlocal task
+            if bar is None or getattr(p, "phase", None) != "featurize" or not p.total:
+                return
+            if task is None:
+                task = bar.add_task("features", total=p.total)
+            bar.update(task, completed=p.done, total=p.total)
+
+        def on_download(name: str, done: int, total: int) -> None:
+            nonlocal task
+            if bar is None:
+                return
+            if task is None:
+                task = bar.add_task(f"download {name}", total=max(total, 0) or None)
+            bar.update(task, description=f"download {name}", completed=done, total=max(total, 0) or None)
+
+        report = evaluate(
+            dataset_spec=dataset,
+            data_dir=data_dir,
+            models=model,
+            variants=variants,
+            ks=ks,
+            thresholds=ss,
+            seed=seed,
+            jobs=jobs,
+            download=download,
+            featurizer=featurizer,
+            variant_epochs=epochs,
+            on_status=say,
+            on_progress=on_progress,
+            on_download=on_download,
+        )
+
+    if plot is not None:
+        written = plot_report(report, plot)
+        say(f"plot written to {written}")
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    render(report)
+
+
+def render(report) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    from soundsearch.evaluate import GROUP_TITLES
+
+    out.print(
+        f"[bold]{report.dataset.get('name', '')}[/]: {report.database_size} database items, "
+        + ", ".join(f"{len(report.groups[g])} {g}" for g in report.groups)
+        + " queries",
+        highlight=False,
+    )
+    for g in report.nonempty_groups():
+        for s in report.thresholds:
+            table = Table(title=f"{GROUP_TITLES[g]} ({len(report.groups[g])}): mAP_{s}@K", title_justify="left")
+            table.add_column("system")
+            for kk in report.ks:
+                table.add_column(f"K={kk}", justify="right")
+            values = np.array([report.map(sysres, g, s) for sysres in report.systems])
+            best = np.nanmax(np.where(np.isnan(values), -1, values), axis=0)
+            for sysres, row in zip(report.systems, values):
+                cells = []
+                for j, v in enumerate(row):
+                    text = "-" if np.isnan(v) else f"{v:.3f}"
+                    cells.append(f"[bold green]{text}[/]" if not np.isnan(v) and v == best[j] and v > 0 else text)
+                table.add_row(sysres.name, *cells)
+            out.print(table)
+    for note in report.notes:
+        err.print(f"note: {note}", highlight=False)

@@ -134,18 +134,35 @@ def check_trainable(dataset: LabelledDataset, min_per_state: int = 2) -> None:
         )
 
 
-def feature_cache_dir(featurizer, base: Path | None = None, item_seconds: float = 10.0) -> Path:
-    """A cache store folder per featurizer identity (and item length), shared by datasets.
+def feature_cache_dir(
+    featurizer,
+    dataset: LabelledDataset | None = None,
+    base: Path | None = None,
+    item_seconds: float = 10.0,
+) -> Path:
+    """The cache store folder for one dataset's features by one featurizer (and item length).
 
-    Datasets only ever add their files to it (indexing removes nothing outside the paths it is
-    given), so SONYC-UST and a CSV can share one cache.
+    SONYC-UST keeps it beside its data (<data dir>/feature-cache/...); a CSV dataset under the
+    per-user data folder, keyed by the CSV's location. One store per dataset keeps a search
+    over the cache (which ranks every stored item) from wading through other datasets' items.
     """
-    from soundsearch.paths import user_data_dir
+    from soundsearch.paths import default_data_dir
 
     key = f"{featurizer.identity}|item_seconds={float(item_seconds)!r}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    root = Path(base) if base is not None else user_data_dir()
-    return root / "feature-cache" / f"{featurizer.name}-{digest}"
+    leaf = f"{featurizer.name}-{digest}"
+    if base is None:
+        if dataset is not None and dataset.name == "sonyc-ust":
+            return Path(dataset.root) / "feature-cache" / leaf
+        base = default_data_dir("feature-cache")
+    else:
+        base = Path(base)
+    if dataset is not None:
+        source = str(dataset.info.get("source", dataset.root))
+        tag = hashlib.sha256(source.encode()).hexdigest()[:10]
+        stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(dataset.name).stem)[:40]
+        return base / f"{stem}-{tag}" / leaf
+    return base / leaf
 
 
 def dataset_features(
@@ -167,7 +184,7 @@ def dataset_features(
     store_dir = (
         Path(cache_store_dir)
         if cache_store_dir is not None
-        else feature_cache_dir(featurizer, item_seconds=item_seconds)
+        else feature_cache_dir(featurizer, dataset=dataset, item_seconds=item_seconds)
     )
     wanted = [e.path for e in dataset.train] + [e.path for e in dataset.test]
     report = index_paths(

@@ -226,7 +226,7 @@ def _conform(path: Path, labels: np.ndarray, have: Taxonomy, want: Taxonomy):
         extra = sorted(set(have) - set(want))
         lacking = sorted(set(want) - set(have))
         raise DatasetError(
-            f"{path}: its categories do not match the expected ones"
+            f"{path}: its categories ({', '.join(have)}) do not match the expected ones ({', '.join(want)})"
             + (f"; not expected: {', '.join(extra)}" if extra else "")
             + (f"; missing: {', '.join(lacking)}" if lacking else "")
         )
