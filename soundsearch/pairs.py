@@ -3,9 +3,15 @@
 For every category and every recording taken as target: up to `per_side` partners in the same
 situation for that category (both hold it, or both lack it) and up to `per_side` in the opposite
 situation (exactly one holds it); fewer when the pool is smaller. Unordered duplicates (and self
-pairs) are removed over all categories. Sampling is uniform without replacement and vectorised
-over targets (Floyd's algorithm, one numpy step per partner), so paper-sized data (2,351
-recordings) takes a few tens of milliseconds.
+pairs) are removed over all categories.
+
+Two ways to draw the partners, both uniform for any one target and category:
+- "shared" (default): each target gets ONE random order of the other recordings, and for every
+  category takes the first `per_side` of each situation in that order. The categories then reuse
+  partners, which is what makes the paper's count come out: 2,351 SONYC-UST recordings gave
+  218,173 pairs, about 93 partners per target, where independent draws give ~900k.
+- "independent": a fresh uniform draw per target and category (Floyd's algorithm, vectorised
+  over targets), many more distinct pairs for the same coverage.
 """
 
 from __future__ import annotations
@@ -49,10 +55,13 @@ def _partners(rng: np.random.Generator, targets: np.ndarray, pool: np.ndarray, k
     return pool[picks]
 
 
-def make_pairs(labels: np.ndarray, per_side: int = PER_SIDE, seed: int = 0) -> np.ndarray:
+SCHEMES = ("shared", "independent")
+
+
+def make_pairs(labels: np.ndarray, per_side: int = PER_SIDE, seed: int = 0, scheme: str = "shared") -> np.ndarray:
     """(P, 2) int64 unordered pairs of row indices into `labels` (N, C), a < b, sorted.
 
-    Reproducible: the same labels, per_side and seed give the same pairs.
+    Reproducible: the same labels, per_side, seed and scheme give the same pairs.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -60,11 +69,24 @@ def make_pairs(labels: np.ndarray, per_side: int = PER_SIDE, seed: int = 0) -> n
     n, c = labels.shape
     if per_side < 1:
         raise ValueError("per_side must be at least 1")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
     rng = np.random.default_rng(seed)
+    if scheme == "shared":
+        a, b = _shared_order(labels.astype(bool), per_side, rng)
+    else:
+        a, b = _independent(labels.astype(bool), per_side, rng)
+    if a.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    return _dedupe(a, b, n)
+
+
+def _independent(labels: np.ndarray, per_side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n, c = labels.shape
     everyone = np.arange(n)
     firsts, seconds = [], []
     for cat in range(c):
-        has = labels[:, cat].astype(bool)
+        has = labels[:, cat]
         pos, neg = everyone[has], everyone[~has]
         for group, other in ((pos, neg), (neg, pos)):
             same = _partners(rng, group, group, per_side, exclude_self=True)
@@ -74,10 +96,84 @@ def make_pairs(labels: np.ndarray, per_side: int = PER_SIDE, seed: int = 0) -> n
                     firsts.append(np.repeat(group, partners.shape[1]))
                     seconds.append(partners.reshape(-1))
     if not firsts:
-        return np.empty((0, 2), dtype=np.int64)
-    a = np.concatenate(firsts)
-    b = np.concatenate(seconds)
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _shared_order(labels: np.ndarray, per_side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per target one random order; per category the first `per_side` of each situation in it.
+
+    Only a prefix of each order is scanned, in column chunks, until every category has found
+    its partners; a situation whose whole pool is wanted (pool <= per_side) is added directly.
+    """
+    n, c = labels.shape
+    pos = labels.sum(0)
+    firsts, seconds = [], []
+    # Situations small enough to be taken whole: pairs of everyone with that pool.
+    for cat in range(c):
+        has = labels[:, cat]
+        for group_has in (True, False):
+            group = np.flatnonzero(has == group_has)
+            other = np.flatnonzero(has != group_has)
+            if 0 < len(group) - 1 <= per_side:  # same situation, minus the target itself
+                firsts.append(np.repeat(group, len(group)))
+                seconds.append(np.tile(group, len(group)))
+            if 0 < len(other) <= per_side:
+                firsts.append(np.repeat(group, len(other)))
+                seconds.append(np.tile(other, len(group)))
+    block = max(1, min(n, (1 << 22) // max(n, 1)))
+    for r0 in range(0, n, block):
+        rows = np.arange(r0, min(n, r0 + block))
+        small = np.int16 if n < (1 << 15) else np.int32  # half the bytes to shuffle
+        order = rng.permuted(np.tile(np.arange(n, dtype=small), (len(rows), 1)), axis=1)
+        # Move each target to the end of its own order: the others stay in uniform random
+        # order in the first n - 1 places, and no self test is needed while scanning.
+        at = np.argmax(order == rows[:, None], axis=1)
+        ri = np.arange(len(rows))
+        order[ri, at] = order[:, -1]
+        order[:, -1] = rows
+        lt = labels[rows]  # (R, C)
+        same_pool = np.where(lt, pos, n - pos) - 1
+        opp_pool = np.where(lt, n - pos, pos)
+        # Pools taken whole above are not searched for.
+        need_same = np.where(same_pool > per_side, per_side, 0).astype(np.int32)
+        need_opp = np.where(opp_pool > per_side, per_side, 0).astype(np.int32)
+        active = np.flatnonzero((need_same > 0).any(1) | (need_opp > 0).any(1))
+        c0, width = 0, 128
+        while active.size and c0 < n - 1:
+            # Only the categories some row still searches for; common ones finish early.
+            cats = np.flatnonzero((need_same[active] > 0).any(0) | (need_opp[active] > 0).any(0))
+            cols = order[active, c0 : min(c0 + width, n - 1)]  # (A, W)
+            lp = labels[:, cats][cols]  # (A, W, K)
+            same = lp == lt[active][:, None, cats]
+            rank_same = np.cumsum(same, axis=1, dtype=np.int16 if width < 32768 else np.int32)
+            # opposite-situation rank = position + 1 - same-situation rank
+            pos1 = np.arange(1, cols.shape[1] + 1, dtype=rank_same.dtype)[None, :, None]
+            rank_opp = pos1 - rank_same
+            ns, no = need_same[active][:, None, cats], need_opp[active][:, None, cats]
+            take = np.where(same, rank_same <= ns, rank_opp <= no).any(axis=2)
+            ai, wi = np.nonzero(take)
+            firsts.append(rows[active][ai])
+            seconds.append(cols[ai, wi].astype(np.int64))
+            sub = need_same[active]
+            sub[:, cats] -= np.minimum(rank_same[:, -1, :], sub[:, cats])
+            need_same[active] = sub
+            sub = need_opp[active]
+            sub[:, cats] -= np.minimum(rank_opp[:, -1, :], sub[:, cats])
+            need_opp[active] = sub
+            still = (need_same[active] > 0).any(1) | (need_opp[active] > 0).any(1)
+            active = active[still]
+            c0 += cols.shape[1]
+            width *= 2
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _dedupe(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    keep = a != b
+    a, b = a[keep], b[keep]
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
     keys = lo * n + hi
     if n * n <= 1 << 26:
         # A bitmap over all n^2 keys dedupes and sorts in linear time (np.unique's hashing

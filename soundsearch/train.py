@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from soundsearch.errors import DatasetError
 from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, library_versions
-from soundsearch.pairs import make_pairs, summarise_pairs
+from soundsearch.pairs import SCHEMES, make_pairs, summarise_pairs
 from soundsearch.presence import STATES
 from soundsearch.taxonomy import Taxonomy
 
@@ -52,8 +52,9 @@ class TrainConfig:
     batch_size: int = 128
     weight_decay: float = 0.0
     input_noise: float = 0.0  # std of Gaussian noise added to standardised features in training
-    # pairs
+    # pairs (see soundsearch.pairs: "shared" reproduces the paper's pair count)
     pairs_per_side: int = 30
+    pair_scheme: str = "shared"
     # epochs: None = choose by validation loss with early stopping
     epochs: int | None = None
     max_epochs: int = 30
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError("max_epochs and patience must be at least 1")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError("val_fraction must be in (0, 0.5)")
+        if self.pair_scheme not in SCHEMES:
+            raise ValueError(f"pair_scheme must be one of {SCHEMES}, not {self.pair_scheme!r}")
         if self.input_noise < 0 or self.weight_decay < 0:
             raise ValueError("input_noise and weight_decay must not be negative")
 
@@ -376,8 +379,8 @@ def fit(
         x_va = torch.from_numpy((f_va - mean) / std)
         l_tr = torch.from_numpy(y_tr.astype(bool))
         l_va = torch.from_numpy(y_va.astype(bool))
-        pairs_tr = make_pairs(y_tr, cfg.pairs_per_side, seed=cfg.seed)
-        pairs_va = make_pairs(y_va, cfg.pairs_per_side, seed=cfg.seed + 1)
+        pairs_tr = make_pairs(y_tr, cfg.pairs_per_side, seed=cfg.seed, scheme=cfg.pair_scheme)
+        pairs_va = make_pairs(y_va, cfg.pairs_per_side, seed=cfg.seed + 1, scheme=cfg.pair_scheme)
         if len(pairs_tr) == 0 or len(pairs_va) == 0:
             raise DatasetError("no training pairs could be formed: too few recordings")
 
@@ -419,7 +422,7 @@ def fit(
             mean, std = norm_stats(feats)
             x_all = torch.from_numpy((feats - mean) / std)
             l_all = torch.from_numpy(labels.astype(bool))
-            pairs_final = make_pairs(labels, cfg.pairs_per_side, seed=cfg.seed)
+            pairs_final = make_pairs(labels, cfg.pairs_per_side, seed=cfg.seed, scheme=cfg.pair_scheme)
             torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed)
             net = PresenceNet(model_cfg)

@@ -18,17 +18,22 @@ def random_labels(n: int, prevalence, seed: int = 0) -> np.ndarray:
     return (rng.random((n, len(prevalence))) < np.asarray(prevalence)).astype(np.uint8)
 
 
-def test_small_pools_are_taken_whole():
+SCHEMES = ["shared", "independent"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_small_pools_are_taken_whole(scheme):
     # With more partners wanted than exist, every recording pairs with every other one.
     labels = np.array([[1, 0], [1, 1], [0, 0], [0, 1], [1, 0]], dtype=np.uint8)
-    pairs = make_pairs(labels, per_side=30, seed=0)
+    pairs = make_pairs(labels, per_side=30, seed=0, scheme=scheme)
     assert sorted(map(tuple, pairs.tolist())) == list(itertools.combinations(range(5), 2))
 
 
-def test_every_target_gets_its_partners_in_both_situations():
-    labels = random_labels(300, [0.5, 0.1, 0.03, 0.8])
-    k = 7
-    pairs = make_pairs(labels, per_side=k, seed=3)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("k", [1, 7])
+def test_every_target_gets_its_partners_in_both_situations(scheme, k):
+    labels = random_labels(300, [0.5, 0.1, 0.03, 0.8, 0.9])
+    pairs = make_pairs(labels, per_side=k, seed=3, scheme=scheme)
     assert pairs.dtype.kind == "i" and pairs.shape[1] == 2
     assert np.all(pairs[:, 0] < pairs[:, 1])  # unordered, no self pairs
     assert len(np.unique(pairs, axis=0)) == len(pairs)  # no duplicates
@@ -48,9 +53,10 @@ def test_every_target_gets_its_partners_in_both_situations():
             assert len(p) - same >= min(k, opp_pool)
 
 
-def test_pairs_are_balanced_per_category():
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_pairs_are_balanced_per_category(scheme):
     labels = random_labels(400, [0.5, 0.1])
-    pairs = make_pairs(labels, per_side=10, seed=1)
+    pairs = make_pairs(labels, per_side=10, seed=1, scheme=scheme)
     s = summarise_pairs(pairs, labels)
     targets = presence_targets(labels[pairs[:, 0]], labels[pairs[:, 1]])
     assert s.pairs == len(pairs) and s.recordings == 400
@@ -64,11 +70,38 @@ def test_pairs_are_balanced_per_category():
     assert s.differs[1] > 0.2 * s.pairs and s.both[1] > 0
 
 
-def test_reproducible_with_seed():
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_reproducible_with_seed(scheme):
     labels = random_labels(200, [0.3, 0.6, 0.1])
-    a = make_pairs(labels, seed=5)
-    np.testing.assert_array_equal(a, make_pairs(labels, seed=5))
-    assert not np.array_equal(a, make_pairs(labels, seed=6))
+    a = make_pairs(labels, seed=5, scheme=scheme)
+    np.testing.assert_array_equal(a, make_pairs(labels, seed=5, scheme=scheme))
+    assert not np.array_equal(a, make_pairs(labels, seed=6, scheme=scheme))
+
+
+def test_shared_order_reuses_partners_across_categories():
+    # Identical label columns: with one order per target, every category picks the very same
+    # partners, so the pair count is that of a single category; independent draws are not.
+    col = random_labels(500, [0.4])
+    labels = np.repeat(col, 4, axis=1)
+    one = make_pairs(col, per_side=10, seed=0)
+    assert len(make_pairs(labels, per_side=10, seed=0)) == len(one)
+    assert len(make_pairs(labels, per_side=10, seed=0, scheme="independent")) > 2 * len(one)
+
+
+def test_shared_order_has_no_favoured_partner():
+    # By symmetry every positive partner of target 0 must be equally likely (and every
+    # negative one); a biased order (e.g. a wrong self-exclusion swap) favours some index.
+    labels = np.zeros((40, 1), np.uint8)
+    labels[:7] = 1
+    hits = np.zeros(40)
+    seeds = 1500
+    for seed in range(seeds):
+        p = make_pairs(labels, per_side=2, seed=seed)
+        hits[p[p[:, 0] == 0, 1]] += 1
+    for group in (hits[1:7], hits[7:]):
+        expected = group.mean()
+        assert expected > 50
+        assert np.all(np.abs(group - expected) < 5 * np.sqrt(expected)), group
 
 
 def test_floyd_subsets_are_uniform():

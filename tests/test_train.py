@@ -76,7 +76,7 @@ def test_fixed_epochs_no_refit_keeps_selected_weights():
     x = torch.from_numpy(res.model.normalise(feats[held]))
     from soundsearch.pairs import make_pairs
 
-    pairs = make_pairs(labels[held], 30, seed=1)
+    pairs = make_pairs(labels[held], 30, seed=1, scheme="shared")
     loss, per_cat, _ = evaluate_pairs(res.model.net, x, torch.from_numpy(labels[held].astype(bool)), pairs)
     assert abs(loss - res.report.validation.loss) < 1e-5
 

@@ -1,8 +1,284 @@
-"""Placeholder: being written."""
+"""`soundsearch train`: fit a presence-matrix model on a labelled dataset and save it."""
 
-from soundsearch.errors import SoundsearchError
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
+from soundsearch.cli.index import FeaturizerName, _parse_params, _shown
+
+SHOW_SKIPPED = 5
 
 
-def train() -> None:
-    """Not available yet."""
-    raise SoundsearchError("'train' is not implemented yet")
+class OptimizerName(str, Enum):
+    rmsprop = "rmsprop"
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class PairScheme(str, Enum):
+    shared = "shared"
+    independent = "independent"
+
+
+class ContextName(str, Enum):
+    none = "none"
+    stats = "stats"
+
+
+def _epochs(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a number of epochs or 'auto', got {value!r}") from None
+    if n < 1:
+        raise typer.BadParameter("the number of epochs must be at least 1")
+    return n
+
+
+def _widths(value: str | None, option: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        widths = ()
+    if not widths or any(w < 1 for w in widths):
+        raise typer.BadParameter(f"expected comma-separated layer widths like 128,128, got {value!r}", param_hint=option)
+    return widths
+
+
+def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
+    from soundsearch.model import MODEL_SUFFIX
+    from soundsearch.paths import user_models_dir
+
+    if out_opt is None:
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset_name).stem).strip("-") or "model"
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return user_models_dir() / f"{stem}-{stamp}{MODEL_SUFFIX}"
+    path = out_opt.expanduser()
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder: give the model file to write", param_hint="--out")
+    if path.suffix == "":
+        path = path.with_suffix(MODEL_SUFFIX)
+    elif path.suffix != MODEL_SUFFIX:
+        raise typer.BadParameter(f"model files end in {MODEL_SUFFIX}, not {path.suffix}", param_hint="--out")
+    return path.absolute()
+
+
+def train(
+    dataset: Annotated[
+        str,
+        typer.Option("--dataset", "-d", help="'sonyc-ust', or a labels CSV: a path column plus one 0/1 column per category (or a labels column)."),
+    ] = "sonyc-ust",
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option("--data-dir", help="Where the SONYC-UST release lives. Default: $SOUNDSEARCH_DATA/sonyc-ust or a per-user data folder.", show_default=False),
+    ] = None,
+    download: Annotated[bool, typer.Option("--download", help="Fetch SONYC-UST first (about 10 GB, resumable).")] = False,
+    featurizer: Annotated[FeaturizerName, typer.Option("--featurizer", "-f", help="Features to train on (the store you query must use the same).")] = FeaturizerName.logmel,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("--param", "-p", help="Featurizer parameter KEY=VALUE, repeatable (e.g. stats=mean,std,max).", metavar="KEY=VALUE"),
+    ] = None,
+    out_path: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Model file to write. Default: a new file in the user models folder ($SOUNDSEARCH_MODELS).", show_default=False),
+    ] = None,
+    no_siamese: Annotated[bool, typer.Option("--no-siamese", help="Variant: no towers, the raw frames of the pair go into the pair head.")] = False,
+    per_category: Annotated[bool, typer.Option("--per-category", help="Variant: one sub-model per category instead of one for all.")] = False,
+    no_attention: Annotated[bool, typer.Option("--no-attention", help="Variant: mean over time instead of attention pooling.")] = False,
+    epochs: Annotated[str, typer.Option("--epochs", "-e", help="Epochs, or 'auto': choose by validation loss with early stopping.", metavar="N|auto")] = "auto",
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="Upper bound for --epochs auto.")] = 30,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without a better validation loss before stopping.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = 128,
+    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName.rmsprop,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = 0.0,
+    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = 0.0,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout between layers in training.")] = 0.5,
+    context: Annotated[ContextName, typer.Option("--context", help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName.none,
+    tower: Annotated[Optional[str], typer.Option("--tower", help="Tower layer widths.", metavar="W,W,...")] = None,
+    head: Annotated[Optional[str], typer.Option("--head", help="Pair-head layer widths.", metavar="W,W,...")] = None,
+    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, help="Partners per target, category and situation.")] = 30,
+    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme.shared,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = 0.1,
+    val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
+    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for features and threads for training. Default: all cores.", show_default=False)] = None,
+    quiet: QuietOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Train a presence-matrix model on a labelled dataset and save it.
+
+    Features are computed once and cached; 10% of the training recordings are held out to choose
+    the number of epochs by validation loss, then the model is refit on all of them. Prints the
+    model's path and its validation figures.
+
+    Example:  soundsearch train --dataset my-labels.csv --seed 1 --out ~/models/foley.safetensors
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from soundsearch.datasets import check_trainable, dataset_features, load_dataset
+    from soundsearch.errors import DatasetError
+    from soundsearch.features import get_featurizer
+    from soundsearch.train import TrainConfig, fit
+
+    n_epochs = _epochs(epochs)
+    tower_w = _widths(tower, "--tower")
+    head_w = _widths(head, "--head")
+    params = _parse_params(param or [])
+    if lr <= 0:
+        raise typer.BadParameter("the learning rate must be positive", param_hint="--lr")
+    config = TrainConfig(
+        siamese=not no_siamese, per_category=per_category, attention=not no_attention,
+        dropout=dropout, context=context.value, optimizer=optimizer.value, lr=lr,
+        batch_size=batch_size, weight_decay=weight_decay, input_noise=input_noise,
+        pairs_per_side=pairs_per_side, pair_scheme=pair_scheme.value, epochs=n_epochs, max_epochs=max_epochs, patience=patience,
+        val_fraction=val_fraction, refit=not no_refit, seed=seed, threads=jobs,
+        **({"tower": tower_w} if tower_w else {}), **({"head": head_w} if head_w else {}),
+    )
+    fz = get_featurizer(featurizer.value, **params)
+    if out_path is not None:
+        _out_path(out_path, "")  # a bad --out fails before minutes of featurizing, not after
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed, download=download)
+    target = _out_path(out_path, data.name)
+    check_trainable(data)
+    if val_split and len(data.validate) < 2:
+        raise DatasetError(f"{data.name}: --val-split needs a validate split of at least 2 recordings; it has {len(data.validate)}")
+    if data.missing and not quiet:
+        _list_skipped("missing", [(p, "file not found") for p in data.missing])
+
+    with progress(quiet) as bar:
+        task = bar.add_task("features", total=None) if bar is not None else None
+
+        def on_feature_progress(p) -> None:
+            if bar is not None and getattr(p, "phase", "") == "featurize" and p.total:
+                bar.update(task, total=p.total, completed=p.done)
+
+        # Only what training needs: the train split and, with --val-split, the validate split.
+        wanted = dataclasses.replace(data, test=list(data.validate) if val_split else [])
+        feats = dataset_features(wanted, fz, jobs=jobs, on_progress=on_feature_progress)
+        if bar is not None:
+            bar.update(task, description="features ready", total=1, completed=1)
+
+        def on_batch(phase: str, done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(task, total=total, completed=done)
+
+        def on_epoch(e) -> None:
+            if bar is None:
+                return
+            if e.phase == "select":
+                text = (f"epoch {e.epoch:>3}  loss {e.train_loss:.4f}  val loss {e.val_loss:.4f}  "
+                        f"val acc {e.val_accuracy:.3f}{'  *' if e.best else ''}  ({e.pairs_per_s:,.0f} pairs/s)")
+            else:
+                text = f"refit {e.epoch:>3}/{e.epochs}  loss {e.train_loss:.4f}  ({e.pairs_per_s:,.0f} pairs/s)"
+            bar.console.print(text, highlight=False)
+            nxt = "refit" if e.phase == "refit" else "training"
+            bar.update(task, description=nxt, completed=0)
+
+        if bar is not None:
+            bar.update(task, description="training", completed=0, total=None)
+        summary = {"dataset": data.name, "featurizer": fz.spec(), "split_info": data.info.get("split"),
+                   "missing": len(data.missing), "failed": len(feats.failed)}
+        result = fit(
+            feats.train_feats, feats.train_labels, data.taxonomy, fz.spec(), fz.identity, config,
+            on_epoch=on_epoch, on_batch=on_batch, groups=feats.train_example, data_summary=summary,
+            val_feats=feats.test_feats if val_split else None,
+            val_labels=feats.test_labels if val_split else None,
+            val_groups=feats.test_example if val_split else None,
+        )
+        if bar is not None:
+            bar.update(task, description="trained", total=1, completed=1)
+    if feats.failed and not quiet:
+        _list_skipped("could not be read", feats.failed)
+    saved = result.model.save(target)
+    report = result.report
+    if json_out:
+        doc = {
+            "model": str(saved),
+            "name": saved.name.removesuffix(".safetensors"),
+            "dataset": data.name,
+            "featurizer": fz.identity,
+            "variant": result.model.config.variant,
+            "epochs": report.epochs,
+            "refit": report.refit,
+            "validation": report.validation.to_json(),
+            "categories": list(data.taxonomy),
+            "items": report.items,
+            "recordings": report.recordings,
+            "train_pairs": report.train_pairs,
+            "pairs_per_s": round(report.pairs_per_s, 1),
+            "seconds": round(report.seconds, 2),
+            "missing": [str(p) for p in data.missing],
+            "failed": [[str(p), str(r)] for p, r in feats.failed],
+            "history": [h.to_json() for h in report.history],
+        }
+        typer.echo(json.dumps(doc))
+        return
+    v = report.validation
+    if quiet:
+        out.print(_shown(saved), highlight=False, soft_wrap=True)
+        return
+    _render(saved, data, fz, result, np)
+    out.print(
+        f"saved model [bold]{escape(saved.name)}[/] to {_shown(saved)}\n"
+        f"validation: loss {v.loss:.4f}, presence-state accuracy {v.accuracy:.3f} "
+        f"(majority rate {v.majority:.3f}) on {v.recordings} held-out recordings, {v.pairs} pairs",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def _list_skipped(what: str, entries) -> None:
+    err.print(f"[yellow]{len(entries)} file(s) {what}, skipped:[/]", highlight=False, soft_wrap=True)
+    for p, reason in entries[:SHOW_SKIPPED]:
+        err.print(f"  {_shown(p)}: {escape(str(reason))}", highlight=False, soft_wrap=True)
+    if len(entries) > SHOW_SKIPPED:
+        err.print(f"  ... and {len(entries) - SHOW_SKIPPED} more", highlight=False, soft_wrap=True)
+
+
+def _render(saved: Path, data, fz, result, np) -> None:
+    from rich.table import Table
+
+    report, model = result.report, result.model
+    v = report.validation
+    table = Table(title="training summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("model", _shown(saved)),
+        ("dataset", escape(data.name)),
+        ("featurizer", escape(fz.name)),
+        ("variant", model.config.variant),
+        ("training data", f"{report.items} items from {report.recordings} recordings, {report.train_pairs:,} pairs"),
+        ("epochs", f"{report.epochs} (chosen by validation loss{', then refit on all recordings' if report.refit else ''})"
+         if model.meta["recipe"]["epochs"] is None else f"{report.epochs}{' (then refit on all recordings)' if report.refit else ''}"),
+        ("validation", f"loss {v.loss:.4f}, accuracy {v.accuracy:.3f} vs majority {v.majority:.3f} "
+         f"({v.recordings} recordings, {v.pairs:,} pairs)"),
+        ("time", f"{report.seconds:.1f} s ({report.pairs_per_s:,.0f} pairs/s)"),
+    ]
+    for k, val in rows:
+        table.add_row(k, val)
+    out.print(table)
+    cats = Table(title="per category", title_justify="left")
+    cats.add_column("category")
+    cats.add_column("training items with it", justify="right")
+    cats.add_column("validation accuracy", justify="right")
+    for name, pos, acc in zip(data.taxonomy, report.positives, v.per_category):
+        cats.add_row(escape(name), str(pos), f"{acc:.3f}")
+    out.print(cats)
