@@ -9,13 +9,15 @@ formats) in a temporary folder, then measures, on one core (jobs=1, BLAS limited
                                librosa.feature.melspectrogram + librosa.power_to_db
   reindex_unchanged_s          wall time of soundsearch.indexing.index_paths on the library
                                a second time, when nothing changed (left out if unavailable)
+  reindex_many_unchanged_s     with --reindex-files N: the same for N tiny files (the cost of
+                               an unchanged re-index does not depend on audio length)
 
 Both pipelines read the same files from a warm page cache, are warmed up on a few files so
 one-off import and JIT costs are not counted, and run interleaved file by file so a busy
 machine slows both alike; CPU-time figures are printed beside the wall-time ones. Not a test: run it by hand,
 
     python bench/index.py --files 300
-    python bench/index.py --json
+    python bench/index.py --json --reindex-files 10000
 """
 
 from __future__ import annotations
@@ -165,6 +167,32 @@ def bench_reindex(lib: Path, store: Path) -> dict:
     }
 
 
+def bench_reindex_many(root: Path, store: Path, n_files: int) -> dict:
+    """Index n_files tiny files, then time the unchanged re-index: the cost of a large library
+    that did not change is stat-ing and catalog look-ups, whatever the audio lengths."""
+    try:
+        from soundsearch.indexing import index_paths
+    except ImportError as e:
+        return {"reindex_many_note": f"soundsearch.indexing unavailable ({e})"}
+    x = (0.1 * np.sin(2 * np.pi * 440 * np.arange(1600) / 8000)).astype(np.float32)
+    for i in range(n_files):
+        p = root / f"d{i // 500:03d}" / f"s{i:06d}.wav"
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(p), x, 8000, subtype="PCM_16")
+    t0 = time.perf_counter()
+    index_paths(store, [root], jobs=1)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = index_paths(store, [root], jobs=1)
+    return {
+        "reindex_many_files": n_files,
+        "reindex_many_first_run_s": round(first, 2),
+        "reindex_many_unchanged_s": round(time.perf_counter() - t0, 3),
+        "reindex_many_unchanged_files": again.unchanged,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=2000, help="library size (default 2000)")
@@ -172,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=None, help="generate the library here and keep it (reused when size and seed match)")
     ap.add_argument("--skip-librosa", action="store_true", help="leave out the librosa pipeline")
     ap.add_argument("--skip-reindex", action="store_true", help="leave out the index/re-index figures")
+    ap.add_argument(
+        "--reindex-files",
+        type=int,
+        default=0,
+        help="also time an unchanged re-index of this many tiny files (e.g. 10000; off by default)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args(argv)
 
@@ -219,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_reindex:
                 log("index, then unchanged re-index (jobs=1) ...")
                 result.update(bench_reindex(lib, Path(tmp) / "store"))
+            if args.reindex_files > 0:
+                log(f"index and unchanged re-index of {args.reindex_files} tiny files (jobs=1) ...")
+                result.update(bench_reindex_many(Path(tmp) / "many", Path(tmp) / "store-many", args.reindex_files))
         finally:
             if limits is not None:
                 limits.unregister() if hasattr(limits, "unregister") else limits.__exit__(None, None, None)
@@ -246,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"index (first run, jobs=1): {result['index_first_run_s']} s; "
                     f"unchanged re-index of {result['reindex_unchanged_files']} files: {result['reindex_unchanged_s']} s"
                 )
+        if "reindex_many_unchanged_s" in result:
+            print(
+                f"unchanged re-index of {result['reindex_many_files']} tiny files: "
+                f"{result['reindex_many_unchanged_s']} s (first index {result['reindex_many_first_run_s']} s)"
+            )
     return 0
 
 
