@@ -311,3 +311,37 @@ def test_help_has_examples():
         result = run(cmd, "--help")
         assert result.exit_code == 0
         assert "Example:" in result.stdout
+
+
+def test_file_names_that_are_not_utf8(tmp_path, store_dir):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    good = os.fsdecode(os.fsencode(lib) + b"/caf\xe9.wav")
+    bad = os.fsdecode(os.fsencode(lib) + b"/br\xfcken.wav")
+    os.rename(write_audio(lib / "plain.wav", tone(300, 0.5, SR), SR), good)  # soundfile wants UTF-8 names
+    Path(bad).write_bytes(b"not audio at all")
+    result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert f"{lib}/br\\xfcken.wav: not decodable as audio" in result.stderr
+    with Store.open(store_dir) as st:
+        assert [os.fsencode(i.path) for i in st.items()] == [os.fsencode(good)]
+    doc = json.loads(run("status", "--json").stdout)
+    assert doc["failed_files"][0]["path"] == f"{lib}/br\\xfcken.wav"
+    # Unchanged on the next run: the bytes of the name round-trip through the catalog.
+    rep = json.loads(run("index", str(lib), "--jobs", "1", "--json").stdout)
+    assert rep["unchanged"] == 2 and rep["added"] == 0
+
+
+def test_unavailable_featurizer_fails_before_creating_a_store(library, store_dir):
+    pytest.importorskip("soundsearch.features.openl3")
+    try:
+        get_featurizer("openl3")
+    except Exception:  # noqa: BLE001 - any failure to build it is what this test is about
+        pass
+    else:
+        pytest.skip("openl3 is installed here")
+    lib, _ = library
+    result = run("index", str(lib), "--featurizer", "openl3", "--jobs", "1")
+    assert result.exit_code == 1
+    assert "openl3" in result.stderr and "pip install" in result.stderr
+    assert not store_dir.exists()
