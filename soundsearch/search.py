@@ -402,8 +402,11 @@ class SearchEngine:
         x = torch.from_numpy(np.ascontiguousarray(self.model.normalise(feats_raw)))
         net = self.model.net
         net.eval()
-        h = net.embed(x)
-        pa, pb = net.project(h)
+        # Callers split big inputs into chunks across threads; a query's few rows are tiny
+        # work, where intra-op threads only add barriers (milliseconds each on a busy machine).
+        with _torch_threads(1):
+            h = net.embed(x)
+            pa, pb = net.project(h)
         pa = pa * self.head.pair_scale
         pb = torch.addcmul(self.head.pair_shift, pb, self.head.pair_scale)
         pooled = h.mean(1)
