@@ -51,6 +51,10 @@ class StoreLockedError(StoreError):
     """Another process is writing to the store."""
 
 
+class StoreMissingError(StoreError):
+    """There is no store (yet) at the given place."""
+
+
 class FeaturizerMismatchError(StoreError):
     """Features made by one featurizer would be mixed with, or compared to, another's."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from soundsearch.errors import AudioError, FeaturizerError, SoundsearchError, StoreError
+from soundsearch.errors import AudioError, FeaturizerError, SoundsearchError, StoreError, StoreMissingError
 from soundsearch.store import STATUS_FAILED, STATUS_OK, FileEntry, Store, StoreWriter, _display
 
 
@@ -171,17 +171,7 @@ def index_paths(
     if featurizer_name is not None or featurizer_params:
         requested = get_featurizer(featurizer_name, **(featurizer_params or {}))
 
-    exists = (store_dir / "catalog.sqlite").exists()
-    if not exists and not roots:
-        raise StoreError(f"no store at {_display(store_dir)}: give the folders to index")
-    if not exists:
-        # Create under the lock so two first runs do not race to create it.
-        from soundsearch.store import _check_foreign, store_lock
-
-        _check_foreign(store_dir)
-        with store_lock(store_dir, wait=wait):
-            Store.open(store_dir, create=True, featurizer=requested or get_featurizer(None),
-                       item_seconds=item_seconds).close()
+    _ensure_store(store_dir, requested, item_seconds, bool(roots), wait)
 
     with Store.open(store_dir, item_seconds=item_seconds) as store:
         spec, identity = store.featurizer_spec, store.featurizer_identity
@@ -202,6 +192,30 @@ def index_paths(
             _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _ensure_store(store_dir: Path, requested, item_seconds: float | None, have_roots: bool, wait: bool) -> None:
+    """Create the store if it does not exist, or finish a creation that a kill interrupted."""
+    from soundsearch.features import get_featurizer
+    from soundsearch.store import _check_foreign, store_lock
+
+    def exists() -> bool:
+        try:
+            Store.open(store_dir).close()
+            return True
+        except StoreMissingError:
+            return False
+
+    if exists():
+        return
+    if not have_roots:
+        raise StoreMissingError(f"no store at {_display(store_dir)}: give the folders to index")
+    _check_foreign(store_dir)  # before the lock file lands in someone else's folder
+    # Under the lock, and asking again there, so two first runs do not both create it.
+    with store_lock(store_dir, wait=wait):
+        if not exists():
+            fz = requested or get_featurizer(None)
+            Store.open(store_dir, create=True, featurizer=fz, item_seconds=item_seconds).close()
 
 
 def _run(

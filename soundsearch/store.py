@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedError
+from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedError, StoreMissingError
 
 if TYPE_CHECKING:
     from soundsearch.features import Featurizer
@@ -342,7 +342,7 @@ class Store:
             raise StoreError(f"{_display(path)} is a file, not a store folder")
         if not catalog.exists():
             if not create:
-                raise StoreError(f"no store at {_display(path)}: run `soundsearch index PATH` first")
+                raise StoreMissingError(f"no store at {_display(path)}: run `soundsearch index PATH` first")
             _check_foreign(path)
             with _os_errors(path, "creating the store folder"):
                 (path / ARRAYS).mkdir(parents=True, exist_ok=True)
@@ -357,7 +357,7 @@ class Store:
                 if not has_meta or not db.execute("SELECT count(*) FROM meta").fetchone()[0]:
                     # A catalog without meta is a creation that was killed before it committed.
                     if not create:
-                        raise StoreError(f"no store at {_display(path)}: run `soundsearch index PATH` first")
+                        raise StoreMissingError(f"no store at {_display(path)}: run `soundsearch index PATH` first")
                     if readonly:
                         raise StoreError(f"the store at {_display(path)} is read-only: check permissions on it")
                     _create(db, path, featurizer, item_seconds)

@@ -418,3 +418,25 @@ def test_a_truncated_array_is_reported_not_padded(tmp_path, fz):
             with st.writer():
                 pass
     assert array.stat().st_size == 128 + T * D * 4
+
+
+@pytest.mark.parametrize("leftover", ["empty catalog", "tables without meta"])
+def test_a_creation_killed_half_way_is_finished_by_the_next_index(tmp_path, leftover):
+    from conftest import tone, write_audio
+    from soundsearch.errors import StoreMissingError
+    from soundsearch.indexing import index_paths
+
+    store = tmp_path / "s"
+    (store / ARRAYS).mkdir(parents=True)
+    (store / ARRAYS / "features-1.npy.tmp").write_bytes(b"partial")
+    with sqlite3.connect(store / CATALOG) as db:
+        if leftover == "tables without meta":
+            db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    with pytest.raises(StoreMissingError, match="no store at"):
+        Store.open(store)
+    write_audio(tmp_path / "lib" / "a.wav", tone(440, 0.3, 8000), 8000)
+    report = index_paths(store, [tmp_path / "lib"], jobs=1)
+    assert report.added == 1
+    with Store.open(store) as st:
+        assert len(st.items()) == 1 and st.verify() == []
+    assert os.listdir(store / ARRAYS) == ["features-1.npy"]
