@@ -247,10 +247,11 @@ def evaluate(
     )
     for m in loaded:
         _check_taxonomy(m, dataset)
-    say(
-        f"dataset {dataset.name}: {len(dataset.train)} database recordings, {len(dataset.test)} queries"
-        + (f", {len(dataset.missing)} listed files missing (skipped)" if dataset.missing else "")
-    )
+    say(f"dataset {dataset.name}: {len(dataset.train)} database recordings, {len(dataset.test)} queries")
+    if dataset.missing:
+        shown = ", ".join(str(p) for p in dataset.missing[:5])
+        more = f" and {len(dataset.missing) - 5} more" if len(dataset.missing) > 5 else ""
+        say(f"{len(dataset.missing)} listed files are missing and were skipped: {shown}{more}")
 
     if loaded:
         fz = featurizer_from_spec(loaded[0].featurizer_spec)
@@ -270,7 +271,8 @@ def evaluate(
     cache = feature_cache_dir(fz, dataset=dataset, base=cache_dir)
     feats = dataset_features(dataset, fz, cache_store_dir=cache, jobs=jobs, on_progress=on_progress)
     if feats.failed:
-        say(f"{len(feats.failed)} files could not be read and were skipped")
+        shown = "; ".join(f"{p}: {why}" for p, why in feats.failed[:5])
+        say(f"{len(feats.failed)} files could not be read and were skipped: {shown}")
     if feats.test_feats.shape[0] == 0:
         raise DatasetError(f"{dataset.name}: none of the query recordings could be featurized")
 
@@ -417,32 +419,36 @@ def plot_report(report: EvalReport, path: Path) -> Path:
     rows, cols = len(groups), len(report.thresholds)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharex=True)
     styles = ["o-", "s-", "^-", "D-", "v-", "P-", "X-", "*-", "h-", "<-", ">-"]
+    # K values evenly spaced, as in the paper's figure: 1, 5, 10 stay readable next to 100.
+    xs = list(range(len(report.ks)))
     for r, g in enumerate(groups):
         for c, s in enumerate(report.thresholds):
             ax = axes[r][c]
             for i, sysres in enumerate(report.systems):
                 y = report.map(sysres, g, s)
                 if sysres.kind == "random":
-                    ax.plot(report.ks, y, "k--", label=sysres.name, linewidth=1.2)
+                    ax.plot(xs, y, "k--", label=sysres.name, linewidth=1.2)
                 else:
-                    ax.plot(report.ks, y, styles[i % len(styles)], label=sysres.name, markersize=4, linewidth=1.4)
+                    ax.plot(xs, y, styles[i % len(styles)], label=sysres.name, markersize=4, linewidth=1.4)
             ax.set_title(f"{GROUP_TITLES[g]} ({len(report.groups[g])}), s = {s}", fontsize=10)
-            ax.set_xticks(list(report.ks))
-            ax.set_ylim(0, 1)
+            ax.set_xticks(xs, [str(k) for k in report.ks])
+            ax.set_ylim(-0.02, 1.03)  # lines at exactly 0 or 1 stay visible
             ax.grid(alpha=0.3)
             if r == rows - 1:
                 ax.set_xlabel("K")
             if c == 0:
                 ax.set_ylabel(f"mAP$_s$@K")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     name = report.dataset.get("name", "")
-    fig.suptitle(f"Retrieval on {name}: database {report.database_size} items", fontsize=11)
-    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) - 1) // 4), 1, 0.96))
+    fig.suptitle(f"mAP$_s$@K on {name}: database of {report.database_size} items", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    # Below the panels, outside the axes; bbox_inches="tight" grows the figure to hold it.
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2 if cols < 3 else 3,
+               fontsize=8, frameon=False)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     except OSError as exc:
         raise SoundsearchError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
     finally:

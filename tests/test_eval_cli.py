@@ -104,3 +104,17 @@ def test_help_documents_options():
     assert r.exit_code == 0
     for opt in ("--dataset", "--data-dir", "--model", "--variants", "--json", "--plot", "--k", "--thresholds", "--seed", "--jobs", "--download"):
         assert opt in r.output
+
+
+def test_missing_and_unreadable_files_are_listed(env):
+    ds = env["csv"].parent
+    (ds / "broken.wav").write_bytes(b"RIFF\x00\x00not really audio")
+    text = env["csv"].read_text() + "gone.wav,train,1,0,0\nbroken.wav,train,0,1,0\n"
+    extra = ds / "with-gaps.csv"
+    extra.write_text(text)
+    r = run("--dataset", extra, "--model", env["model"], "--k", "5", "-j", "1")
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())
+    assert "1 listed files are missing and were skipped: " in err and "gone.wav" in err
+    assert "1 files could not be read and were skipped: " in err and "broken.wav" in err
+    assert "16 database items" in r.stdout  # both left out, the rest evaluated
