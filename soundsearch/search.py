@@ -32,7 +32,7 @@ the mean of its items' pooled embeddings and the database item's.
 from __future__ import annotations
 
 import hashlib
-import math
+import json
 import os
 import tempfile
 import threading
@@ -241,18 +241,17 @@ def _sha(data: bytes | str, n: int = 16) -> str:
 
 
 def model_key(model: "LoadedModel") -> str:
-    """Content hash of the model: the file's bytes, or the weights of an unsaved model."""
-    h = hashlib.sha256()
-    if model.path is not None and Path(model.path).is_file():
-        with open(model.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    else:
-        for name, tensor in sorted(model.net.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        h.update(np.asarray(model.norm_mean, np.float32).tobytes())
-        h.update(np.asarray(model.norm_std, np.float32).tobytes())
+    """Content hash of the loaded model (weights, normalisation, architecture).
+
+    Hashing what was loaded, not the file, keeps the key right even if the file is replaced
+    while a search runs.
+    """
+    h = hashlib.sha256(json.dumps(model.config.to_json(), sort_keys=True).encode())
+    for name, tensor in sorted(model.net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.asarray(model.norm_mean, np.float32).tobytes())
+    h.update(np.asarray(model.norm_std, np.float32).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -293,6 +292,7 @@ class SearchEngine:
         self.head = _fold_head(model.net)
         self.embed_width = model.net.embed_width
         self._cache: np.ndarray | None = None
+        self._model_key: str | None = None
         self._cache_path: Path | None = None
         self.built_cache = False  # whether the last prepare() had to compute the database side
 
@@ -307,10 +307,13 @@ class SearchEngine:
         return 2 * self.head.steps * self.head.width + self.embed_width
 
     def cache_path(self) -> Path:
+        """Where the database side for this store state and model lives."""
         store_part = _sha(self.store.fingerprint(), 12)
+        if self._model_key is None:
+            self._model_key = model_key(self.model)
         where = str(self.model.path) if self.model.path is not None else "(unsaved)"
         return self.cache_dir / (
-            f"{CACHE_PREFIX}{store_part}-{_sha(where, 8)}-{model_key(self.model)}"
+            f"{CACHE_PREFIX}{store_part}-{_sha(where, 8)}-{self._model_key}"
             f"-{self.cache_dtype}-v{CACHE_VERSION}.npy"
         )
 
