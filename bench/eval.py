@@ -72,9 +72,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         order = model_order(model, store, db_rows, q_feats, max(KS))
         out["model_rank_s"] = time.perf_counter() - t0  # includes building the database-side cache
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         order = model_order(model, store, db_rows, q_feats, max(KS))
         out["model_rank_cached_s"] = time.perf_counter() - t0
+        # CPU seconds over all threads: on a shared, busy machine wall time mostly measures the queue.
+        out["model_rank_cached_cpu_s"] = time.process_time() - c0
 
         t0 = time.perf_counter()
         for s in (8, 7):
@@ -94,13 +96,14 @@ def main(argv=None) -> int:
         out["cosine_both_s"] = time.perf_counter() - t0
 
         nb = min(args.brute_queries, args.queries)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for q in range(nb):
             model.score_pairs(q_feats[q], feats[: args.items])
-        per_query = (time.perf_counter() - t0) / max(nb, 1)
-        out["brute_force_est_s"] = per_query * args.queries
+        out["brute_force_est_s"] = (time.perf_counter() - t0) / max(nb, 1) * args.queries
+        out["brute_force_est_cpu_s"] = (time.process_time() - c0) / max(nb, 1) * args.queries
         out["total_s"] = out["model_rank_s"] + out["ap_s"] + out["random_exact_s"] + out["cosine_both_s"]
         out["speedup_vs_brute_force"] = out["brute_force_est_s"] / out["model_rank_cached_s"]
+        out["speedup_vs_brute_force_cpu"] = out["brute_force_est_cpu_s"] / out["model_rank_cached_cpu_s"]
         store.close()
 
     if args.json:
@@ -108,13 +111,16 @@ def main(argv=None) -> int:
     else:
         print(f"eval at {args.queries} queries x {args.items} items, {args.threads} torch threads")
         print(f"  model ranking (engine, first run incl. database cache): {out['model_rank_s']:.2f} s")
-        print(f"  model ranking (engine, cache warm):                     {out['model_rank_cached_s']:.2f} s")
+        print(f"  model ranking (engine, cache warm):                     {out['model_rank_cached_s']:.2f} s"
+              f" ({out['model_rank_cached_cpu_s']:.2f} s CPU)")
         print(f"  AP_s@K, s in (8, 7), 6 K:                               {out['ap_s']:.3f} s")
         print(f"  exact random baseline:                                  {out['random_exact_s']:.3f} s")
         print(f"  both cosine baselines:                                  {out['cosine_both_s']:.3f} s")
         print(f"  total:                                                  {out['total_s']:.2f} s")
         print(f"  brute-force pair scoring (est. from {nb} queries):      {out['brute_force_est_s']:.1f} s"
-              f"  -> engine is {out['speedup_vs_brute_force']:.1f}x faster")
+              f" ({out['brute_force_est_cpu_s']:.1f} s CPU)")
+        print(f"  -> engine {out['speedup_vs_brute_force']:.1f}x faster by wall time, "
+              f"{out['speedup_vs_brute_force_cpu']:.1f}x by CPU time")
     return 0
 
 
