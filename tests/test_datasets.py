@@ -332,3 +332,12 @@ def test_dataset_features_cached_and_item_labels(tmp_path, store_dir):
     with Store.open(cache) as store:
         assert store.fingerprint() == before  # nothing recomputed or rewritten
     np.testing.assert_array_equal(again.train_feats, f.train_feats)
+
+
+def test_csv_empty_class_allowed_under_a_given_taxonomy(tmp_path):
+    touch_wavs(tmp_path, ["a.wav", "b.wav"])
+    csv = write(tmp_path / "l.csv", "path,split,dog,cat\na.wav,train,1,0\nb.wav,test,0,0\n")
+    with pytest.raises(DatasetError, match="no recording has category 'cat'"):
+        load_dataset(str(csv))
+    ds = load_dataset(str(csv), taxonomy=Taxonomy(("cat", "dog")))
+    assert ds.info["empty_categories"] == ["cat"] and ds.labels("train").tolist() == [[0, 1]]

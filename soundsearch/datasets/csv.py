@@ -109,7 +109,9 @@ def load(path: Path, seed: int = 0, taxonomy: Taxonomy | None = None) -> Labelle
         )
 
     empty = [c for c, n in zip(tax, labels[keep].sum(0).tolist()) if n == 0]
-    if declared and empty:
+    # A column of zeros the file itself declares is a mistake; a category a given taxonomy (a
+    # model's) lacks examples of is only a gap, reported in `info`.
+    if declared and taxonomy is None and empty:
         raise DatasetError(
             f"{path}: no recording has category {', '.join(repr(c) for c in empty)} "
             "(a column of only zeros): drop the column or label some recordings"
