@@ -174,9 +174,10 @@ def test_fetch_restarts_when_server_ignores_range(server, tmp_path):
     rec.honour_range = False
     base = server(rec)
     dest = tmp_path / "big.bin"
-    dest.with_name("big.bin.part").write_bytes(rec.files["big.bin"][:5000])
-    dl.fetch(f"{base}/records/{sonyc_ust.ZENODO_RECORD}/files/big.bin", dest, md5=rec.md5["big.bin"])
+    dest.with_name("big.bin.part").write_bytes(b"y" * 5000)
+    assert dl.fetch(f"{base}/records/{sonyc_ust.ZENODO_RECORD}/files/big.bin", dest, md5=rec.md5["big.bin"]) is False
     assert dest.read_bytes() == rec.files["big.bin"]
+    assert len(rec.ranges) == 1  # started over once, no second attempt
 
 
 def test_stale_part_is_refetched_from_scratch(server, tmp_path):

@@ -140,8 +140,7 @@ def fetch(url: str, dest: Path, md5: str | None = None, on_progress: Progress | 
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    resumed = part.is_file() and part.stat().st_size > 0
-    _transfer(url, part, dest.name, on_progress)
+    resumed = _transfer(url, part, dest.name, on_progress)
     if md5 is not None:
         got = md5sum(part)
         if got != md5 and resumed:
@@ -158,7 +157,8 @@ def fetch(url: str, dest: Path, md5: str | None = None, on_progress: Progress | 
     return resumed
 
 
-def _transfer(url: str, part: Path, label: str, on_progress: Progress | None) -> None:
+def _transfer(url: str, part: Path, label: str, on_progress: Progress | None) -> bool:
+    """Fetch into `part`; True when it continued a partial file rather than starting over."""
     have = part.stat().st_size if part.is_file() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "soundsearch"})
     if have:
@@ -167,7 +167,7 @@ def _transfer(url: str, part: Path, label: str, on_progress: Progress | None) ->
         resp = urllib.request.urlopen(req, timeout=_TIMEOUT)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
-            return  # nothing left to fetch: the part is already whole (the checksum decides)
+            return True  # nothing left to fetch: the part is already whole (the checksum decides)
         raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise DownloadError(f"download of {url} failed: {_reason(exc)}") from None
@@ -197,6 +197,7 @@ def _transfer(url: str, part: Path, label: str, on_progress: Progress | None) ->
         raise DownloadError(
             f"download of {url} broke off after {done} of {total} bytes; run the command again to resume"
         )
+    return mode == "ab"
 
 
 def unpack(archive: Path, dest: Path) -> None:
