@@ -14,37 +14,37 @@ from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
 def eval_(
     dataset: Annotated[
         str,
-        typer.Option("--dataset", "-d", help="'sonyc-ust' or the path of a labels CSV (path + one 0/1 column per category, or a labels column)."),
+        typer.Option("--dataset", "-d", metavar="sonyc-ust|CSV", help="'sonyc-ust' or the path of a labels CSV (path + one 0/1 column per category, or a labels column)."),
     ] = "sonyc-ust",
     data_dir: Annotated[
         Optional[Path],
-        typer.Option("--data-dir", help="Where SONYC-UST lives. Default: $SOUNDSEARCH_DATA/sonyc-ust, else a per-user data folder.", show_default=False),
+        typer.Option("--data-dir", metavar="DIR", help="Where SONYC-UST lives. Default: $SOUNDSEARCH_DATA/sonyc-ust, else a per-user data folder.", show_default=False),
     ] = None,
     model: Annotated[
         Optional[list[str]],
-        typer.Option("--model", "-m", help="Model name or file; repeat to compare several. Default: the shipped default model.", show_default=False),
+        typer.Option("--model", "-m", metavar="NAME|PATH", help="Model name or file; repeat to compare several. Default: the shipped default model.", show_default=False),
     ] = None,
     variants: Annotated[
         bool, typer.Option("--variants", help="Also train and evaluate the paper's 8 variants (Siamese or not x single or per-category x attention or not), one seed.")
     ] = False,
     k: Annotated[
-        Optional[list[str]], typer.Option("--k", help="Cut-offs K (repeat, or comma-separated). Default: 1,5,10,30,50,100.", show_default=False)
+        Optional[list[str]], typer.Option("--k", metavar="K", help="Cut-offs K (repeat, or comma-separated). Default: 1,5,10,30,50,100.", show_default=False)
     ] = None,
     thresholds: Annotated[
         Optional[list[str]],
-        typer.Option("--thresholds", "-s", help="Agreement thresholds s (repeat, or comma-separated). Default: C and C-1.", show_default=False),
+        typer.Option("--thresholds", "-s", metavar="S", help="Agreement thresholds s (repeat, or comma-separated). Default: C and C-1.", show_default=False),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for a CSV's split and the variants' training.")] = 0,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Feature extraction processes (default: all cores).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed for a CSV's split and the variants' training.")] = 0,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", metavar="N", help="Feature extraction processes (default: all cores).", show_default=False)] = None,
     plot: Annotated[
-        Optional[Path], typer.Option("--plot", help="Write the mAP-vs-K figure (one panel per query group x threshold) to this PNG.", show_default=False)
+        Optional[Path], typer.Option("--plot", metavar="PNG", help="Write the mAP-vs-K figure (one panel per query group x threshold) to this PNG.", show_default=False)
     ] = None,
     download: Annotated[bool, typer.Option("--download", help="Fetch SONYC-UST from Zenodo first (resumes, checks md5).")] = False,
     featurizer: Annotated[
-        Optional[str], typer.Option("--featurizer", help="Features for --variants when no --model is given (default logmel).", show_default=False)
+        Optional[str], typer.Option("--featurizer", metavar="NAME", help="Features for --variants when no --model is given (default logmel).", show_default=False)
     ] = None,
     epochs: Annotated[
-        Optional[int], typer.Option("--epochs", help="Epochs for each --variants model (default: chosen on a validation split).", show_default=False)
+        Optional[int], typer.Option("--epochs", metavar="N", help="Epochs for each --variants model (default: chosen on a validation split).", show_default=False)
     ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
