@@ -368,6 +368,10 @@ class SearchEngine:
             if tmp is not None:
                 out.flush()
                 del out
+                # mkstemp makes the file private; give it the permissions a plain create would.
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)
                 os.replace(tmp, path)
                 tmp = None
                 self._remove_stale(path)

@@ -137,6 +137,10 @@ def test_cache_is_built_once_and_follows_store_and_model(tmp_path, store, model)
     assert first.built_cache
     cache_file = first.cache_path()
     assert cache_file.is_file() and cache_file.parent == store.path / "cache"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cache_file.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    assert not list(cache_file.parent.glob(".*.tmp"))
     q = queries(1)
     before = first.score_all(q)
 
