@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="default")
+    ap.add_argument("--batching", choices=["random", "blocked"], default="random")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = make_pairs(labels, seed=args.seed)
     pair_seconds = time.perf_counter() - t0
 
-    cfg = TrainConfig(seed=args.seed, batch_size=args.batch_size, **VARIANTS[args.variant])
+    cfg = TrainConfig(seed=args.seed, batch_size=args.batch_size, batching=args.batching, **VARIANTS[args.variant])
     mcfg = cfg.model_config(args.steps, args.dim, len(PREVALENCE))
     mean, std = norm_stats(feats)
     x = torch.from_numpy((feats - mean) / std)
@@ -94,12 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     net = PresenceNet(mcfg)
     gen = torch.Generator().manual_seed(args.seed)
-    pick = rng.permutation(len(pairs))
-    warm = _Trainer(net, x, lab, pairs[pick[: 20 * args.batch_size]], cfg, gen)
-    warm.epoch("warm", None)
-    timed = _Trainer(net, x, lab, pairs[pick[: args.pairs]], cfg, gen)
+    trainer = _Trainer(net, x, lab, pairs, cfg, gen)
+    trainer.epoch("warm", None, limit=20 * args.batch_size)
     t0 = time.perf_counter()
-    timed.epoch("bench", None)
+    trainer.epoch("bench", None, limit=args.pairs)
     dt = time.perf_counter() - t0
     done = min(args.pairs, len(pairs))
     pps = done / dt
@@ -107,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_gflops(args.threads)
     result = {
         "variant": args.variant,
+        "batching": args.batching,
         "recordings": args.recordings,
         "steps": args.steps,
         "dim": args.dim,

@@ -148,3 +148,23 @@ def test_external_validation_split_picks_epochs_and_keeps_weights():
     np.testing.assert_allclose(res.model.norm_mean, feats.reshape(-1, D).mean(0), rtol=1e-4, atol=1e-4)
     with pytest.raises(DatasetError, match="shape"):
         fit(feats, labels, TAX, {}, "x", TrainConfig(**SMALL), val_feats=vfeats[:, :2], val_labels=vlabels)
+
+
+def test_blocked_batches_cover_every_pair_once_with_fewer_items():
+    from soundsearch.pairs import make_pairs
+    from soundsearch.train import _Trainer
+
+    _, labels = separable(400)
+    pairs = make_pairs(labels, seed=0)
+    cfg = TrainConfig(**(SMALL | dict(batching="blocked", batch_size=64)))
+    net = TrainConfig(**SMALL).model_config(T, D, len(TAX))
+    from soundsearch.model import PresenceNet
+
+    trainer = _Trainer(PresenceNet(net), torch.zeros(400, T, D), torch.from_numpy(labels.astype(bool)),
+                       pairs, cfg, torch.Generator().manual_seed(0))
+    order = trainer._blocked_order()
+    assert sorted(order.tolist()) == list(range(len(pairs)))  # a permutation: each pair once
+    p = trainer.pairs[order]
+    distinct = [len(torch.unique(p[i : i + 64])) for i in range(0, len(p) - 64, 64)]
+    assert np.mean(distinct) < 0.5 * 2 * 64  # random batches would touch ~2 items per pair
+    assert not torch.equal(order, trainer._blocked_order())  # new blocks every epoch

@@ -30,6 +30,11 @@ class PairScheme(str, Enum):
     independent = "independent"
 
 
+class Batching(str, Enum):
+    random = "random"
+    blocked = "blocked"
+
+
 class ContextName(str, Enum):
     none = "none"
     stats = "stats"
@@ -105,6 +110,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = 0,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = 128,
+    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster.")] = Batching.random,
     optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName.rmsprop,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = 0.0,
     input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = 0.0,
@@ -147,7 +153,7 @@ def train(
     config = TrainConfig(
         siamese=not no_siamese, per_category=per_category, attention=not no_attention,
         dropout=dropout, context=context.value, optimizer=optimizer.value, lr=lr,
-        batch_size=batch_size, weight_decay=weight_decay, input_noise=input_noise,
+        batch_size=batch_size, batching=batching.value, weight_decay=weight_decay, input_noise=input_noise,
         pairs_per_side=pairs_per_side, pair_scheme=pair_scheme.value, epochs=n_epochs, max_epochs=max_epochs, patience=patience,
         val_fraction=val_fraction, refit=not no_refit, seed=seed, threads=jobs,
         **({"tower": tower_w} if tower_w else {}), **({"head": head_w} if head_w else {}),
