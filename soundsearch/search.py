@@ -26,7 +26,19 @@ closeness (cosine of the mean-pooled tower embeddings) descending, then row orde
 A query file cut into several items (a long recording) is scored item by item against every
 database item; the per-category probabilities are averaged over the query's items and the
 level and expected agreement are read from that average. Its closeness is the cosine between
-the mean of its items' pooled embeddings and the database item's.
+the mean of its items' pooled embeddings and the database item's. A query file that is in the
+store, unchanged, ranks its own items first whatever the model predicts: a recording's
+presence matrix with itself has no "differs" by definition.
+
+Cache: `<store>/cache/search-<store state>-<model path>-<model content>-<dtype>-v<N>.npy`,
+one row per item [PB | PA | pooled]. float32 by default; bfloat16 on request halves size and
+memory traffic but is not exact, so it is never the default. Written to a temporary file and
+renamed into place; writing one removes caches of older store states and of older versions of
+the same model file. A store folder that cannot be written to is searched all the same, with
+the database side recomputed in memory.
+
+Threads: chunks of items go to one Python thread per core (torch's thread count), each running
+torch single-threaded; see _run_chunks for why.
 """
 
 from __future__ import annotations
