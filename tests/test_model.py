@@ -19,6 +19,16 @@ T, D, C = 5, 12, 8
 VARIANTS = list(itertools.product([True, False], [False, True], [True, False]))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors gain nothing from threads, and on a busy 2-core runner OpenMP threads
+    # waiting on each other made single tests take seconds.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_net(siamese=True, per_category=False, attention=True, seed=0, **kw) -> PresenceNet:
     torch.manual_seed(seed)
     cfg = ModelConfig(steps=T, dim=D, n_categories=C, siamese=siamese, per_category=per_category,
