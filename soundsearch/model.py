@@ -525,6 +525,7 @@ class ModelInfo:
     epochs: int | None = None
     val_loss: float | None = None
     val_accuracy: float | None = None
+    val_majority: float | None = None  # accuracy of always guessing the commonest state
     created: str = ""
     error: str | None = None  # set when the file could not be read
 
@@ -591,6 +592,7 @@ def model_info(path: Path, source: str = "file") -> ModelInfo:
         epochs=meta.get("epochs"),
         val_loss=val.get("loss"),
         val_accuracy=val.get("accuracy"),
+        val_majority=val.get("majority"),
         created=str(meta.get("created", "")),
     )
 

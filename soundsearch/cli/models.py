@@ -30,19 +30,38 @@ def models(json_out: JsonOption = False) -> None:
         return
     from rich.table import Table
 
-    table = Table(title="models", title_justify="left")
-    for col, kw in (("name", {}), ("source", {}), ("featurizer", {}), ("categories", {"justify": "right"}),
-                    ("variant", {}), ("epochs", {"justify": "right"}), ("val acc", {"justify": "right"}),
-                    ("val loss", {"justify": "right"})):
-        table.add_column(col, **kw)
+    from rich import box
+
+    table = Table(
+        title="models", title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
+        caption="C: categories; ep: epochs; val acc: presence-state accuracy on held-out recordings "
+        "(always guessing the commonest state scores the figure in brackets)",
+    )
+    table.add_column("name", no_wrap=True)
+    table.add_column("features", no_wrap=True)
+    table.add_column("C", justify="right")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("ep", justify="right")
+    table.add_column("val acc", justify="right", no_wrap=True)
     for m in found:
         if m.error:
-            table.add_row(escape(m.name), m.source, f"[red]unreadable: {escape(m.error)}[/]", "", "", "", "", "")
+            table.add_row(_name(m), f"[red]unreadable: {escape(m.error)}[/]", "", "", "", "")
             continue
+        acc = "" if m.val_accuracy is None else f"{m.val_accuracy:.3f}"
+        if acc and m.val_majority is not None:
+            acc += f" ({m.val_majority:.3f})"
         table.add_row(
-            escape(m.name), m.source, escape(m.featurizer), str(len(m.categories)), m.variant,
-            "" if m.epochs is None else str(m.epochs),
-            "" if m.val_accuracy is None else f"{m.val_accuracy:.3f}",
-            "" if m.val_loss is None else f"{m.val_loss:.4f}",
+            _name(m), escape(m.featurizer), str(len(m.categories)), _short(m.variant),
+            "" if m.epochs is None else str(m.epochs), acc,
         )
     out.print(table)
+
+
+def _short(variant: str) -> str:
+    """Compact variant for the table: the paper's defaults go unsaid."""
+    parts = [p for p in variant.split("+") if p not in ("siamese", "single", "attention")]
+    return "+".join(parts) or "paper"
+
+
+def _name(m) -> str:
+    return escape(m.name) + (" [dim](shipped)[/]" if m.source == "shipped" else "")
