@@ -654,13 +654,14 @@ def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) 
         with torch.no_grad():  # grad mode is per thread: a worker does not inherit the caller's
             fn(start)
 
-    if workers <= 1 or len(starts) <= 1:
-        for start in starts:
-            run(start)
-        return
-    with _torch_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
-        for _ in pool.map(run, starts):
-            pass
+    with _torch_threads(1):
+        if workers <= 1 or len(starts) <= 1:
+            for start in starts:
+                run(start)
+            return
+        with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+            for _ in pool.map(run, starts):
+                pass
 
 
 class _Block:
