@@ -7,12 +7,14 @@ sampling, then a warm-up and `--pairs` training pairs through the real training 
 reports pairs/s and the time a full epoch would take. Also prints the arithmetic: FLOPs per
 pair and this machine's measured fp32 matmul rate, so the figure can be judged against physics.
 
-    python bench/train.py [--threads 2] [--pairs 20000] [--batch-size 128] [--variant default] [--json]
+    python bench/train.py [--threads 2] [--pairs 20000] [--batch-size 128] [--variant default]
+                          [--batching random|blocked] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -47,8 +49,8 @@ def matmul_gflops(threads: int, seconds: float = 1.0) -> float:
     return 2 * 2560 * 256 * 256 * n / (time.perf_counter() - t0) / 1e9
 
 
-def train_flops_per_pair(cfg: ModelConfig) -> float:
-    """Multiply-adds x2 for forward, x3 for forward + backward (the usual rule of thumb)."""
+def train_flops(cfg: ModelConfig) -> tuple[float, float]:
+    """(per distinct item, per pair) training FLOPs: multiply-adds x2, x3 for forward + backward."""
     t, g = cfg.steps, cfg.groups
     macs_item = 0
     fin = cfg.input_dim
@@ -61,7 +63,17 @@ def train_flops_per_pair(cfg: ModelConfig) -> float:
     for a, b in zip(cfg.head[:-1], cfg.head[1:]):
         macs_pair += a * b * g
     macs_pair += cfg.head[-1] * (3 + int(cfg.attention)) * cfg.outputs_per_group * g
-    return 3 * 2 * t * (2 * macs_item + macs_pair)
+    return 6.0 * t * macs_item, 6.0 * t * macs_pair
+
+
+def distinct_items_per_pair(trainer: _Trainer, pairs_timed: int, batch: int) -> float:
+    """Distinct items the tower runs on per pair, in batches as the trainer forms them."""
+    gen_state = trainer.gen.get_state()
+    order, bounds = trainer._batches(pairs_timed)
+    trainer.gen.set_state(gen_state)
+    p = trainer.pairs[order]
+    n = sum(len(torch.unique(p[a:b])) for a, b in zip(bounds[:-1], bounds[1:]))
+    return n / max(len(p), 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,12 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     trainer = _Trainer(net, x, lab, pairs, cfg, gen)
     trainer.epoch("warm", None, limit=20 * args.batch_size)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.epoch("bench", None, limit=args.pairs)
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     done = min(args.pairs, len(pairs))
     pps = done / dt
-    flops = train_flops_per_pair(mcfg)
+    per_item, per_pair = train_flops(mcfg)
+    items_per_pair = distinct_items_per_pair(trainer, done, args.batch_size)
+    flops = per_item * items_per_pair + per_pair
     peak = matmul_gflops(args.threads)
     result = {
         "variant": args.variant,
@@ -116,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         "pair_sampling_s": round(pair_seconds, 4),
         "timed_pairs": int(done),
         "pairs_per_s": round(pps, 1),
+        # The machine is shared: CPU seconds show the work itself, wall time adds queueing.
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(dt, 3),
+        "pairs_per_cpu_s": round(done / max(cpu, 1e-9), 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "epoch_s": round(len(pairs) / pps, 2),
+        "distinct_items_per_pair": round(items_per_pair, 3),
         "train_gflop_per_pair": round(flops / 1e9, 5),
         "train_gflops": round(pps * flops / 1e9, 2),
         "matmul_gflops": round(peak, 2),
@@ -129,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"variant {args.variant}, {args.recordings} recordings x ({args.steps}, {args.dim}), "
               f"{args.threads} threads, batch {args.batch_size}")
         print(f"pairs: {len(pairs):,} (sampled in {pair_seconds * 1000:.0f} ms)")
-        print(f"training: {pps:,.0f} pairs/s -> {len(pairs) / pps:,.1f} s per epoch "
+        print(f"training: {pps:,.0f} pairs/s wall, {done / max(cpu, 1e-9):,.0f} pairs per CPU second "
+              f"(load average {os.getloadavg()[0]:.1f}) -> {len(pairs) / pps:,.1f} s per epoch "
               f"({pps / 100000:.3f} x the 100k pairs/s target)")
-        print(f"work: {flops / 1e6:.2f} MFLOP per pair (forward + backward) -> {pps * flops / 1e9:.1f} GFLOP/s; "
+        print(f"work: {items_per_pair:.2f} tower runs per pair, {flops / 1e6:.2f} MFLOP per pair (forward + backward) -> {pps * flops / 1e9:.1f} GFLOP/s; "
               f"measured fp32 matmul {peak:.1f} GFLOP/s -> at most {peak * 1e9 / flops:,.0f} pairs/s "
               f"at this batch size")
     return 0

@@ -265,14 +265,16 @@ class _Trainer:
         self.pairs = torch.from_numpy(np.ascontiguousarray(pairs)).long()
         self.opt = _make_optimizer(net.parameters(), cfg)
 
-    def _blocked_order(self) -> torch.Tensor:
-        """Pair order grouping pairs by the (random) blocks of their two items.
+    def _blocked_order(self) -> tuple[torch.Tensor, list[int]]:
+        """Pair order and batch bounds grouping pairs by the (random) blocks of their items.
 
-        Block size is chosen so that one pair of blocks holds about one batch of pairs; cells
-        come in random order and pairs within a cell too, and the blocks change every epoch.
+        Items fall into random blocks sized so that the pairs between two blocks (a cell) make
+        about one batch; a batch is one cell (a large one split evenly, small ones pooled), so
+        it touches ~2 blocks of items. Cells come in random order, pairs within a cell too,
+        and the blocks change every epoch.
         """
-        n_items, n_pairs = self.feats.shape[0], len(self.pairs)
-        n_blocks = max(1, min(n_items, round(math.sqrt(2.0 * n_pairs / self.cfg.batch_size))))
+        n_items, n_pairs, bsz = self.feats.shape[0], len(self.pairs), self.cfg.batch_size
+        n_blocks = max(1, min(n_items, round(math.sqrt(2.0 * n_pairs / bsz))))
         size = math.ceil(n_items / n_blocks)
         block = torch.empty(n_items, dtype=torch.long)
         block[torch.randperm(n_items, generator=self.gen)] = torch.arange(n_items) // size
@@ -281,21 +283,46 @@ class _Trainer:
         cell = torch.minimum(ba, bb) * nb + torch.maximum(ba, bb)
         cell_rank = torch.randperm(nb * nb, generator=self.gen)[cell]
         key = cell_rank * n_pairs + torch.randperm(n_pairs, generator=self.gen)
-        return torch.argsort(key)
+        order = torch.argsort(key)
+        ranks = cell_rank[order]
+        change = (torch.nonzero(ranks[1:] != ranks[:-1]).flatten() + 1).tolist()
+        bounds = [0]
+        for s, e in zip([0] + change, change + [n_pairs]):
+            length = e - s
+            if length >= bsz // 2:
+                if bounds[-1] != s:
+                    bounds.append(s)  # close the pool of small cells before this one
+                k = max(1, round(length / bsz))  # batches of ~0.7 to ~1.5 x batch_size
+                bounds.extend(s + (length * i) // k for i in range(1, k))
+                bounds.append(e)
+            elif e - bounds[-1] >= bsz // 2:
+                bounds.append(e)
+        if bounds[-1] != n_pairs:
+            bounds.append(n_pairs)
+        return order, bounds
+
+    def _batches(self, limit: int | None) -> tuple[torch.Tensor, list[int]]:
+        n = len(self.pairs)
+        if self.cfg.batching == "blocked":
+            order, bounds = self._blocked_order()
+        else:
+            order = torch.randperm(n, generator=self.gen)
+            bounds = list(range(0, n, self.cfg.batch_size)) + [n]
+        if limit is not None and limit < n:
+            bounds = [b for b in bounds if b < limit] + [limit]
+            order = order[:limit]
+        return order, bounds
 
     def epoch(self, phase: str, on_batch: BatchCallback | None, limit: int | None = None) -> float:
         """One pass over the pairs (or the first `limit` of this epoch's order, for benchmarks)."""
         net, cfg = self.net, self.cfg
         net.train()
-        n = len(self.pairs)
-        order = self._blocked_order() if cfg.batching == "blocked" else torch.randperm(n, generator=self.gen)
-        if limit is not None:
-            order = order[:limit]
-            n = len(order)
+        order, bounds = self._batches(limit)
+        n = len(order)
         total, seen = 0.0, 0
         every = max(1, 20000 // cfg.batch_size)
-        for k, start in enumerate(range(0, n, cfg.batch_size)):
-            idx = self.pairs[order[start : start + cfg.batch_size]]
+        for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            idx = self.pairs[order[start:stop]]
             bsz = idx.shape[0]
             if bsz < 2 and seen:
                 break  # a lone pair gives degenerate batch statistics; it is seen next epoch

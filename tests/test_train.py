@@ -172,9 +172,12 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
 
     trainer = _Trainer(PresenceNet(net), torch.zeros(400, T, D), torch.from_numpy(labels.astype(bool)),
                        pairs, cfg, torch.Generator().manual_seed(0))
-    order = trainer._blocked_order()
+    order, bounds = trainer._blocked_order()
     assert sorted(order.tolist()) == list(range(len(pairs)))  # a permutation: each pair once
+    assert bounds[0] == 0 and bounds[-1] == len(pairs) and all(b > a for a, b in zip(bounds, bounds[1:]))
+    sizes = np.diff(bounds)
+    assert sizes.max() <= 96 and np.median(sizes) >= 32
     p = trainer.pairs[order]
-    distinct = [len(torch.unique(p[i : i + 64])) for i in range(0, len(p) - 64, 64)]
-    assert np.mean(distinct) < 0.5 * 2 * 64  # random batches would touch ~2 items per pair
-    assert not torch.equal(order, trainer._blocked_order())  # new blocks every epoch
+    distinct = [len(torch.unique(p[a:b])) / (b - a) for a, b in zip(bounds, bounds[1:])]
+    assert np.mean(distinct) < 0.8  # random batches touch ~2 items per pair
+    assert not torch.equal(order, trainer._blocked_order()[0])  # new blocks every epoch
