@@ -396,13 +396,20 @@ class SearchEngine:
                 Path(tmp).unlink(missing_ok=True)
 
     def _remove_stale(self, current: Path) -> None:
-        """Drop caches of an older store state, or of an older version of this model file."""
-        store_part, where_part = current.name[len(CACHE_PREFIX) :].split("-")[:2]
+        """Drop caches of an older store state, of an older version of this model file, or of
+        an older cache layout; other models' and other dtypes' caches of this state stay."""
+        store_part, where_part, key_part = current.name[len(CACHE_PREFIX) :].split("-")[:3]
         for other in self.cache_dir.glob(f"{CACHE_PREFIX}*.npy"):
             if other == current:
                 continue
-            parts = other.name[len(CACHE_PREFIX) :].split("-")
-            if len(parts) < 2 or parts[0] != store_part or parts[1] == where_part:
+            parts = other.name[len(CACHE_PREFIX) : -len(".npy")].split("-")
+            stale = (
+                len(parts) != 5
+                or parts[0] != store_part
+                or (parts[1] == where_part and parts[2] != key_part)
+                or parts[4] != f"v{CACHE_VERSION}"
+            )
+            if stale:
                 try:
                     other.unlink()
                 except OSError:

@@ -154,6 +154,9 @@ def test_cache_is_built_once_and_follows_store_and_model(tmp_path, store, model)
     assert grown.built_cache and grown.n_items == 39
     assert grown.cache_path() != cache_file and not cache_file.exists()
     assert grown.score_all(q).level.shape == (1, 39)
+    # Another dtype of the same state lives beside it.
+    half = SearchEngine(store, model, cache_dtype="bfloat16").prepare()
+    assert half.cache_path().is_file() and grown.cache_path().is_file()
 
     # The model file changes in place: its content hash changes, so does the cache.
     retrained = make_model(model.path, seed=42)
@@ -161,7 +164,8 @@ def test_cache_is_built_once_and_follows_store_and_model(tmp_path, store, model)
     assert engine.built_cache
     ref = retrained.score_pairs(q[0], store.features())
     np.testing.assert_array_equal(engine.score_all(q).level[0], ref.level)
-    assert len(list((store.path / "cache").glob("search-*.npy"))) == 1
+    # The old model's caches (both dtypes) went with the new one's arrival.
+    assert list((store.path / "cache").glob("search-*.npy")) == [engine.cache_path()]
 
 
 def test_corrupt_cache_is_rebuilt(store, model):
