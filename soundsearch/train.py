@@ -66,7 +66,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     refit: bool = True
     seed: int = 0
-    threads: int | None = None  # torch threads for this run; None leaves torch's setting
+    # torch threads for this run; None leaves torch's setting. A seed reproduces a run exactly
+    # for the same thread count (matmul reduction order depends on it).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.tower = tuple(int(u) for u in self.tower)

@@ -123,7 +123,7 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = 0.1,
     val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
     no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for features and threads for training. Default: all cores.", show_default=False)] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for features and threads for training (on a busy machine 1 thread often trains fastest). Default: all cores.", show_default=False)] = None,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
 ) -> None:
