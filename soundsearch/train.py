@@ -32,7 +32,8 @@ from soundsearch.presence import STATES
 from soundsearch.taxonomy import Taxonomy
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
-BATCHINGS = ("random", "blocked")
+BATCHINGS = ("random", "blocked", "items")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -66,11 +67,32 @@ class TrainConfig:
     val_fraction: float = 0.1
     refit: bool = True
     seed: int = 0
-    # torch threads for this run; None leaves torch's setting. A seed reproduces a run exactly
-    # for the same thread count (matmul reduction order depends on it).
-    threads: int | None = None
+    # torch threads for this run (None leaves torch's setting). One by default: a seed then
+    # reproduces a run whatever the machine's core count (reduction order depends on threads),
+    # and the matrices are small enough that on a busy 2-core machine two threads trained
+    # ~5x slower than one (OpenMP threads waiting on each other).
+    threads: int | None = 1
+    # Recipe levers beyond the paper, for generalising to unheard recordings (defaults keep the
+    # paper's training; see models/README.md for the measured effect of each).
+    # With batching="items" a batch is `batch_items` random items and `batch_size` pairs drawn
+    # among them, balanced per category (half same situation, half opposite): every item is
+    # seen once per epoch under fresh noise and mixing, and the tower runs once per item.
+    batch_items: int = 256
+    # Weight of an auxiliary per-item tagging loss (a linear tagger on the tower output, pooled
+    # mean+max over time; used in training only, not saved): it makes the tower encode which
+    # categories an item holds, which is what the pair head compares.
+    tag_weight: float = 0.0
+    # Share of training items replaced, per batch, by a mix of two items: the elementwise max of
+    # their standardised features (for log-Mel, the louder source dominates each band, as in a
+    # real mixture) with the union of their labels. Teaches detection of overlapping events.
+    mix_prob: float = 0.0
+    # Loss weights of the states (both, neither, differs). Raising "both" trades some precision
+    # for recall of co-present categories, which exact matches of multi-label queries need.
+    state_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    lr_schedule: str = "constant"  # "cosine": decay to 0 over the planned epochs of each phase
 
     def __post_init__(self) -> None:
+        self.state_weights = tuple(float(w) for w in self.state_weights)
         self.tower = tuple(int(u) for u in self.tower)
         self.head = tuple(int(u) for u in self.head)
         if self.optimizer not in OPTIMIZERS:
@@ -89,6 +111,16 @@ class TrainConfig:
             raise ValueError(f"pair_scheme must be one of {SCHEMES}, not {self.pair_scheme!r}")
         if self.input_noise < 0 or self.weight_decay < 0:
             raise ValueError("input_noise and weight_decay must not be negative")
+        if self.batch_items < 2:
+            raise ValueError("batch_items must be at least 2")
+        if self.tag_weight < 0:
+            raise ValueError("tag_weight must not be negative")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError("mix_prob must be in [0, 1]")
+        if len(self.state_weights) != len(STATES) or any(not (w > 0 and math.isfinite(w)) for w in self.state_weights):
+            raise ValueError(f"state_weights must be {len(STATES)} positive numbers (both, neither, differs)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
 
     def model_config(self, steps: int, dim: int, n_categories: int) -> ModelConfig:
         return ModelConfig(
@@ -262,10 +294,81 @@ class _Trainer:
     """One training phase over a fixed set of items and pairs."""
 
     def __init__(self, net: PresenceNet, feats: torch.Tensor, labels: torch.Tensor, pairs: np.ndarray,
-                 cfg: TrainConfig, generator: torch.Generator):
+                 cfg: TrainConfig, generator: torch.Generator, epochs: int | None = None):
         self.net, self.feats, self.labels, self.cfg, self.gen = net, feats, labels, cfg, generator
         self.pairs = torch.from_numpy(np.ascontiguousarray(pairs)).long()
-        self.opt = _make_optimizer(net.parameters(), cfg)
+        params = list(net.parameters())
+        self.tagger: torch.nn.Linear | None = None
+        if cfg.tag_weight > 0:
+            self.tagger = torch.nn.Linear(2 * net.embed_width, labels.shape[1])
+            params += list(self.tagger.parameters())
+        self.opt = _make_optimizer(params, cfg)
+        self.state_weights = torch.tensor(cfg.state_weights, dtype=torch.float32)
+        self.weighted = any(w != 1.0 for w in cfg.state_weights)
+        self.epochs = epochs or cfg.epochs or cfg.max_epochs
+        self.done_epochs = 0
+        self.last_pairs = len(self.pairs)  # pairs trained on in the last epoch
+
+    def _set_lr(self, fraction: float) -> None:
+        """Cosine schedule position `fraction` in [0, 1] of the phase's planned epochs."""
+        if self.cfg.lr_schedule == "cosine":
+            lr = self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+
+    def _augment(self, x: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixing (union of labels) and Gaussian noise on a batch of standardised items."""
+        cfg = self.cfg
+        if cfg.mix_prob > 0:
+            n = x.shape[0]
+            chosen = torch.rand(n, generator=self.gen) < cfg.mix_prob
+            other = torch.randint(0, self.feats.shape[0], (n,), generator=self.gen)
+            x = torch.where(chosen[:, None, None], torch.maximum(x, self.feats[other]), x)
+            lab = torch.where(chosen[:, None], lab | self.labels[other], lab)
+        if cfg.input_noise:
+            x = x + cfg.input_noise * torch.randn(x.shape, generator=self.gen)
+        return x, lab
+
+    def _loss(self, logp: torch.Tensor, target: torch.Tensor, h: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        flat_p, flat_t = logp.reshape(-1, len(STATES)), target.reshape(-1)
+        loss = F.nll_loss(flat_p, flat_t, weight=self.state_weights) if self.weighted else F.nll_loss(flat_p, flat_t)
+        if self.tagger is not None:
+            logits = self.tagger(torch.cat([h.mean(1), h.amax(1)], dim=-1))
+            loss = loss + self.cfg.tag_weight * F.binary_cross_entropy_with_logits(logits, lab.float())
+        return loss
+
+    def _item_epoch(self, phase: str, on_batch: BatchCallback | None, limit: int | None) -> float:
+        """batching="items": batches of items, balanced pairs drawn among each batch's items."""
+        net, cfg = self.net, self.cfg
+        n_items = self.feats.shape[0]
+        size = min(cfg.batch_items, n_items)
+        order = torch.randperm(n_items, generator=self.gen)
+        if limit is not None:
+            order = order[: max(size, min(limit, n_items))]
+        steps = max(1, len(order) // size)
+        total, seen = 0.0, 0
+        for k in range(steps):
+            self._set_lr((self.done_epochs + k / steps) / self.epochs)
+            rows = order[k * size : (k + 1) * size]
+            x, lab = self._augment(self.feats[rows], self.labels[rows])
+            h = net.embed(x)
+            pa, pb = net.project(h)
+            ia, ib = _batch_pairs(lab, cfg.batch_size, self.gen)
+            logp = net.pair_log_probs((pa[ia], pb[ia]), (pa[ib], pb[ib]))
+            loss = self._loss(logp, _targets(lab, ia, ib), h, lab)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+            total += value
+            seen += len(rows)
+            if on_batch is not None:
+                on_batch(phase, seen, len(order))
+        self.done_epochs += 1
+        self.last_pairs = steps * cfg.batch_size
+        return total / steps
 
     def _blocked_order(self) -> tuple[torch.Tensor, list[int]]:
         """Pair order and batch bounds grouping pairs by the (random) blocks of their items.
@@ -319,6 +422,10 @@ class _Trainer:
         """One pass over the pairs (or the first `limit` of this epoch's order, for benchmarks)."""
         net, cfg = self.net, self.cfg
         net.train()
+        if self.tagger is not None:
+            self.tagger.train()
+        if cfg.batching == "items":
+            return self._item_epoch(phase, on_batch, limit)
         order, bounds = self._batches(limit)
         n = len(order)
         total, seen = 0.0, 0
@@ -331,14 +438,15 @@ class _Trainer:
             a, b = idx[:, 0], idx[:, 1]
             # Run the item-only tower once per distinct item of the batch.
             uniq, inv = torch.unique(torch.cat([a, b]), return_inverse=True)
-            x = self.feats[uniq]
-            if cfg.input_noise:
-                x = x + cfg.input_noise * torch.randn(x.shape, generator=self.gen)
-            pa, pb = net.project(net.embed(x))
+            self._set_lr((self.done_epochs + start / max(n, 1)) / self.epochs)
+            x, lab = self._augment(self.feats[uniq], self.labels[uniq])
+            h = net.embed(x)
+            pa, pb = net.project(h)
             ia, ib = inv[:bsz], inv[bsz:]
             logp = net.pair_log_probs((pa[ia], pb[ia]), (pa[ib], pb[ib]))
-            target = _targets(self.labels, a, b)
-            loss = F.nll_loss(logp.reshape(-1, len(STATES)), target.reshape(-1))
+            # Targets from the (possibly mixed) labels of the batch's items.
+            target = _targets(lab, ia, ib)
+            loss = self._loss(logp, target, h, lab)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -351,7 +459,29 @@ class _Trainer:
                 on_batch(phase, seen, n)
         if on_batch is not None:
             on_batch(phase, n, n)
+        self.done_epochs += 1
+        self.last_pairs = n
         return total / max(seen, 1)
+
+
+def _batch_pairs(labels: torch.Tensor, n_pairs: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n_pairs` (first, second) index pairs among a batch's items, balanced as the paper's pairs.
+
+    Each pair picks a random first item and category, then a partner in the same situation for
+    that category (both hold it or both lack it) or in the opposite one, with equal odds; a
+    random partner when the batch has none in the wanted situation. Never an item with itself
+    unless the batch has one item.
+    """
+    b, c = labels.shape
+    first = torch.randint(0, b, (n_pairs,), generator=gen)
+    cat = torch.randint(0, c, (n_pairs,), generator=gen)
+    same = torch.rand(n_pairs, generator=gen) < 0.5
+    holds = labels[:, cat].T  # (n_pairs, b): does each candidate hold the pair's category
+    wanted = (holds == labels[first, cat][:, None]) == same[:, None]
+    score = torch.rand(n_pairs, b, generator=gen) + 2.0 * wanted
+    if b > 1:
+        score[torch.arange(n_pairs), first] = -1.0
+    return first, score.argmax(1)
 
 
 @torch.inference_mode()
@@ -445,8 +575,8 @@ def fit(
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         net = PresenceNet(model_cfg)
-        trainer = _Trainer(net, x_tr, l_tr, pairs_tr, cfg, gen)
         planned = cfg.epochs or cfg.max_epochs
+        trainer = _Trainer(net, x_tr, l_tr, pairs_tr, cfg, gen, epochs=planned)
         best_loss, best_epoch, best_state, best_val = math.inf, 0, None, None
         for epoch in range(1, planned + 1):
             t0 = time.perf_counter()
@@ -459,7 +589,7 @@ def fit(
                 best_state = copy.deepcopy(net.state_dict())
                 best_val = (val_loss, per_cat, majority)
             info = EpochInfo("select", epoch, planned, train_loss, val_loss, float(per_cat.mean()),
-                             dt, len(pairs_tr) / max(dt, 1e-9), best=improved)
+                             dt, trainer.last_pairs / max(dt, 1e-9), best=improved)
             history.append(info)
             if on_epoch is not None:
                 on_epoch(info)
@@ -483,13 +613,13 @@ def fit(
             torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed)
             net = PresenceNet(model_cfg)
-            trainer = _Trainer(net, x_all, l_all, pairs_final, cfg, gen)
+            trainer = _Trainer(net, x_all, l_all, pairs_final, cfg, gen, epochs=chosen)
             for epoch in range(1, chosen + 1):
                 t0 = time.perf_counter()
                 train_loss = trainer.epoch("refit", on_batch)
                 dt = time.perf_counter() - t0
                 info = EpochInfo("refit", epoch, chosen, train_loss, None, None, dt,
-                                 len(pairs_final) / max(dt, 1e-9))
+                                 trainer.last_pairs / max(dt, 1e-9))
                 history.append(info)
                 if on_epoch is not None:
                     on_epoch(info)
@@ -499,7 +629,7 @@ def fit(
         net.eval()
 
     seconds = time.perf_counter() - started
-    trained_pairs = sum(len(pairs_tr) if h.phase == "select" else len(pairs_final) for h in history)
+    trained_pairs = sum(h.pairs_per_s * h.seconds for h in history)
     train_seconds = sum(h.seconds for h in history)
     pair_summary = summarise_pairs(pairs_final, labels if refit else y_tr)
     data = dict(data_summary or {})

@@ -123,7 +123,8 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = 0.1,
     val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
     no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for features and threads for training (on a busy machine 1 thread often trains fastest). Default: all cores.", show_default=False)] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes computing features. Default: all cores.", show_default=False)] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = 1,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -155,7 +156,7 @@ def train(
         dropout=dropout, context=context.value, optimizer=optimizer.value, lr=lr,
         batch_size=batch_size, batching=batching.value, weight_decay=weight_decay, input_noise=input_noise,
         pairs_per_side=pairs_per_side, pair_scheme=pair_scheme.value, epochs=n_epochs, max_epochs=max_epochs, patience=patience,
-        val_fraction=val_fraction, refit=not no_refit, seed=seed, threads=jobs,
+        val_fraction=val_fraction, refit=not no_refit, seed=seed, threads=threads,
         **({"tower": tower_w} if tower_w else {}), **({"head": head_w} if head_w else {}),
     )
     fz = get_featurizer(featurizer.value, **params)
