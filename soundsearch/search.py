@@ -43,6 +43,7 @@ torch single-threaded; see _run_chunks for why.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -359,10 +360,25 @@ class SearchEngine:
                 fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.cache_dir)
                 os.close(fd)
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=(n, width))
-            except OSError:
-                # A read-only store still searches; it just recomputes its side each time.
+                # Claim the blocks now: a memory map over a full disk fails with SIGBUS on the
+                # first write to a page that cannot be allocated, not with an error.
+                with open(tmp, "r+b") as fh:
+                    try:
+                        os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
+                    except OSError as exc:
+                        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise  # file systems without fallocate just write as they go
+            except OSError as exc:
                 if tmp is not None:
+                    out = None
                     Path(tmp).unlink(missing_ok=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    size = n * width * np.dtype(storage).itemsize
+                    raise StoreError(
+                        f"no room for the search cache ({size / 2**30:.1f} GiB) in {self.cache_dir}: "
+                        "free some disk space"
+                    ) from None
+                # A read-only store still searches; it just recomputes its side each time.
                 out, tmp = None, None
         if out is None:
             out = np.empty((n, width), dtype=storage)

@@ -307,3 +307,15 @@ def test_huge_logits_stay_exact(tmp_path, store, attention):
         # Logits in the hundreds carry float32 rounding of ~1e-4, which the softmax passes on.
         np.testing.assert_allclose(scores.probs[j], ref.probs, atol=1e-3)
         np.testing.assert_array_equal(scores.level[j], ref.level)
+
+
+def test_full_disk_is_a_clear_error_not_a_crash(store, model, monkeypatch):
+    import errno
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(StoreError, match="no room for the search cache"):
+        SearchEngine(store, model).prepare()
+    assert not list((store.path / "cache").glob("*"))  # no half-written file left behind
