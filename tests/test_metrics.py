@@ -143,12 +143,15 @@ def test_random_exact_matches_enumeration(n, h, k):
 
 def test_random_matches_monte_carlo_at_paper_scale():
     rng = np.random.default_rng(0)
-    n, trials = 2351, 10000
-    for h, k in [(40, 10), (300, 100), (5, 50)]:
-        hit = np.zeros(n, bool)
-        hit[:h] = True
-        # Each row is the hit pattern of one uniformly random ranking; only the top K matter.
-        ranked = rng.permuted(np.broadcast_to(hit, (trials, n)), axis=1)[:, :k]
+    n, trials = 2351, 40000
+    for h, k in [(40, 10), (300, 100), (5, 50), (2000, 30)]:
+        # Simulate the top K of a uniformly random ranking as draws from an urn without
+        # replacement: position i is a hit with probability (hits left) / (items left).
+        left = np.full(trials, h, dtype=np.int64)
+        ranked = np.zeros((trials, k), dtype=bool)
+        for i in range(k):
+            ranked[:, i] = rng.random(trials) * (n - i) < left
+            left -= ranked[:, i]
         aps = metrics.average_precision(ranked, ks=(k,))[:, 0]
         se = aps.std() / math.sqrt(trials)
         exact = metrics.expected_random_ap(n, h, k)
