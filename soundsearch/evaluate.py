@@ -59,6 +59,9 @@ class EvalReport:
     database_size: int
     systems: list[SystemResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Single-label queries by their category: thin categories show up instead of vanishing
+    # into the average.
+    single_by_category: dict[str, np.ndarray] = field(default_factory=dict)
 
     def map(self, system: SystemResult | str, group: str, threshold: int) -> np.ndarray:
         """mAP_s@K (len(ks),) of one system over one query group; NaN for an empty group."""
@@ -86,6 +89,16 @@ class EvalReport:
                     sysres.name: {str(k): _round(v) for k, v in zip(self.ks, self.map(sysres, g, s))}
                     for sysres in self.systems
                 }
+        by_cat: dict = {}
+        for cat, idx in self.single_by_category.items():
+            by_cat[cat] = {"queries": int(len(idx))}
+            for s in self.thresholds:
+                by_cat[cat][str(s)] = {
+                    sysres.name: {
+                        str(k): _round(v) for k, v in zip(self.ks, metrics.mean_ap(sysres.per_query[s][idx]))
+                    }
+                    for sysres in self.systems
+                }
         return {
             "dataset": self.dataset,
             "queries": {g: int(len(self.groups[g])) for g in GROUPS},
@@ -98,6 +111,7 @@ class EvalReport:
                 {"name": s.name, "kind": s.kind, **s.details, "seconds": round(s.seconds, 3)} for s in self.systems
             ],
             "map": results,
+            "single_by_category": by_cat,
             "notes": list(self.notes),
         }
 
@@ -302,6 +316,11 @@ def evaluate(
         groups=query_groups(feats.test_labels),
         database_size=int(feats.train_feats.shape[0]),
     )
+    single = report.groups["single"]
+    for ci, cat in enumerate(dataset.taxonomy):
+        idx = single[feats.test_labels[single, ci] == 1]
+        if len(idx):
+            report.single_by_category[cat] = idx
 
     def add(name, kind, details, order, t0):
         report.systems.append(

@@ -193,6 +193,12 @@ def test_evaluate_small_dataset(small, monkeypatch):
     assert doc["map"]["multi"]["2"]["cosine (mean)"]["10"] == pytest.approx(report.map("cosine (mean)", "multi", 2)[2], abs=1e-6)
     assert doc["systems"][0]["kind"] == "model" and doc["systems"][0]["path"] == str(model)
     assert doc["dataset"]["categories"] == list(CATS)
+    # single-label queries by category: one per category here, and they average to the group
+    by_cat = doc["single_by_category"]
+    assert {c: v["queries"] for c, v in by_cat.items()} == {"tone": 1, "noise": 1, "chirp": 1}
+    for s in ("3", "2"):
+        mean = np.mean([by_cat[c][s]["random"]["10"] for c in CATS])
+        assert mean == pytest.approx(doc["map"]["single"][s]["random"]["10"], abs=1e-5)
 
 
 def test_evaluate_refuses_mismatched_taxonomy(small, tmp_path, store_dir):
