@@ -323,6 +323,12 @@ def evaluate(
             report.single_by_category[cat] = idx
 
     def add(name, kind, details, order, t0):
+        # Systems are keyed by name in the JSON: two models both called "default" (a user one
+        # and a shipped one), or a model called "random", must not overwrite each other.
+        taken = {x.name for x in report.systems} | ({RANDOM, COSINE_MEAN, COSINE_STATS} if kind != "cosine" else set())
+        base, i = name, 2
+        while name in taken:
+            name, i = f"{base} ({i})", i + 1
         report.systems.append(
             SystemResult(name, kind, details, score_per_query(agree, order, thresholds, ks), time.perf_counter() - t0)
         )

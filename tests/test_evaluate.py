@@ -325,3 +325,17 @@ def test_trained_model_beats_random_on_corpus(corpus, tmp_path, store_dir):
     model = report.map("corpus-model", "single", 7)[2]
     rand = report.map("random", "single", 7)[2]
     assert model > rand + 0.03, (model, rand)
+
+
+def test_same_named_models_are_kept_apart(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("SOUNDSEARCH_DATA", str(small["root"] / "data"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = make_model(tmp_path / "a" / "random.safetensors", seed=1)
+    two = make_model(tmp_path / "b" / "random.safetensors", seed=2)
+    report = ev.evaluate(str(small["csv"]), models=[str(one), str(two)], ks=(1, 5), jobs=1)
+    names = [s.name for s in report.systems]
+    assert names == ["random (2)", "random (3)", "random", "cosine (mean)", "cosine (mean+std+max)"]
+    doc = report.to_json()
+    assert set(doc["map"]["multi"]["3"]) == set(names)
+    assert doc["systems"][0]["path"] == str(one) and doc["systems"][1]["path"] == str(two)
