@@ -312,10 +312,12 @@ def test_trained_model_beats_random_on_corpus(corpus, tmp_path, store_dir):
     check_trainable(ds)
     fz = get_featurizer("logmel")
     feats = dataset_features(ds, fz, jobs=1)
-    # A reduced recipe (narrower net, fewer pairs and epochs) so the test stays in CI's time.
+    # A reduced recipe (narrower net, fewer pairs and epochs) so the test stays in CI's time,
+    # with item context statistics, which carry over to unheard recordings. Measured mAP_7@10
+    # margin over random for seeds 0-3: +0.15, +0.12, +0.10, +0.16 (random 0.31).
     cfg = TrainConfig(
         seed=0, epochs=5, refit=False, pairs_per_side=8, batch_size=256, lr=2e-3,
-        tower=(64, 64, 64), head=(128, 64), threads=1,
+        tower=(64, 64, 64), head=(128, 64), context="stats", threads=1,
     )
     result = fit(feats.train_feats, feats.train_labels, ds.taxonomy, fz.spec(), fz.identity, cfg, groups=feats.train_example)
     model_path = result.model.save(tmp_path / "corpus-model.safetensors")
@@ -324,7 +326,7 @@ def test_trained_model_beats_random_on_corpus(corpus, tmp_path, store_dir):
     assert len(report.groups["single"]) >= 30
     model = report.map("corpus-model", "single", 7)[2]
     rand = report.map("random", "single", 7)[2]
-    assert model > rand + 0.03, (model, rand)
+    assert model > rand + 0.05, (model, rand)
 
 
 def test_same_named_models_are_kept_apart(small, tmp_path, monkeypatch):
