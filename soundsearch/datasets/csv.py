@@ -8,8 +8,10 @@ Two shapes are accepted (column order never matters):
 
 With 0/1 columns the taxonomy is those columns in file order; with a `labels` column the names
 must belong to a known taxonomy (SONYC-UST coarse unless the caller gives another). Paths are
-relative to the CSV's folder. Without a `split` column a seeded, label-stratified 80/20 split
-is drawn.
+relative to the CSV's folder. `split` is train (the database, and what models train on),
+test (the queries) or validate (held apart for choosing epochs; the queries when no row says
+test). Without a `split` column a seeded, label-stratified 80/20 split is drawn. Files that do
+not exist are skipped and listed in `missing`.
 """
 
 from __future__ import annotations
