@@ -33,6 +33,12 @@ class PairScheme(str, Enum):
 class Batching(str, Enum):
     random = "random"
     blocked = "blocked"
+    items = "items"
+
+
+class LrSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
 
 
 class ContextName(str, Enum):
@@ -62,6 +68,16 @@ def _widths(value: str | None, option: str) -> tuple[int, ...] | None:
     if not widths or any(w < 1 for w in widths):
         raise typer.BadParameter(f"expected comma-separated layer widths like 128,128, got {value!r}", param_hint=option)
     return widths
+
+
+def _state_weights(value: str) -> tuple[float, ...]:
+    try:
+        weights = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 3 or not all(w > 0 for w in weights):
+        raise typer.BadParameter(f"expected three positive weights like 2,1,1, got {value!r}", param_hint="--state-weights")
+    return weights
 
 
 def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
@@ -110,7 +126,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = 0,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = 128,
-    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster.")] = Batching.random,
+    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching.random,
     optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName.rmsprop,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = 0.0,
     input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = 0.0,
@@ -124,6 +140,11 @@ def train(
     val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
     no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes computing features. Default: all cores.", show_default=False)] = None,
+    batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = 256,
+    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = 0.0,
+    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = 0.0,
+    state_weights: Annotated[Optional[str], typer.Option("--state-weights", help="Loss weights of the states both,neither,differs (default 1,1,1).", metavar="B,N,D")] = None,
+    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule.constant,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = 1,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
@@ -157,7 +178,9 @@ def train(
         batch_size=batch_size, batching=batching.value, weight_decay=weight_decay, input_noise=input_noise,
         pairs_per_side=pairs_per_side, pair_scheme=pair_scheme.value, epochs=n_epochs, max_epochs=max_epochs, patience=patience,
         val_fraction=val_fraction, refit=not no_refit, seed=seed, threads=threads,
+        batch_items=batch_items, tag_weight=tag_weight, mix_prob=mix, lr_schedule=lr_schedule.value,
         **({"tower": tower_w} if tower_w else {}), **({"head": head_w} if head_w else {}),
+        **({"state_weights": _state_weights(state_weights)} if state_weights else {}),
     )
     fz = get_featurizer(featurizer.value, **params)
     if out_path is not None:
