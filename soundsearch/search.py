@@ -672,9 +672,15 @@ def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) 
     descheduled thread: on a busy machine intra-op threading was measured 10x slower.
     """
     starts = list(starts)
+    local = threading.local()
 
     def run(start: int) -> None:
-        with torch.no_grad():  # grad mode is per thread: a worker does not inherit the caller's
+        if not getattr(local, "single", False):
+            # OpenMP/MKL thread counts are per thread: a fresh worker would otherwise run its
+            # products with the library default, measured 35x slower than single-threaded.
+            torch.set_num_threads(1)
+            local.single = True
+        with torch.no_grad():  # grad mode is per thread too
             fn(start)
 
     with _torch_threads(1):
