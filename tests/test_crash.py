@@ -21,7 +21,8 @@ from soundsearch.store import ARRAYS, CATALOG, Store
 
 SR = 8000
 HEADER = 128
-ROW_BYTES = 10 * 128 * 4
+T, D = 10, 384  # the default logmel item: 10 steps of mean, std and max of 128 bands
+ROW_BYTES = T * D * 4
 ATOL = 1e-2  # dB
 
 
@@ -74,7 +75,7 @@ def kill_after(proc: subprocess.Popen, store: Path, at_least: int, extra_delay: 
 def stored(store: Path) -> dict[str, np.ndarray]:
     with Store.open(store) as st:
         feats = st.features()
-        assert feats.shape == (len(st.items()), 10, 128)
+        assert feats.shape == (len(st.items()), T, D)
         out: dict[str, list] = {}
         for it in st.items():
             out.setdefault(str(it.path), []).append(np.array(feats[it.row]))

@@ -88,7 +88,7 @@ def test_logmel_frames_match_librosa_with_other_params():
 
 
 def test_tone_peaks_in_the_band_holding_its_frequency():
-    f = LogMel()
+    f = LogMel(stats="mean")
     fb = mel_filterbank(22050, 4096, 128, 0.0, 11025.0)
     centre_bin = int(round(1000.0 * 4096 / 22050))
     expected_band = int(np.argmax(fb[:, centre_bin]))
@@ -102,12 +102,12 @@ def test_tone_peaks_in_the_band_holding_its_frequency():
 @pytest.mark.parametrize("n", [1, 2, 100, 2047, 2048, 4095, 4096, 20480, 22050, 220500, 300001])
 def test_any_length_gives_ten_by_128_float32(n):
     x = np.random.default_rng(n).uniform(-0.3, 0.3, n).astype(np.float32)
-    out = get_featurizer()(x)
+    out = get_featurizer(stats="mean")(x)
     assert out.shape == (10, 128) and out.dtype == np.float32 and np.isfinite(out).all()
 
 
 def test_ten_second_item_has_108_frames_split_into_ten_groups():
-    f = LogMel()
+    f = LogMel(stats="mean")
     x = noise_bursts(seconds=10.0, seed=1)
     frames = f.frames(x)
     assert frames.shape == (108, 128)
@@ -118,7 +118,7 @@ def test_ten_second_item_has_108_frames_split_into_ten_groups():
 
 
 def test_silence_gives_the_finite_floor():
-    out = get_featurizer()(np.zeros(22050, np.float32))
+    out = get_featurizer(stats="mean")(np.zeros(22050, np.float32))
     assert np.allclose(out, -100.0, atol=1e-4)
 
 
@@ -167,7 +167,7 @@ def test_pool_steps_matches_a_plain_loop(n_frames):
 
 def test_stats_widen_d_and_keep_the_mean_block():
     x = noise_bursts(seconds=4.0, seed=2)
-    mean = get_featurizer()(x)
+    mean = get_featurizer(stats="mean")(x)
     f = get_featurizer(stats="max, mean")
     assert f.dim == 256 and f.params["stats"] == "mean,max"
     both = f(x)
@@ -192,11 +192,11 @@ def test_default_identity_is_stable():
     # (bump LogMel.version) and show up here.
     f = get_featurizer()
     assert f.name == DEFAULT_FEATURIZER == "logmel"
-    assert (f.sample_rate, f.steps, f.dim) == (22050, 10, 128)
+    assert (f.sample_rate, f.steps, f.dim) == (22050, 10, 384)
     assert f.identity == (
         'logmel/1:{"center":true,"fmax":11025.0,"fmin":0.0,"hop_length":2048,'
         '"log":"10*log10(max(mel_power,1e-10))","n_fft":4096,"n_mels":128,"sample_rate":22050,'
-        '"stats":"mean","steps":10,"window":"hann"}'
+        '"stats":"mean,std,max","steps":10,"window":"hann"}'
     )
     assert json.loads(json.dumps(f.spec())) == f.spec()
 
@@ -241,7 +241,7 @@ def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch):
         get_featurizer("openl3")
     assert "pip install 'soundsearch[openl3]'" in str(ei.value)
     assert "--featurizer logmel" in str(ei.value)
-    assert get_featurizer()(tone(seconds=0.5)).shape == (10, 128)  # everything else still works
+    assert get_featurizer(stats="mean")(tone(seconds=0.5)).shape == (10, 128)  # everything else still works
 
 
 def test_importing_features_stays_light():
@@ -263,7 +263,7 @@ def test_featurize_file_cuts_items_and_matches_direct_featurizing(tmp_path):
     f = get_featurizer()
     ff = featurize_file(p, f)
     assert ff.segments == [(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
-    assert ff.features.shape == (3, 10, 128) and ff.features.dtype == np.float32
+    assert ff.features.shape == (3, 10, 384) and ff.features.dtype == np.float32
     assert ff.warnings == [] and ff.info.channels == 2 and ff.duration == pytest.approx(25.0, abs=1e-3)
     whole = load(p, SR).signal
     assert np.allclose(ff.features[1], f(whole[10 * SR : 20 * SR]), atol=1e-3)
@@ -271,14 +271,14 @@ def test_featurize_file_cuts_items_and_matches_direct_featurizing(tmp_path):
 
 def test_featurize_file_one_sample_warns_and_pads(tmp_path):
     p = write_audio(tmp_path / "blip.wav", np.array([0.25], np.float32), SR, subtype="FLOAT")
-    ff = featurize_file(p, get_featurizer())
+    ff = featurize_file(p, get_featurizer(stats="mean"))
     assert ff.features.shape == (1, 10, 128) and np.isfinite(ff.features).all()
     assert [w.reason.split(" (")[0] for w in ff.warnings] == ["shorter than one analysis frame"]
 
 
 def test_featurize_file_silent_warns_and_is_usable(tmp_path):
     p = write_audio(tmp_path / "hush.wav", np.zeros(SR, np.float32), SR, subtype="PCM_16")
-    ff = featurize_file(p, get_featurizer())
+    ff = featurize_file(p, get_featurizer(stats="mean"))
     assert ff.features.shape == (1, 10, 128) and np.allclose(ff.features, -100.0, atol=1e-4)
     assert ["silent" in w.reason for w in ff.warnings] == [True]
 
@@ -287,7 +287,7 @@ def test_featurize_file_bad_audio_raises_audio_error(tmp_path):
     p = tmp_path / "junk.wav"
     p.write_bytes(b"RIFF0000WAVEjunkjunkjunk")
     with pytest.raises(AudioError, match="junk.wav"):
-        featurize_file(p, get_featurizer())
+        featurize_file(p, get_featurizer(stats="mean"))
 
 
 def test_numpy_fft_fallback_gives_the_same_features(monkeypatch):

@@ -9,7 +9,8 @@ then log compression
 
 so digital silence gives a finite -100 everywhere. A 10 s item has 1 + 220500 // 2048 = 108
 frames; they are split into T = 10 contiguous groups and summarised per group by `stats`
-(see features.pool_steps), giving (10, 128 * len(stats)).
+(see features.pool_steps), giving (10, 128 * len(stats)); by default mean, std and max,
+so (10, 384).
 
 Everything is vectorised over frames, in float32: a strided frame view, then per chunk of 64
 frames one batched real FFT (scipy.fft when installed, else numpy.fft) and one matrix product
@@ -91,6 +92,14 @@ def _hann(n: int) -> np.ndarray:
     return w
 
 
+# Each step summarises its frames by mean, standard deviation and maximum rather than the paper's
+# mean alone: on scenes of sounds it never heard, the presence model trained on mean-only steps
+# ranked little better than random, while these statistics (short events survive the max,
+# texture shows in the std) generalised (shared/design/QUALITY_PROBES.md, models/README.md).
+# The paper's variant stays one flag away: `--param stats=mean`.
+DEFAULT_STATS = "mean,std,max"
+
+
 class LogMel(Featurizer):
     name = "logmel"
     version = 1
@@ -104,7 +113,7 @@ class LogMel(Featurizer):
         fmin: float = 0.0,
         fmax: float | None = None,
         steps: int = 10,
-        stats: str | Sequence[str] = "mean",
+        stats: str | Sequence[str] = DEFAULT_STATS,
         **fixed: Any,
     ) -> None:
         for key, value in fixed.items():
