@@ -34,6 +34,7 @@ from soundsearch.taxonomy import Taxonomy
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 BATCHINGS = ("random", "blocked", "items")
 LR_SCHEDULES = ("constant", "cosine")
+PAIR_BALANCES = ("partner", "category")
 
 
 @dataclass
@@ -90,6 +91,9 @@ class TrainConfig:
     # for recall of co-present categories, which exact matches of multi-label queries need.
     state_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
     lr_schedule: str = "constant"  # "cosine": decay to 0 over the planned epochs of each phase
+    # With batching="items": "partner" balances each pair's partner (the paper's scheme);
+    # "category" also draws the first item holding the pair's category half of the time.
+    pair_balance: str = "partner"
 
     def __post_init__(self) -> None:
         self.state_weights = tuple(float(w) for w in self.state_weights)
@@ -119,6 +123,8 @@ class TrainConfig:
             raise ValueError("mix_prob must be in [0, 1]")
         if len(self.state_weights) != len(STATES) or any(not (w > 0 and math.isfinite(w)) for w in self.state_weights):
             raise ValueError(f"state_weights must be {len(STATES)} positive numbers (both, neither, differs)")
+        if self.pair_balance not in PAIR_BALANCES:
+            raise ValueError(f"pair_balance must be one of {PAIR_BALANCES}, not {self.pair_balance!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
 
@@ -353,7 +359,7 @@ class _Trainer:
             x, lab = self._augment(self.feats[rows], self.labels[rows])
             h = net.embed(x)
             pa, pb = net.project(h)
-            ia, ib = _batch_pairs(lab, cfg.batch_size, self.gen)
+            ia, ib = _batch_pairs(lab, cfg.batch_size, self.gen, cfg.pair_balance)
             logp = net.pair_log_probs((pa[ia], pb[ia]), (pa[ib], pb[ib]))
             loss = self._loss(logp, _targets(lab, ia, ib), h, lab)
             self.opt.zero_grad(set_to_none=True)
@@ -464,17 +470,26 @@ class _Trainer:
         return total / max(seen, 1)
 
 
-def _batch_pairs(labels: torch.Tensor, n_pairs: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_pairs(labels: torch.Tensor, n_pairs: int, gen: torch.Generator,
+                 balance: str = "partner") -> tuple[torch.Tensor, torch.Tensor]:
     """`n_pairs` (first, second) index pairs among a batch's items, balanced as the paper's pairs.
 
     Each pair picks a random first item and category, then a partner in the same situation for
     that category (both hold it or both lack it) or in the opposite one, with equal odds; a
     random partner when the batch has none in the wanted situation. Never an item with itself
-    unless the batch has one item.
+    unless the batch has one item. With balance="category" the first item also holds the
+    pair's category with odds 1/2 (when the batch has such an item), so a rare category gets
+    as many "both" pairs as a common one instead of few in proportion to its frequency.
     """
     b, c = labels.shape
-    first = torch.randint(0, b, (n_pairs,), generator=gen)
-    cat = torch.randint(0, c, (n_pairs,), generator=gen)
+    if balance == "category":
+        cat = torch.randint(0, c, (n_pairs,), generator=gen)
+        holder = torch.rand(n_pairs, generator=gen) < 0.5
+        fits = labels[:, cat].T == holder[:, None]
+        first = (torch.rand(n_pairs, b, generator=gen) + 2.0 * fits).argmax(1)
+    else:
+        first = torch.randint(0, b, (n_pairs,), generator=gen)
+        cat = torch.randint(0, c, (n_pairs,), generator=gen)
     same = torch.rand(n_pairs, generator=gen) < 0.5
     holds = labels[:, cat].T  # (n_pairs, b): does each candidate hold the pair's category
     wanted = (holds == labels[first, cat][:, None]) == same[:, None]

@@ -128,3 +128,21 @@ def test_cli_flags_reach_the_checkpoint(tmp_path, store_dir):
     assert recipe["state_weights"] == [2.0, 1.0, 1.0] and recipe["lr_schedule"] == "cosine"
     bad = CliRunner().invoke(app, ["train", "--dataset", str(tmp_path / "labels.csv"), "--state-weights", "2,1"])
     assert bad.exit_code == 2 and "state-weights" in bad.output
+
+
+def test_category_balance_gives_rare_categories_both_pairs():
+    rng = np.random.default_rng(1)
+    labels = torch.from_numpy(np.stack([rng.random(256) < 0.08, rng.random(256) < 0.6], 1))
+
+    def both_share(balance):
+        first, second = _batch_pairs(labels, 20000, torch.Generator().manual_seed(0), balance)
+        assert not (first == second).any()
+        return (labels[first, 0] & labels[second, 0]).float().mean().item()
+
+    partner, category = both_share("partner"), both_share("category")
+    # Drawn for the rare category (half the pairs), the first item holds it half the time and
+    # the partner matches it half of that: about 1/8 of all pairs are "both" for it.
+    assert 0.09 < category < 0.16
+    assert category > 2 * partner
+    with pytest.raises(ValueError):
+        TrainConfig(pair_balance="random")

@@ -36,6 +36,11 @@ class Batching(str, Enum):
     items = "items"
 
 
+class PairBalance(str, Enum):
+    partner = "partner"
+    category = "category"
+
+
 class LrSchedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
@@ -144,6 +149,7 @@ def train(
     tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = 0.0,
     mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = 0.0,
     state_weights: Annotated[Optional[str], typer.Option("--state-weights", help="Loss weights of the states both,neither,differs (default 1,1,1).", metavar="B,N,D")] = None,
+    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance.partner,
     lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule.constant,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = 1,
     quiet: QuietOption = False,
@@ -179,6 +185,7 @@ def train(
         pairs_per_side=pairs_per_side, pair_scheme=pair_scheme.value, epochs=n_epochs, max_epochs=max_epochs, patience=patience,
         val_fraction=val_fraction, refit=not no_refit, seed=seed, threads=threads,
         batch_items=batch_items, tag_weight=tag_weight, mix_prob=mix, lr_schedule=lr_schedule.value,
+        pair_balance=pair_balance.value,
         **({"tower": tower_w} if tower_w else {}), **({"head": head_w} if head_w else {}),
         **({"state_weights": _state_weights(state_weights)} if state_weights else {}),
     )
