@@ -237,11 +237,16 @@ def evaluate(
     variant_epochs: int | None = None,
     variant_config=None,
     cache_dir: Path | None = None,
+    store_dir: Path | None = None,
     on_status: Status | None = None,
     on_progress=None,
     on_download=None,
 ) -> EvalReport:
-    """Run the protocol: load the dataset and models, featurize (cached), rank, score."""
+    """Run the protocol: load the dataset and models, featurize (cached), rank, score.
+
+    With `store_dir`, the features come from that store (the user's own index): recordings it
+    already holds are only stat'ed, the rest are indexed into it with the store's featurizer.
+    """
     from soundsearch.datasets import dataset_features, load_dataset
     from soundsearch.features import featurizer_from_spec, get_featurizer
     from soundsearch.model import load_model, resolve_model
@@ -282,7 +287,7 @@ def evaluate(
 
     from soundsearch.datasets import feature_cache_dir
 
-    cache = feature_cache_dir(fz, dataset=dataset, base=cache_dir)
+    cache = Path(store_dir) if store_dir is not None else feature_cache_dir(fz, dataset=dataset, base=cache_dir)
     feats = dataset_features(dataset, fz, cache_store_dir=cache, jobs=jobs, on_progress=on_progress)
     if feats.failed:
         shown = "; ".join(f"{p}: {why}" for p, why in feats.failed[:5])

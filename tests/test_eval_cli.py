@@ -118,3 +118,30 @@ def test_missing_and_unreadable_files_are_listed(env):
     assert "1 listed files are missing and were skipped: " in err and "gone.wav" in err
     assert "1 files could not be read and were skipped: " in err and "broken.wav" in err
     assert "16 database items" in r.stdout  # both left out, the rest evaluated
+
+
+def test_features_from_the_users_own_store(env, tmp_path):
+    store = tmp_path / "my-store"
+    indexed = CliRunner().invoke(app, ["index", str(env["csv"].parent), "--store", str(store), "-j", "1", "-q"])
+    assert indexed.exit_code == 0, indexed.output
+
+    from_store = run("-d", env["csv"], "-m", env["model"], "--store", store, "--json", "-q", "-j", "1")
+    assert from_store.exit_code == 0, from_store.output
+    from_cache = run("-d", env["csv"], "-m", env["model"], "--json", "-q", "-j", "1")
+    a, b = json.loads(from_store.stdout), json.loads(from_cache.stdout)
+    # Same recordings, same featurizer: the same figures whichever store the features came from.
+    assert a["database_size"] == b["database_size"] == 16
+    assert a["map"] == b["map"] and a["map"]["multi"]["3"]["m"]
+
+    status = json.loads(CliRunner().invoke(app, ["status", "--store", str(store), "--json"]).stdout)
+    assert status["files"] == 24  # nothing was added: the store already held every listed file
+
+
+def test_a_store_with_other_features_is_refused(env, tmp_path):
+    store = tmp_path / "paper-store"
+    wav = sorted(env["csv"].parent.glob("*.wav"))[0]
+    indexed = CliRunner().invoke(app, ["index", str(wav), "--store", str(store), "-p", "stats=mean", "-q"])
+    assert indexed.exit_code == 0, indexed.output
+    r = run("-d", env["csv"], "-m", env["model"], "--store", store, "-q", "-j", "1")
+    assert r.exit_code == 1
+    assert "featurizers cannot be mixed in one store" in r.stderr and r.stderr.count("\n") == 1

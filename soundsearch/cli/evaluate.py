@@ -46,6 +46,10 @@ def eval_(
     epochs: Annotated[
         Optional[int], typer.Option("--epochs", metavar="N", help="Epochs for each --variants model (default: chosen on a validation split).", show_default=False)
     ] = None,
+    store: Annotated[
+        Optional[Path],
+        typer.Option("--store", metavar="DIR", help="Take features from this store (your own index) instead of a private cache; listed files it lacks are indexed into it.", show_default=False),
+    ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -94,6 +98,7 @@ def eval_(
             download=download,
             featurizer=featurizer,
             variant_epochs=epochs,
+            store_dir=store,
             on_status=say,
             on_progress=on_progress,
             on_download=on_download,
