@@ -28,7 +28,8 @@ database item; the per-category probabilities are averaged over the query's item
 level and expected agreement are read from that average. Its closeness is the cosine between
 the mean of its items' pooled embeddings and the database item's. A query file that is in the
 store, unchanged, ranks its own items first whatever the model predicts: a recording's
-presence matrix with itself has no "differs" by definition.
+presence matrix with itself has no "differs" by definition, so those rows show level C and the
+model's both/neither probabilities renormalised (what the model thinks the query contains).
 
 Cache: `<store>/cache/search-<store state>-<model path>-<model content>-<dtype>-v<N>.npy`,
 one row per item [PB | PA | pooled]. float32 by default; bfloat16 on request halves size and
@@ -580,6 +581,16 @@ class SearchEngine:
         scores = self.score_all(feats, probs=True, aggregate=True)
         level, expected, closeness = scores.level[0], scores.expected[0], scores.closeness[0]
         probs = scores.probs[0]
+        if self_rows is not None:
+            # A recording paired with itself cannot hold a category "exactly once": its row is
+            # the model's both/neither split renormalised, i.e. what the model thinks the query
+            # contains, at level C by definition.
+            level, expected, probs = level.copy(), expected.copy(), probs.copy()
+            agree = probs[self_rows, :, :DIFFERS]
+            probs[self_rows, :, :DIFFERS] = agree / np.maximum(agree.sum(-1, keepdims=True), 1e-12)
+            probs[self_rows, :, DIFFERS] = 0.0
+            level[self_rows] = c
+            expected[self_rows] = float(c)
         states = probs.argmax(-1)  # (N, C)
 
         keep = np.ones(n, dtype=bool)

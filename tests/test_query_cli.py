@@ -96,6 +96,11 @@ def test_json_is_one_document_with_probabilities(env):
     results = doc["results"]
     assert [r["rank"] for r in results] == [1, 2, 3, 4]
     assert results[0]["path"] == str(query) and results[0]["is_query"] is True
+    # Paired with itself a recording agrees on every category: level C, no "differs" state,
+    # and the breakdown is the model's both/neither split (what it thinks the query holds).
+    me = results[0]
+    assert me["level"] == len(CATS) and me["score"] == pytest.approx(len(CATS))
+    assert all(me["categories"][c]["differs"] == 0.0 for c in CATS)
     for r in results:
         assert set(r) >= {"rank", "path", "start", "end", "level", "score", "categories"}
         agree = 0
