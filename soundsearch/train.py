@@ -335,6 +335,16 @@ class _Trainer:
             x = x + cfg.input_noise * torch.randn(x.shape, generator=self.gen)
         return x, lab
 
+    def _step(self, loss: torch.Tensor) -> float:
+        """One optimiser step on `loss`; its value, refusing a diverged run."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+        return value
+
     def _loss(self, logp: torch.Tensor, target: torch.Tensor, h: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         flat_p, flat_t = logp.reshape(-1, len(STATES)), target.reshape(-1)
         loss = F.nll_loss(flat_p, flat_t, weight=self.state_weights) if self.weighted else F.nll_loss(flat_p, flat_t)
@@ -362,12 +372,7 @@ class _Trainer:
             ia, ib = _batch_pairs(lab, cfg.batch_size, self.gen, cfg.pair_balance)
             logp = net.pair_log_probs((pa[ia], pb[ia]), (pa[ib], pb[ib]))
             loss = self._loss(logp, _targets(lab, ia, ib), h, lab)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+            value = self._step(loss)
             total += value
             seen += len(rows)
             if on_batch is not None:
@@ -453,12 +458,7 @@ class _Trainer:
             # Targets from the (possibly mixed) labels of the batch's items.
             target = _targets(lab, ia, ib)
             loss = self._loss(logp, target, h, lab)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+            value = self._step(loss)
             total += value * bsz
             seen += bsz
             if on_batch is not None and (k + 1) % every == 0:
