@@ -66,7 +66,7 @@ def progress(quiet: bool, *columns_extra) -> Iterator["object | None"]:
 
     columns = [
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=None),  # the bar takes what the numbers leave, so 80 columns fit them all
         MofNCompleteColumn(),
         *columns_extra,
         TimeElapsedColumn(),

@@ -152,10 +152,15 @@ def index(
 
 def _rate_columns() -> list:
     from rich.progress import ProgressColumn
+    from rich.table import Column
     from rich.text import Text
 
     class Rate(ProgressColumn):
         """Throughput in files/s and in hours of audio per second, the two numbers that matter."""
+
+        def __init__(self) -> None:
+            # Room for "999.9 files/s 99.99 audio-h/s": rich would otherwise cut it to "audio…".
+            super().__init__(table_column=Column(no_wrap=True, min_width=31))
 
         def render(self, task) -> Text:
             elapsed = task.elapsed or 0.0
