@@ -211,3 +211,27 @@ def test_training_on_real_recordings_learns(corpus, tmp_path, store_dir):
     majority = float(np.mean([np.bincount(truth[:, c], minlength=3).max() / len(truth)
                               for c in range(truth.shape[1])]))
     assert accuracy > majority + 0.08, (accuracy, majority)
+
+
+def test_models_table_names_featurizer_parameters_off_the_default(tmp_path, store_dir, monkeypatch):
+    # A store must match a model's features exactly, so the paper's mean-only steps must not
+    # read as plain "logmel" (the default, mean+std+max steps).
+    import torch
+
+    from soundsearch import paths
+    from soundsearch.features import get_featurizer
+    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.taxonomy import Taxonomy
+
+    monkeypatch.setattr(paths, "shipped_models_dirs", lambda: [])
+    models_dir = tmp_path / "user-models"
+    for name, fz in (("paper", get_featurizer("logmel", stats="mean")), ("plain", get_featurizer("logmel"))):
+        cfg = ModelConfig(steps=fz.steps, dim=fz.dim, n_categories=3, tower=(8,), head=(8, 8))
+        torch.manual_seed(0)
+        save_model(models_dir / f"{name}.safetensors", PresenceNet(cfg).eval(), cfg, Taxonomy(CATS), fz.spec(),
+                   fz.identity, np.zeros(fz.dim, np.float32), np.ones(fz.dim, np.float32), {"seed": 0})
+    table = invoke(["models"])
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip().startswith(("paper", "plain"))}
+    assert "logmel stats=mean " in rows["paper"]
+    assert "stats=" not in rows["plain"] and "logmel" in rows["plain"]

@@ -51,10 +51,29 @@ def models(json_out: JsonOption = False) -> None:
         if acc and m.val_majority is not None:
             acc += f" ({m.val_majority:.3f})"
         table.add_row(
-            _name(m), escape(m.featurizer), str(len(m.categories)), _short(m.variant),
+            _name(m), escape(_features(m)), str(len(m.categories)), _short(m.variant),
             "" if m.epochs is None else str(m.epochs), acc,
         )
     out.print(table)
+
+
+def _features(m) -> str:
+    """The featurizer's name and the parameters where it departs from that featurizer's defaults.
+
+    A store must match a model's featurizer exactly, so `logmel stats=mean` (the paper's steps)
+    and plain `logmel` must not look alike in the table.
+    """
+    from soundsearch.errors import SoundsearchError
+    from soundsearch.features import get_featurizer
+
+    _, _, params_json = m.featurizer_identity.partition(":")
+    try:
+        params = json.loads(params_json)
+        defaults = get_featurizer(m.featurizer).params
+    except (ValueError, SoundsearchError):
+        return m.featurizer
+    changed = [f"{k}={v}" for k, v in sorted(params.items()) if defaults.get(k) != v]
+    return " ".join([m.featurizer, *changed])
 
 
 def _short(variant: str) -> str:
