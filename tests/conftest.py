@@ -52,3 +52,15 @@ def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SOUNDSEARCH_MODELS", str(tmp_path / "user-models"))
     monkeypatch.setenv("SOUNDSEARCH_DATA", str(tmp_path / "datasets"))
     return tmp_path / "store"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core runner OpenMP threads
+    waiting on each other made single tests take seconds."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

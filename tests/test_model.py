@@ -19,14 +19,7 @@ T, D, C = 5, 12, 8
 VARIANTS = list(itertools.product([True, False], [False, True], [True, False]))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core runner OpenMP threads
-    # waiting on each other made single tests take seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_net(siamese=True, per_category=False, attention=True, seed=0, **kw) -> PresenceNet:

@@ -16,12 +16,7 @@ RECIPE = dict(batching="items", batch_items=32, batch_size=256, tag_weight=1.0, 
               weight_decay=1e-2, input_noise=0.2, context="stats", pairs_per_side=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(feats, labels, **kw):

@@ -17,14 +17,7 @@ TAX = Taxonomy(("horn", "bark", "drill"))
 SMALL = dict(tower=(16, 16, 16), head=(32, 16), dropout=0.1, lr=3e-3, threads=1, batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core runner OpenMP threads
-    # waiting on each other made single tests take seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def separable(n: int = 120, seed: int = 0, noise: float = 0.6):
