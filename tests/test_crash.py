@@ -35,6 +35,14 @@ def make_files(lib: Path, n: int, seed: int) -> None:
         write_audio(lib / f"d{i % 7}" / f"f{i:04d}.wav", sig, SR)
 
 
+def rerun_index(lib: Path, store: Path, flag: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A complete `index` run to the end, as a user re-running after an interruption."""
+    return subprocess.run(
+        [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store), "--jobs", "1", flag],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def start_index(lib: Path, store: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store),
@@ -134,10 +142,7 @@ def test_kill_9_during_index_then_rerun(tmp_path):
     partial = assert_consistent(store, reference)
     assert len(partial) < 240
 
-    done = subprocess.run(
-        [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store), "--jobs", "1", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
+    done = rerun_index(lib, store, "--json")
     assert done.returncode == 0, done.stderr
     final = assert_consistent(store, reference)
     assert set(final) == set(reference)
@@ -183,10 +188,7 @@ def test_kill_9_during_index_then_rerun(tmp_path):
         # Killed before compacting: the deleted files' rows are holes, read around by a copy.
         assert not isinstance(feats.base, np.memmap)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store), "--jobs", "1", "--quiet"],
-        capture_output=True, text=True, timeout=300,
-    )
+    done = rerun_index(lib, store, "--quiet")
     assert done.returncode == 0, done.stderr
     final = assert_consistent(store, reference2)
     assert set(final) == set(reference2)
@@ -232,9 +234,6 @@ def test_ctrl_c_keeps_the_finished_work(tmp_path):
     with Store.open(store) as st:
         assert st.verify() == []
         assert len(st.items()) == after
-    rerun = subprocess.run(
-        [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store), "--jobs", "1", "--json"],
-        capture_output=True, text=True, timeout=120,
-    )
+    rerun = rerun_index(lib, store, "--json", timeout=120)
     rep = json.loads(rerun.stdout)
     assert rep["unchanged"] == after and rep["added"] == 120 - after
