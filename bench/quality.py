@@ -1,0 +1,439 @@
+"""The quality protocol of the default model: chosen on validation data, reported on data the
+choice never saw, over several draws, beside the strongest simple baselines.
+
+    .venv/bin/python bench/quality.py --featurizer aisfx --draws 0,1,2 --json out.json
+
+Per draw (a seed), the corpus recordings (../shared/corpus) are split by recording, per
+category, into three disjoint parts:
+
+    train (~55%)   the model learns from them: 10 s scenes mixed by datasets/scenes.py
+                   ("recipe A"), the recordings themselves as one-shots, and one-shots laid
+                   over a quiet background bed
+    val   (~15%)   everything chosen (the blend weight, the recipe, the epochs) is chosen here:
+                   recipe-A scenes and one-shots, leave-one-out retrieval among them
+    test  (~30%)   reported only; never looked at while choosing. Three settings:
+       library        library scenes and query scenes mixed from the same test recordings
+                      (the library holds other takes and cuts of the query's sources)
+       generalisation test recordings split in halves: library scenes from one half, query
+                      scenes from the other (the query's sources are not in the library)
+       one-shots      the test recordings as they are: half the library, half the queries
+                      (single-label exact matches: mAP_C@10)
+    Test scenes are mixed by "recipe B" (below), a different mixing recipe from training:
+    other event counts and event-to-background ratios, two background beds, repeated events,
+    peak-based gains and a random overall loudness.
+
+Systems: random (exact expectation), cosine on the steps' mean+std+max (eval's baseline),
+cosine on whole-item statistics (mean, std, max over all frames, standardised on the library:
+the strongest simple baseline), the model ranked by its predicted presence (level, then
+expected agreement), and the model with acoustic closeness blended in at the weight fitted on
+val. Figures are mAP_s@10, s = C (exact) and C-1, for single- and multi-label queries.
+
+Features are cached under --cache (keyed by featurizer identity, draw and set), so trying
+another training recipe costs only the training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from soundsearch import metrics  # noqa: E402
+from soundsearch.datasets import scenes as sc  # noqa: E402
+from soundsearch.features import get_featurizer  # noqa: E402
+from soundsearch.taxonomy import Taxonomy  # noqa: E402
+
+CATS = tuple(Taxonomy.default().categories)
+C = len(CATS)
+K = 10
+ITEM_SECONDS = 10.0
+CELLS = (("single", C), ("single", C - 1), ("multi", C), ("multi", C - 1))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def split3(sources, seed: int):
+    """train / val / test recordings, per category (backgrounds too), disjoint."""
+    first = sc.split_sources(sources, 0.45, seed)  # test here = val + test
+    second = sc.split_sources(first["test"], 0.67, seed + 1000)
+    return {"train": first["train"], "val": second["train"], "test": second["test"]}
+
+
+def halves(sources, seed: int):
+    h = sc.split_sources(sources, 0.5, seed + 2000)
+    return h["train"], h["test"]
+
+
+def labels_of(src) -> np.ndarray:
+    y = np.zeros(C, np.uint8)
+    for lab in src.labels:
+        y[CATS.index(lab)] = 1
+    return y
+
+
+def recipe_a_scenes(sources, n: int, seed: int, sr: int, cache, split: str = "train"):
+    recipe = sc.SceneRecipe(n_train=n, n_test=0, seed=seed, sample_rate=sr)
+    maker = sc.SceneMaker(recipe, split, sources, CATS, cache)
+    out = [maker.make(i) for i in range(n)]
+    return [s.signal for s in out], np.stack([s.labels for s in out])
+
+
+def recipe_b_scenes(sources, n: int, seed: int, sr: int, cache):
+    """Recipe B: deliberately unlike recipe A (datasets/scenes.py) in every mixing choice."""
+    rng = np.random.default_rng([seed, 77])
+    length = int(ITEM_SECONDS * sr)
+    bgs = [s for s in sources if s.category == sc.BACKGROUND]
+    by_cat: dict[str, list] = {}
+    for s in sources:
+        if s.category != sc.BACKGROUND:
+            by_cat.setdefault(s.category, []).append(s)
+    cats = sorted(by_cat)
+    signals, labels = [], []
+    for _ in range(n):
+        # Two beds of different ambiences, one much quieter; uniform over categories.
+        bed = np.zeros(length, np.float32)
+        for level_db in (rng.uniform(-45, -20), rng.uniform(-60, -40)):
+            bg = cache.get(bgs[int(rng.integers(len(bgs)))].path)
+            part = sc._bed(bg, length, rng, xfade=int(0.02 * sr))
+            rms = sc._rms_db(part)
+            if rms > -200:
+                part = part * np.float32(10 ** ((level_db - rms) / 20))
+            bed += part
+        n_ev = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.35, 0.2, 0.1]))
+        chosen = rng.choice(len(cats), size=min(n_ev, len(cats)), replace=False)
+        y = np.zeros(C, np.uint8)
+        bed_peak = float(np.max(np.abs(bed))) or 1e-4
+        for ci in chosen:
+            src = by_cat[cats[int(ci)]][int(rng.integers(len(by_cat[cats[int(ci)]])))]
+            sig = cache.get(src.path)
+            # The same event may sound once or twice (a dog barks again), at a peak-based gain.
+            for _rep in range(1 + int(rng.random() < 0.3)):
+                take = min(sig.size, int(rng.uniform(0.3, 1.0) * length))
+                off = int(rng.integers(0, sig.size - take + 1))
+                ev = sc._fade(sig[off : off + take].copy(), int(0.005 * sr))
+                peak = float(np.max(np.abs(ev))) or 1e-9
+                gain = bed_peak * 10 ** (rng.uniform(-3, 15) / 20) / peak
+                on = int(rng.integers(0, length - take + 1))
+                bed[on : on + take] += ev * np.float32(gain)
+            for lab in src.labels:
+                y[CATS.index(lab)] = 1
+        peak = float(np.max(np.abs(bed)))
+        target = 10 ** (rng.uniform(-20, -1) / 20)  # overall loudness varies, as libraries do
+        bed *= np.float32(target / max(peak, 1e-9))
+        signals.append(bed)
+        labels.append(y)
+    return signals, np.stack(labels)
+
+
+def one_shots(sources, sr: int, cache, events_only: bool = False):
+    sig, lab = [], []
+    for s in sorted(sources, key=lambda s: s.file):
+        if events_only and s.category == sc.BACKGROUND:
+            continue
+        sig.append(cache.get(s.path)[: int(ITEM_SECONDS * sr)])
+        lab.append(labels_of(s))
+    return sig, np.stack(lab)
+
+
+def one_shots_on_beds(sources, sr: int, cache, seed: int):
+    """Each event recording laid once over a quiet bed of a random background."""
+    rng = np.random.default_rng([seed, 91])
+    bgs = [s for s in sources if s.category == sc.BACKGROUND]
+    sig, lab = [], []
+    for s in sorted(sources, key=lambda s: s.file):
+        if s.category == sc.BACKGROUND:
+            continue
+        ev = cache.get(s.path)[: int(ITEM_SECONDS * sr)]
+        bed = sc._bed(cache.get(bgs[int(rng.integers(len(bgs)))].path), ev.size, rng, int(0.02 * sr))
+        rms_ev, rms_bed = sc._active_rms_db(ev), sc._rms_db(bed)
+        if rms_bed > -200 and rms_ev > -200:
+            bed = bed * np.float32(10 ** ((rms_ev - rng.uniform(10, 30) - rms_bed) / 20))
+        sig.append((ev + bed).astype(np.float32))
+        lab.append(labels_of(s))
+    return sig, np.stack(lab)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def featurize(fz, signals, key: str, cache_dir: Path) -> np.ndarray:
+    path = cache_dir / f"{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    out = []
+    for i in range(0, len(signals), 8):
+        out.append(fz.batch(signals[i : i + 8]))
+    arr = np.concatenate(out).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+    return arr
+
+
+@dataclass
+class Draw:
+    seed: int
+    sets: dict  # name -> (feats, labels)
+
+
+def build_draw(fz, corpus: Path, seed: int, sizes: dict, cache_dir: Path) -> Draw:
+    sources = sc.read_manifest(corpus, CATS)
+    parts = split3(sources, seed)
+    sr = fz.sample_rate
+    audio = sc._AudioCache(sr)
+    fid = hashlib.sha256(fz.identity.encode()).hexdigest()[:12]
+    base = cache_dir / fid / f"draw{seed}"
+    sets = {}
+
+    def add(name, make):
+        lab_path = base / f"{name}.labels.npy"
+        if lab_path.is_file() and (base / f"{name}.npy").is_file():
+            sets[name] = (np.load(base / f"{name}.npy"), np.load(lab_path))
+            return
+        signals, labels = make()
+        feats = featurize(fz, signals, name, base)
+        np.save(lab_path, labels)
+        sets[name] = (feats, labels)
+
+    tr, va, te = parts["train"], parts["val"], parts["test"]
+    h1, h2 = halves(te, seed)
+    add("train_scenes", lambda: recipe_a_scenes(tr, sizes["train"], seed, sr, audio))
+    add("train_shots", lambda: one_shots(tr, sr, audio, events_only=True))
+    add("train_beds", lambda: one_shots_on_beds(tr, sr, audio, seed))
+    add("val_scenes", lambda: recipe_a_scenes(va, sizes["val"], seed + 1, sr, audio))
+    add("val_shots", lambda: one_shots(va, sr, audio))
+    add("lib_db", lambda: recipe_b_scenes(te, sizes["lib_db"], seed + 10, sr, audio))
+    add("lib_q", lambda: recipe_b_scenes(te, sizes["lib_q"], seed + 11, sr, audio))
+    add("gen_db", lambda: recipe_b_scenes(h1, sizes["gen_db"], seed + 12, sr, audio))
+    add("gen_q", lambda: recipe_b_scenes(h2, sizes["gen_q"], seed + 13, sr, audio))
+    add("shot_db", lambda: one_shots(h1, sr, audio))
+    add("shot_q", lambda: one_shots(h2, sr, audio, events_only=True))
+    return Draw(seed, sets)
+
+
+# ----------------------------------------------------------------------------- systems
+
+
+def item_stats(fz, feats: np.ndarray) -> np.ndarray:
+    if hasattr(fz, "item_stats"):
+        return fz.item_stats(feats)
+    stats = fz.stats
+    parts = np.split(feats, len(stats), axis=2)
+    by = dict(zip(stats, parts))
+    out = []
+    mean = by["mean"].mean(1)
+    out.append(mean)
+    if "std" in by:
+        out.append(np.sqrt(np.maximum((by["std"] ** 2 + by["mean"] ** 2).mean(1) - mean**2, 0)))
+    if "max" in by:
+        out.append(by["max"].max(1))
+    return np.concatenate(out, axis=1)
+
+
+def standardised_unit(db: np.ndarray, *others: np.ndarray):
+    mean = db.mean(0)
+    std = np.maximum(db.std(0), 1e-6)
+    out = []
+    for x in (db, *others):
+        z = (x - mean) / std
+        out.append(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
+    return out
+
+
+def step_cosine(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    flat = d.reshape(-1, d.shape[-1]).astype(np.float64)
+    mean, std = flat.mean(0), np.where(flat.std(0) > 1e-8, flat.std(0), 1.0)
+
+    def pool(x):
+        z = (x - mean) / std
+        return np.concatenate([z.mean(1), z.std(1), z.max(1)], axis=1)
+
+    a, b = pool(q), pool(d)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def model_expected(model, q: np.ndarray, d: np.ndarray):
+    """(Q, N) level and expected agreement from the model for every query x item pair."""
+    lev = np.zeros((len(q), len(d)), np.float64)
+    exp = np.zeros((len(q), len(d)), np.float64)
+    for i in range(len(q)):
+        s = model.score_pairs(q[i], d)
+        lev[i], exp[i] = s.level, s.expected
+    return lev, exp
+
+
+def order_of(score: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+    s = score.astype(np.float64).copy()
+    if exclude_self:
+        np.fill_diagonal(s, -np.inf)
+    top = min(K, s.shape[1] - (1 if exclude_self else 0))
+    return np.argsort(-s, axis=1, kind="stable")[:, :top]
+
+
+def cells(agree: np.ndarray, order: np.ndarray, qlab: np.ndarray, groups=("single", "multi")) -> dict:
+    n = qlab.sum(1)
+    out = {}
+    for g, s in CELLS:
+        if g not in groups:
+            continue
+        idx = np.flatnonzero(n == 1) if g == "single" else np.flatnonzero(n >= 2)
+        if not len(idx):
+            continue
+        ap = metrics.ap_at_k(agree[idx], order[idx], s, (K,))
+        out[f"{g} s={s}"] = float(metrics.mean_ap(ap)[0])
+    return out
+
+
+def random_cells(agree, qlab, groups=("single", "multi")) -> dict:
+    n = qlab.sum(1)
+    out = {}
+    for g, s in CELLS:
+        if g not in groups:
+            continue
+        idx = np.flatnonzero(n == 1) if g == "single" else np.flatnonzero(n >= 2)
+        if len(idx):
+            out[f"{g} s={s}"] = float(metrics.mean_ap(metrics.random_ap(agree[idx], s, (K,)))[0])
+    return out
+
+
+def evaluate_setting(fz, model, weight, qf, ql, df, dl, loo: bool = False, groups=("single", "multi")):
+    agree = metrics.agreement(ql, dl).astype(np.int64)
+    if loo:
+        # Leave-one-out: the query itself is not part of its own ranking; the exact random
+        # baseline over the other N-1 items is the mean of the row without the diagonal.
+        pass
+    res = {}
+    if not loo:
+        res["random"] = random_cells(agree, ql, groups)
+    res["cosine (steps mean+std+max)"] = cells(agree, order_of(step_cosine(qf, df), loo), ql, groups)
+    dstats, qstats = standardised_unit(item_stats(fz, df), item_stats(fz, qf))
+    acoustic = qstats @ dstats.T
+    res["cosine (whole-item stats)"] = cells(agree, order_of(acoustic, loo), ql, groups)
+    if model is not None:
+        lev, exp = model_expected(model, qf, df)
+        res["model (presence)"] = cells(agree, order_of(lev * (C + 1) + exp, loo), ql, groups)
+        res["_expected"] = exp
+        res["_acoustic"] = acoustic
+        res["_agree"] = agree
+        if weight is not None:
+            res["model (blend)"] = cells(agree, order_of((1 - weight) * exp / C + weight * acoustic, loo), ql, groups)
+    return res
+
+
+def fit_weight(val: dict, ql: np.ndarray, grid=np.round(np.arange(0, 1.0001, 0.05), 2)):
+    exp, acoustic, agree = val["_expected"], val["_acoustic"], val["_agree"]
+    figures = {}
+    for w in grid:
+        c = cells(agree, order_of((1 - w) * exp / C + w * acoustic, True), ql)
+        figures[float(w)] = float(np.mean(list(c.values())))
+    best = max(figures, key=lambda w: (figures[w], -abs(w - 0.5)))
+    return best, figures
+
+
+def train_model(fz, draw: Draw, recipe: dict, seed: int):
+    from soundsearch.train import TrainConfig, fit
+
+    parts = [draw.sets[n] for n in ("train_scenes", "train_shots", "train_beds")]
+    feats = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    vf = np.concatenate([draw.sets["val_scenes"][0], draw.sets["val_shots"][0]])
+    vl = np.concatenate([draw.sets["val_scenes"][1], draw.sets["val_shots"][1]])
+    cfg = TrainConfig(**{**recipe, "seed": seed})
+    res = fit(feats, labels, Taxonomy.default(), fz.spec(), fz.identity, cfg, val_feats=vf, val_labels=vl)
+    return res.model
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "corpus")
+    ap.add_argument("--featurizer", default="logmel")
+    ap.add_argument("--param", action="append", default=[], help="featurizer parameter k=v")
+    ap.add_argument("--draws", default="0,1,2")
+    ap.add_argument("--recipe", default="{}", help="TrainConfig fields as JSON")
+    ap.add_argument("--no-model", action="store_true", help="baselines only")
+    ap.add_argument("--train", type=int, default=1000, help="recipe-A training scenes per draw")
+    ap.add_argument("--cache", type=Path, default=Path("build/quality-cache"))
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--save-model", type=Path, help="save draw 0's model (with its fitted weight) here")
+    args = ap.parse_args(argv)
+
+    params = dict(p.split("=", 1) for p in args.param)
+    fz = get_featurizer(args.featurizer, **params)
+    sizes = {"train": args.train, "val": 300, "lib_db": 300, "lib_q": 100, "gen_db": 250, "gen_q": 100}
+    recipe = {"context": "stats", "epochs": 5, "refit": False, "pairs_per_side": 5, "threads": 2,
+              **json.loads(args.recipe)}
+    report = {"featurizer": fz.identity, "recipe": recipe, "sizes": sizes, "draws": []}
+    for seed in [int(s) for s in args.draws.split(",")]:
+        t0 = time.perf_counter()
+        draw = build_draw(fz, args.corpus, seed, sizes, args.cache)
+        t_feat = time.perf_counter() - t0
+        model = weight = None
+        figures = {}
+        if not args.no_model:
+            t1 = time.perf_counter()
+            model = train_model(fz, draw, recipe, seed)
+            vf = np.concatenate([draw.sets["val_scenes"][0], draw.sets["val_shots"][0]])
+            vl = np.concatenate([draw.sets["val_scenes"][1], draw.sets["val_shots"][1]])
+            val = evaluate_setting(fz, model, None, vf, vl, vf, vl, loo=True)
+            weight, figures = fit_weight(val, vl)
+            print(f"draw {seed}: trained in {time.perf_counter() - t1:.0f}s, blend weight {weight} "
+                  f"(val {figures[weight]:.3f}; w=0 {figures[0.0]:.3f}, w=1 {figures[1.0]:.3f})", file=sys.stderr)
+            if args.save_model and seed == int(args.draws.split(",")[0]):
+                model.meta["ranking"] = {"mode": "blend", "weight": weight, "fitted_on": "val draw"}
+                model.save(args.save_model)
+        out = {"seed": seed, "featurize_s": round(t_feat, 1), "weight": weight, "val_figures": figures}
+        for name, (q, d, groups) in {
+            "library": ("lib_q", "lib_db", ("single", "multi")),
+            "generalisation": ("gen_q", "gen_db", ("single", "multi")),
+            "one-shots": ("shot_q", "shot_db", ("single",)),
+        }.items():
+            qf, ql = draw.sets[q]
+            df, dl = draw.sets[d]
+            res = evaluate_setting(fz, model, weight, qf, ql, df, dl, groups=groups)
+            out[name] = {k: v for k, v in res.items() if not k.startswith("_")}
+        report["draws"].append(out)
+        print(json.dumps({k: v for k, v in out.items() if k != "val_figures"}, indent=1), file=sys.stderr)
+    summary = summarise(report)
+    report["summary"] = summary
+    print_table(summary)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def summarise(report: dict) -> dict:
+    out: dict = {}
+    for setting in ("library", "generalisation", "one-shots"):
+        out[setting] = {}
+        systems = report["draws"][0][setting].keys()
+        for system in systems:
+            out[setting][system] = {}
+            for cell in report["draws"][0][setting][system]:
+                vals = [d[setting][system][cell] for d in report["draws"]]
+                out[setting][system][cell] = {"mean": float(np.mean(vals)), "min": float(np.min(vals))}
+    return out
+
+
+def print_table(summary: dict) -> None:
+    for setting, systems in summary.items():
+        cells_ = list(next(iter(systems.values())).keys())
+        print(f"\n{setting} (mAP@{K}, mean / min over draws)")
+        print(f"{'system':32s}" + "".join(f"{c:>18s}" for c in cells_))
+        for system, vals in systems.items():
+            print(f"{system:32s}" + "".join(f"{vals[c]['mean']:>11.3f} /{vals[c]['min']:.3f}" for c in cells_))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
