@@ -33,3 +33,15 @@ def test_help_does_not_import_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_version_and_short_help():
+    from soundsearch import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"soundsearch {__version__}"
+    for args in (["-h"], ["query", "-h"], ["index", "-h"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, args
+        assert "--help" in result.output and "Usage" in result.output

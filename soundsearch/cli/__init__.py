@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from soundsearch import __version__
 from soundsearch.cli._common import register
 from soundsearch.cli import evaluate, index, models, query, train
 
@@ -22,7 +23,24 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    # -h as well as --help, on every command: the short form is what people type first.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"soundsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Search your own sound library by example: index it, then query with a recording."""
 
 register(app, index.index, "index")
 register(app, index.status, "status")
