@@ -30,10 +30,12 @@ if CHECKPOINT is None:
 AISFX_DIR = CHECKPOINT.parent.parent
 SR = 44100
 
-# Measured: front-end within 2e-5 absolute (values are ~0..1), network within 2e-4 absolute on
-# embeddings of magnitude ~1 (float32 convolutions summed in different orders; BN folded).
-SPEC_ATOL = 1e-4
-EMB_ATOL = 1e-3
+# Measured on these signals: front-end within 1.1e-5 absolute (values 0..1); network within
+# 4.3e-6 absolute on embeddings up to 11; pooled end to end within 2.5e-6. Float32 FFTs and
+# convolutions summed in other orders (and batch norm folded) account for it; the bounds
+# leave ~5-20x room for other BLAS/oneDNN builds.
+SPEC_ATOL = 5e-5
+EMB_ATOL = 1e-4
 
 
 def _by_path(name: str, relative: str):
