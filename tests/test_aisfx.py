@@ -298,3 +298,14 @@ def test_cli_index_and_status_with_aisfx(fz, tmp_path, store_dir):
     assert doc["files"] == 3 and doc["items"] == 3
     assert doc["featurizer"]["name"] == "aisfx"
     assert doc["featurizer"]["params"]["weights"] == fz.weights.short
+
+
+def test_flop_count_matches_torch(fz):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from soundsearch.features.aisfx import conv_flops
+
+    with FlopCounterMode(display=False) as counter:
+        fz.embed(np.zeros((2, 100, 96), np.float32))
+    counted = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    assert counted == 2 * conv_flops(100) == 2 * 3_861_430_272  # 3.86 GFLOP per block

@@ -235,7 +235,7 @@ def test_bad_specs_raise_featurizer_error(spec, match):
 
 
 def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch):
-    assert available_featurizers() == ["logmel", "openl3"]
+    assert available_featurizers() == ["logmel", "aisfx", "openl3"]
     monkeypatch.setitem(sys.modules, "openl3", None)  # as if the optional package were absent
     with pytest.raises(FeaturizerError) as ei:
         get_featurizer("openl3")
