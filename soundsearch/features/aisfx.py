@@ -59,9 +59,6 @@ from soundsearch.features import Featurizer, check_signal, parse_stats, pool_ste
 from soundsearch.features.logmel import MelPower, _hann, centered_frames, mel_filterbank
 from soundsearch.features.weights import WeightSource, Weights, numpy_pickle_globals, resolve_weights
 
-ATTRIBUTION = (
-    "aiSFX weights by Alison B. Ma and Alexander Lerch (ISMIR 2022), CC BY 4.0"
-)
 WEIGHTS_ENV = "SOUNDSEARCH_AISFX_WEIGHTS"
 INSTALL_HINT = (
     "the aisfx featurizer needs the aiSFX model weights (Ma & Lerch, ISMIR 2022, CC BY 4.0): "
