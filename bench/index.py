@@ -11,6 +11,12 @@ formats) in a temporary folder, then measures, on one core (jobs=1, BLAS limited
                                a second time, when nothing changed (left out if unavailable)
   reindex_many_unchanged_s     with --reindex-files N: the same for N tiny files (the cost of
                                an unchanged re-index does not depend on audio length)
+  aisfx_x_realtime_per_core    with --aisfx: the first --aisfx-files files through the aisfx
+                               featurizer (torch on one thread), with aisfx_conv_gflops, the
+                               conv stack's counted FLOPs over the time spent in it, beside
+                               matmul_gflops, torch's fp32 matrix-product rate on one thread
+                               measured in the same run (bench/query.py's measurement), and
+                               aisfx_s_per_10s_item
 
 Both pipelines read the same files from a warm page cache, are warmed up on a few files so
 one-off import and JIT costs are not counted, and run interleaved file by file so a busy
@@ -18,6 +24,7 @@ machine slows both alike; CPU-time figures are printed beside the wall-time ones
 
     python bench/index.py --files 300
     python bench/index.py --json --reindex-files 10000
+    python bench/index.py --files 8 --aisfx --skip-librosa --skip-reindex
 """
 
 from __future__ import annotations
@@ -193,6 +200,77 @@ def bench_reindex_many(root: Path, store: Path, n_files: int) -> dict:
     }
 
 
+def bench_aisfx(paths: list[Path], n_files: int) -> dict:
+    """aisfx on one core: real-time factor, and the conv stack's achieved rate next to matmul's.
+
+    FLOPs are counted from the block shapes (features.aisfx.conv_flops, checked against torch's
+    FlopCounterMode on one block here); only time inside the network counts for the GFLOP/s.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from query import matmul_cpu_gflops, matmul_gflops  # bench/query.py, beside this file
+    from soundsearch.errors import FeaturizerError
+    from soundsearch.features import featurize_file, get_featurizer
+    from soundsearch.features.aisfx import conv_flops
+
+    try:
+        fz = get_featurizer("aisfx")
+    except FeaturizerError as e:
+        return {"aisfx_note": str(e)}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        block = np.random.default_rng(0).random((1, 100, 96), dtype=np.float32)
+        with FlopCounterMode(display=False) as counter:
+            fz.embed(block)
+        conv_total = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+        net = {"flops": 0.0, "wall_s": 0.0}
+        embed = fz.embed
+
+        def timed_embed(blocks: np.ndarray) -> np.ndarray:
+            t0 = time.perf_counter()
+            out = embed(blocks)
+            net["wall_s"] += time.perf_counter() - t0
+            net["flops"] += conv_flops(blocks.shape[1]) * blocks.shape[0]
+            return out
+
+        fz.embed = timed_embed  # type: ignore[method-assign]
+        for p in paths[:2]:
+            featurize_file(p, fz)  # warm-up: oneDNN kernel selection, first-call caches
+        net["flops"] = net["wall_s"] = 0.0
+        audio = wall = cpu = 0.0
+        for p in paths[:n_files]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            audio += featurize_file(p, fz).duration
+            wall += time.perf_counter() - w0
+            cpu += time.process_time() - c0
+        net_flops, net_wall = net["flops"], net["wall_s"]  # the files' share, before the item runs
+        item = (0.1 * np.random.default_rng(1).standard_normal(10 * fz.sample_rate)).astype(np.float32)
+        item_times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fz(item)
+            item_times.append(time.perf_counter() - t0)
+        mm = matmul_gflops()
+        mm_cpu = matmul_cpu_gflops()
+    finally:
+        torch.set_num_threads(before)
+    return {
+        "aisfx_files": min(n_files, len(paths)),
+        "aisfx_audio_s": round(audio, 1),
+        "aisfx_x_realtime_per_core": round(audio / wall, 2),
+        "aisfx_x_realtime_per_cpu_second": round(audio / cpu, 2),
+        "aisfx_s_per_10s_item": round(min(item_times), 3),
+        "aisfx_gflop_per_block_counted": round(conv_flops(100) / 1e9, 3),
+        "aisfx_gflop_per_block_torch": round(conv_total / 1e9, 3),
+        "aisfx_network_share": round(net_wall / wall, 3),
+        "aisfx_conv_gflops": round(net_flops / net_wall / 1e9, 1),
+        "matmul_gflops": round(mm, 1),
+        "matmul_cpu_gflops": round(mm_cpu, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=2000, help="library size (default 2000)")
@@ -206,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also time an unchanged re-index of this many tiny files (e.g. 10000; off by default)",
     )
+    ap.add_argument("--aisfx", action="store_true", help="also time the aisfx featurizer (needs its weights)")
+    ap.add_argument("--aisfx-files", type=int, default=8, help="files featurized by aisfx (default 8; ~100x logmel's cost)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args(argv)
 
@@ -253,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_reindex:
                 log("index, then unchanged re-index (jobs=1) ...")
                 result.update(bench_reindex(lib, Path(tmp) / "store"))
+            if args.aisfx:
+                log(f"aisfx on one core, {args.aisfx_files} files ...")
+                result.update(bench_aisfx(paths, args.aisfx_files))
             if args.reindex_files > 0:
                 log(f"index and unchanged re-index of {args.reindex_files} tiny files (jobs=1) ...")
                 result.update(bench_reindex_many(Path(tmp) / "many", Path(tmp) / "store-many", args.reindex_files))
@@ -283,6 +366,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"index (first run, jobs=1): {result['index_first_run_s']} s; "
                     f"unchanged re-index of {result['reindex_unchanged_files']} files: {result['reindex_unchanged_s']} s"
                 )
+        if "aisfx_x_realtime_per_core" in result:
+            print(
+                f"aisfx:   {result['aisfx_x_realtime_per_core']}x real time per core "
+                f"({result['aisfx_x_realtime_per_cpu_second']}x per CPU second; "
+                f"{result['aisfx_s_per_10s_item']} s per 10 s item; network {100 * result['aisfx_network_share']:.0f}% of the time)"
+            )
+            print(
+                f"         conv stack {result['aisfx_conv_gflops']} GFLOP/s on one thread vs matmul "
+                f"{result['matmul_gflops']} GFLOP/s ({result['matmul_cpu_gflops']} per CPU second); "
+                f"{result['aisfx_gflop_per_block_counted']} GFLOP per block counted, "
+                f"{result['aisfx_gflop_per_block_torch']} by torch's counter"
+            )
+        elif "aisfx_note" in result:
+            print(f"aisfx:   not measured ({result['aisfx_note']})")
         if "reindex_many_unchanged_s" in result:
             print(
                 f"unchanged re-index of {result['reindex_many_files']} tiny files: "

@@ -298,6 +298,10 @@ def _featurize_all(
         from joblib import Parallel, delayed
 
         # Ordered results keep array rows in scan order, so a re-index is reproducible.
+        # Thread counts: joblib's loky workers start with OMP_NUM_THREADS (and the BLAS
+        # equivalents) set to cpu_count // n_jobs, which torch takes as its intra-op thread
+        # count, so n_jobs workers running aisfx's convolutions share the cores rather than
+        # each using all of them; with n_jobs == 1 the featurizer runs here on all threads.
         results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
             delayed(_featurize)(p, s, m, spec, identity, item_seconds) for p, s, m in todo
         )

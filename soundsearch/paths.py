@@ -16,6 +16,7 @@ APP = "soundsearch"
 STORE_ENV = "SOUNDSEARCH_STORE"
 MODELS_ENV = "SOUNDSEARCH_MODELS"
 DATA_ENV = "SOUNDSEARCH_DATA"
+WEIGHTS_DIR_ENV = "SOUNDSEARCH_WEIGHTS_DIR"
 
 
 def user_data_dir() -> Path:
@@ -56,3 +57,12 @@ def default_data_dir(dataset: str) -> Path:
     env = os.environ.get(DATA_ENV)
     base = Path(env).expanduser() if env else user_data_dir() / "datasets"
     return base / dataset
+
+
+def user_weights_dir() -> Path:
+    """Where pretrained featurizer weights converted to safetensors are kept (one file each,
+    named by featurizer and checksum)."""
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return user_data_dir() / "weights"

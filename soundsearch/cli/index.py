@@ -19,6 +19,7 @@ from soundsearch.cli._common import JsonOption, QuietOption, StoreOption, err, o
 # `--help` and completion need not import the featurizers.
 class FeaturizerName(str, Enum):
     logmel = "logmel"
+    aisfx = "aisfx"
     openl3 = "openl3"
 
 

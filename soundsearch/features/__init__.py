@@ -26,6 +26,7 @@ DEFAULT_FEATURIZER = "logmel"
 # name -> "module:factory"; the factory takes the featurizer's keyword parameters.
 _REGISTRY: dict[str, str] = {
     "logmel": "soundsearch.features.logmel:LogMel",
+    "aisfx": "soundsearch.features.aisfx:AiSFX",
     "openl3": "soundsearch.features.openl3:OpenL3",
 }
 

@@ -54,30 +54,51 @@ _MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
 _LOGSTEP = np.log(6.4) / 27.0
 
 
-def hz_to_mel(freqs: np.ndarray | float) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's htk=False)."""
+def hz_to_mel(freqs: np.ndarray | float, htk: bool = False) -> np.ndarray:
+    """Slaney mel scale (librosa's htk=False): linear below 1 kHz, logarithmic above; or with
+    `htk=True` the HTK formula 2595 * log10(1 + f / 700)."""
     f = np.asarray(freqs, dtype=np.float64)
+    if htk:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
     log_part = _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
     return np.where(f >= _MIN_LOG_HZ, log_part, f / _F_SP)
 
 
-def mel_to_hz(mels: np.ndarray | float) -> np.ndarray:
+def mel_to_hz(mels: np.ndarray | float, htk: bool = False) -> np.ndarray:
     m = np.asarray(mels, dtype=np.float64)
+    if htk:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
     return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
 
 
+MEL_NORMS = ("slaney", "unit_sum")
+
+
 @lru_cache(maxsize=8)
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """(n_mels, 1 + n_fft // 2) Slaney-normalised triangular filters, float64, read-only."""
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool = False, norm: str = "slaney"
+) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2) triangular filters, float64, read-only.
+
+    norm="slaney" (librosa's default) divides each triangle by its width in Hz; "unit_sum"
+    makes each filter's weights sum to one (librosa's norm=1, Essentia's unit_sum).
+    """
+    if norm not in MEL_NORMS:
+        raise FeaturizerError(f"unknown mel filter norm {norm!r}: choose one of {', '.join(MEL_NORMS)}")
     fft_freqs = np.linspace(0.0, sample_rate / 2.0, 1 + n_fft // 2)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n_mels + 2), htk)
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
     upper = ramps[2:] / fdiff[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    # Area normalisation, so each band measures energy per Hz whatever its width.
-    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
+    if norm == "slaney":
+        # Area normalisation, so each band measures energy per Hz whatever its width.
+        weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
+    else:
+        sums = weights.sum(axis=1, keepdims=True)
+        # An empty filter (too many bands for the FFT size) stays all-zero rather than NaN.
+        weights /= np.where(sums > 0.0, sums, 1.0)
     weights.setflags(write=False)
     return weights
 
@@ -88,6 +109,36 @@ def _hann(n: int) -> np.ndarray:
     w = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
     w.setflags(write=False)
     return w
+
+
+def centered_frames(x: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """(1 + len(x) // hop_length, n_fft) strided view of `x` zero-padded by n_fft/2 at both
+    ends (librosa's center=True, pad_mode="constant"): frames without copying."""
+    half = n_fft // 2
+    padded = np.zeros(x.size + 2 * half, np.float32)
+    padded[half : half + x.size] = x
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+
+
+class MelPower:
+    """Power Mel spectrogram of windowed frames: rfft, |X|^2, one product with the filterbank."""
+
+    def __init__(self, filterbank: np.ndarray) -> None:
+        fb = np.asarray(filterbank, dtype=np.float32)
+        self._fb_t = np.ascontiguousarray(fb.T)
+        self._fb_sparse = _scipy_sparse.csr_array(fb) if _scipy_sparse is not None else None
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(F, n_mels) float32 Mel power of (F, n_fft) windowed float32 frames (overwritten)."""
+        if _scipy_fft is not None:
+            spec = _scipy_fft.rfft(frames, axis=-1, workers=1, overwrite_x=True)
+        else:
+            spec = np.fft.rfft(frames.astype(np.float64), axis=-1)
+        power = np.abs(spec).astype(np.float32, copy=False)
+        power *= power
+        if self._fb_sparse is not None:
+            return np.ascontiguousarray((self._fb_sparse @ power.T).T)
+        return power @ self._fb_t
 
 
 # Each step summarises its frames by mean, standard deviation and maximum rather than the paper's
@@ -141,9 +192,7 @@ class LogMel(Featurizer):
         self.stats = parse_stats(stats)
         self.dim = n_mels * len(self.stats)
         self.frame_samples = n_fft
-        fb = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).astype(np.float32)
-        self._fb_t = np.ascontiguousarray(fb.T)
-        self._fb_sparse = _scipy_sparse.csr_array(fb) if _scipy_sparse is not None else None
+        self._mel_power = MelPower(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax))
         self._window = _hann(n_fft)
 
     @property
@@ -164,23 +213,10 @@ class LogMel(Featurizer):
         return 1 + n_samples // self.hop_length
 
     def _frame_view(self, x: np.ndarray) -> np.ndarray:
-        """(F, n_fft) strided view of the centre-padded signal: frames without copying."""
-        half = self.n_fft // 2
-        padded = np.zeros(x.size + 2 * half, np.float32)
-        padded[half : half + x.size] = x
-        return np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
+        return centered_frames(x, self.n_fft, self.hop_length)
 
     def _logmel_of_frames(self, frames: np.ndarray) -> np.ndarray:
-        if _scipy_fft is not None:
-            spec = _scipy_fft.rfft(frames, axis=-1, workers=1, overwrite_x=True)
-        else:
-            spec = np.fft.rfft(frames.astype(np.float64), axis=-1)
-        power = np.abs(spec).astype(np.float32, copy=False)
-        power *= power
-        if self._fb_sparse is not None:
-            mel = np.ascontiguousarray((self._fb_sparse @ power.T).T)
-        else:
-            mel = power @ self._fb_t
+        mel = self._mel_power(frames)
         np.maximum(mel, np.float32(AMIN), out=mel)
         np.log10(mel, out=mel)
         mel *= np.float32(10.0)
