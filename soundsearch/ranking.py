@@ -61,7 +61,7 @@ MODE_HELP = {
 # (FLAC/OGG re-encodes, 5% trimmed, -6 dB, resampled +-3%, 40 dB SNR white noise) scored
 # >= 0.93 against their original, while the closest *different* recording of the corpus
 # scored well below; see that test for the measured fractions.
-DUPLICATE_COSINE = 0.9
+DUPLICATE_COSINE = 0.95
 # Per-dimension std floor of the acoustic standardisation, as a fraction of the median std:
 # a dimension constant across the store (bands above a low sample rate's Nyquist) must not
 # blow a query's small deviation there up into the whole vector.
