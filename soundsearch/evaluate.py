@@ -27,6 +27,8 @@ GROUP_TITLES = {
 RANDOM = "random"
 COSINE_MEAN = "cosine (mean)"
 COSINE_STATS = "cosine (mean+std+max)"
+COSINE_ITEM = "cosine (whole-item stats)"
+COSINES = (COSINE_MEAN, COSINE_STATS, COSINE_ITEM)
 
 # The paper's variants: Siamese or not x one model or per-category x attention or not.
 VARIANTS: tuple[tuple[bool, bool, bool], ...] = tuple(
@@ -188,21 +190,41 @@ def random_per_query(agree: np.ndarray, thresholds, ks) -> dict[int, np.ndarray]
     return {int(s): metrics.random_ap(agree, int(s), ks) for s in thresholds}
 
 
-def model_order(model, store, db_rows: np.ndarray, query_feats: np.ndarray, top: int) -> np.ndarray:
+def model_order(model, store, db_rows: np.ndarray, query_feats: np.ndarray, top: int, mode=None) -> np.ndarray:
     """The model's ranking of the database rows `db_rows` (store rows) for each query.
 
-    Goes through the search engine's `score_all` and `rank`, the code path `query` uses, so
-    eval measures what users get. Returns positions into `db_rows`, best first.
-    """
-    from soundsearch.search import SearchEngine, rank
+    Goes through the search engine's `score_all` and ranking.order_items with the model's
+    recorded ranking mode (or `mode`), the code path `query` uses, so eval measures what users
+    get. Returns positions into `db_rows`, best first.
 
+    The acoustic standardisation is the whole store's, as `query` uses it; with a store that
+    holds the queries too, that includes them.
+    """
+    from soundsearch.ranking import order_items, resolve_ranking
+    from soundsearch.search import SearchEngine
+
+    ranking = resolve_ranking(model, mode)
     # A throwaway model (a --variants one) gains nothing from an on-disk database cache.
     engine = SearchEngine(store, model, persist=model.path is not None)
     scores = engine.score_all(np.asarray(query_feats, dtype=np.float32), rows=np.asarray(db_rows))
     top = min(top, len(db_rows))
+    c = len(model.taxonomy)
     return np.stack(
-        [rank(scores.level[q], scores.expected[q], scores.closeness[q], k=top) for q in range(scores.level.shape[0])]
+        [
+            order_items(ranking, scores.level[q], scores.expected[q], scores.closeness[q], scores.acoustic[q], c, k=top).order
+            for q in range(scores.level.shape[0])
+        ]
     )
+
+
+def item_stats_scores(featurizer, query_feats: np.ndarray, db_feats: np.ndarray) -> np.ndarray:
+    """Cosine of whole-item statistics (Featurizer.item_stats), standardised on the database
+    side: the acoustic similarity the ranking modes use, as a baseline of its own."""
+    from soundsearch.ranking import acoustic_norm, acoustic_vectors
+
+    d = featurizer.item_stats(db_feats)
+    mean, std = acoustic_norm(d)
+    return acoustic_vectors(featurizer.item_stats(query_feats), mean, std) @ acoustic_vectors(d, mean, std).T
 
 
 # ------------------------------------------------------------------ the whole protocol
@@ -238,6 +260,7 @@ def evaluate(
     variant_config=None,
     cache_dir: Path | None = None,
     store_dir: Path | None = None,
+    mode: str | None = None,
     on_status: Status | None = None,
     on_progress=None,
     on_download=None,
@@ -246,6 +269,7 @@ def evaluate(
 
     With `store_dir`, the features come from that store (the user's own index): recordings it
     already holds are only stat'ed, the rest are indexed into it with the store's featurizer.
+    Models rank by their recorded ranking mode unless `mode` (ranking.MODES) says otherwise.
     """
     from soundsearch.datasets import dataset_features, load_dataset
     from soundsearch.features import featurizer_from_spec, get_featurizer
@@ -259,6 +283,9 @@ def evaluate(
     for name in names:
         path = resolve_model(name)
         loaded.append(load_model(path))
+    from soundsearch.ranking import resolve_ranking
+
+    rankings = [resolve_ranking(m, mode) for m in loaded]  # a bad mode fails before any work
 
     taxonomy = loaded[0].taxonomy if loaded else None
     dataset = load_dataset(
@@ -330,7 +357,7 @@ def evaluate(
     def add(name, kind, details, order, t0):
         # Systems are keyed by name in the JSON: two models both called "default" (a user one
         # and a shipped one), or a model called "random", must not overwrite each other.
-        taken = {x.name for x in report.systems} | ({RANDOM, COSINE_MEAN, COSINE_STATS} if kind != "cosine" else set())
+        taken = {x.name for x in report.systems} | ({RANDOM, *COSINES} if kind != "cosine" else set())
         base, i = name, 2
         while name in taken:
             name, i = f"{base} ({i})", i + 1
@@ -342,11 +369,11 @@ def evaluate(
 
     db_rows = np.asarray([it.row for it in feats.train_items], dtype=np.int64)
     with Store.open(cache, featurizer=fz) as store:
-        for m in loaded:
-            say(f"ranking with model '{m.name}'")
+        for m, ranking in zip(loaded, rankings):
+            say(f"ranking with model '{m.name}' ({ranking.mode.value})")
             t0 = time.perf_counter()
-            order = model_order(m, store, db_rows, feats.test_feats, top)
-            add(m.name, "model", _model_details(m), order, t0)
+            order = model_order(m, store, db_rows, feats.test_feats, top, mode=ranking.mode)
+            add(m.name, "model", _model_details(m) | {"ranking": ranking.to_json()}, order, t0)
 
         if variants:
             for m, fit_seconds in _train_variants(dataset, feats, fz, seed, variant_epochs, say, variant_config):
@@ -369,6 +396,9 @@ def evaluate(
         d = pooled(feats.train_feats, mean, std, stats)
         order = top_order(cosine_scores(q, d), top)
         add(name, "cosine", {"pooling": "+".join(stats), "featurizer": fz.identity}, order, t0)
+    t0 = time.perf_counter()
+    order = top_order(item_stats_scores(fz, feats.test_feats, feats.train_feats), top)
+    add(COSINE_ITEM, "cosine", {"pooling": "item_stats, standardised on the database", "featurizer": fz.identity}, order, t0)
 
     if len(report.groups["none"]):
         report.notes.append(

@@ -6,7 +6,10 @@ computed once per (store, model) and cached beside the store, with every batch n
 into the weights:
 
     per item, per step t:  PA = s * W_a h,  PB = s * W_b h + shift   (s, shift: the pair BN)
-                           pooled = mean_t h / |mean_t h|             (for acoustic closeness)
+                           pooled = mean_t h / |mean_t h|             (for closeness)
+    per item:              acoustic = unit((item_stats - mu) / sigma)  (ranking.py)
+                           (mu, sigma: per-dimension mean and floored std of the whole-item
+                           statistics over every item of the store)
 
 A query then pays only for the pair-specific part, per item and step:
 
@@ -19,20 +22,28 @@ streamed over the items in chunks (bounded memory, cache-friendly buffers reused
 exact: the same arithmetic as the model's forward pass up to float rounding, for every
 variant (siamese or not, single or per-category, attention or mean pooling).
 
-Ranking: predicted similarity level (categories whose most likely state is both or neither)
+Ranking (soundsearch.ranking): the model's recorded mode, or the one asked for. `presence`:
+predicted similarity level (categories whose most likely state is both or neither)
 descending, then the expected agreement sum_c p_both + p_neither descending, then the
-closeness (cosine of the mean-pooled tower embeddings) descending, then row order.
+closeness (cosine of the mean-pooled tower embeddings) descending, then row order; `blend`:
+(1 - w) expected / C + w acoustic; `acoustic`: the acoustic cosine alone. Whatever the mode,
+near-duplicates of the query (acoustic cosine >= ranking.DUPLICATE_COSINE) come right after
+the query's own items.
 
 A query file cut into several items (a long recording) is scored item by item against every
 database item; the per-category probabilities are averaged over the query's items and the
 level and expected agreement are read from that average. Its closeness is the cosine between
-the mean of its items' pooled embeddings and the database item's. A query file that is in the
+the mean of its items' pooled embeddings and the database item's; its acoustic vector is the
+mean of its items' standardised statistics, normalised. A query file that is in the
 store, unchanged, ranks its own items first whatever the model predicts: a recording's
 presence matrix with itself has no "differs" by definition, so those rows show level C and the
 model's both/neither probabilities renormalised (what the model thinks the query contains).
 
 Cache: `<store>/cache/search-<store state>-<model path>-<model content>-<dtype>-v<N>.npy`,
-one row per item [PB | PA | pooled]. float32 by default; bfloat16 on request halves size and
+one row per item [PB | PA | pooled | acoustic], then as few rows as hold the acoustic
+standardisation (mu, sigma) as raw float32 bytes (exact in either dtype). The acoustic part
+costs D' values per item (logmel's default mean,std,max: 384, 1.5 KiB in float32, +7% on the
+5.1k-value row of the default model). float32 by default; bfloat16 on request halves size and
 memory traffic but is not exact, so it is never the default. Written to a temporary file and
 renamed into place; writing one removes caches of older store states and of older versions of
 the same model file. A store folder that cannot be written to is searched all the same, with
@@ -64,11 +75,12 @@ from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
 
 if TYPE_CHECKING:
     from soundsearch.model import LoadedModel
+    from soundsearch.ranking import RankingMode
     from soundsearch.store import ItemRecord, Store
     from soundsearch.taxonomy import Taxonomy
 
 # Bump when the cache layout or the folding changes: old files then simply stop matching.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 CACHE_PREFIX = "search-"
 CACHE_DTYPES = ("float32", "bfloat16")
 # Item-steps scored per block: the block's activations (rows x 256 floats, a few of them) then
@@ -95,6 +107,7 @@ class ScoreMatrix:
     expected: np.ndarray  # (Q, N) float32: sum_c p_both + p_neither
     closeness: np.ndarray  # (Q, N) float32: cosine of pooled tower embeddings
     probs: np.ndarray | None = None  # (Q, N, C, 3) float32 in STATES order, when asked for
+    acoustic: np.ndarray | None = None  # (Q, N) float32: cosine of standardised item statistics
 
     @property
     def states(self) -> np.ndarray:
@@ -113,6 +126,9 @@ class Result:
     probs: np.ndarray  # (C, 3) in STATES order
     states: np.ndarray  # (C,) index into STATES
     is_query: bool = False  # the query recording itself (it is in the store, unchanged)
+    acoustic: float = 0.0  # cosine of the standardised whole-item statistics
+    rank_score: float = 0.0  # the ranking mode's score (ranking.rank_score)
+    duplicate: bool = False  # a near-duplicate of the query (acoustic >= DUPLICATE_COSINE)
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,8 @@ class SearchResults:
     matches: int  # items left after --require / --exclude / --min-level
     query_in_store: bool = False
     filters: dict = field(default_factory=dict)
+    mode: str = "presence"  # the ranking mode used (ranking.MODES)
+    weight: float | None = None  # the blend weight, in blend mode
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +324,9 @@ class SearchEngine:
         self.head = _fold_head(model.net)
         self.embed_width = model.net.embed_width
         self._cache: np.ndarray | None = None
+        self._acoustic_width: int | None = None
+        self._ac_mean: np.ndarray | None = None  # the store's acoustic standardisation
+        self._ac_std: np.ndarray | None = None
         self._model_key: str | None = None
         self._cache_path: Path | None = None
         self.built_cache = False  # whether the last prepare() had to compute the database side
@@ -317,8 +338,55 @@ class SearchEngine:
         return int(self.store.features().shape[0])
 
     @property
+    def acoustic_width(self) -> int:
+        """D': values of Featurizer.item_stats per item."""
+        if self._acoustic_width is None:
+            probe = np.zeros((1, self.model.config.steps, self.model.config.dim), np.float32)
+            self._acoustic_width = int(self.store.featurizer().item_stats(probe).shape[1])
+        return self._acoustic_width
+
+    @property
     def _row_width(self) -> int:
-        return 2 * self.head.steps * self.head.width + self.embed_width
+        return 2 * self.head.steps * self.head.width + self.embed_width + self.acoustic_width
+
+    def _norm_rows(self, storage: type) -> int:
+        """Rows after the items holding (mu, sigma) as float32 bytes."""
+        values = 2 * self.acoustic_width * 4 // np.dtype(storage).itemsize
+        return -(-values // self._row_width)
+
+    def _pack_norm(self, storage: type) -> np.ndarray:
+        raw = np.concatenate([self._ac_mean, self._ac_std]).astype(np.float32).view(storage)
+        rows = np.zeros(self._norm_rows(storage) * self._row_width, dtype=storage)
+        rows[: raw.size] = raw
+        return rows.reshape(-1, self._row_width)
+
+    def _unpack_norm(self, arr: np.ndarray) -> None:
+        d = self.acoustic_width
+        raw = np.ascontiguousarray(arr[self.n_items :]).reshape(-1)
+        values = raw.view(np.uint8)[: 2 * d * 4].view(np.float32)
+        self._ac_mean, self._ac_std = values[:d].copy(), values[d:].copy()
+
+    def _item_stats(self, feats: np.ndarray) -> np.ndarray:
+        return self.store.featurizer().item_stats(feats)
+
+    def _store_norm(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The acoustic standardisation over every stored item, accumulated chunk by chunk."""
+        from soundsearch.ranking import acoustic_norm_from_sums
+
+        d = self.acoustic_width
+        total, squares = np.zeros(d), np.zeros(d)
+        for start in range(0, feats.shape[0], _BUILD_CHUNK):
+            st = self._item_stats(feats[start : start + _BUILD_CHUNK]).astype(np.float64)
+            total += st.sum(0)
+            squares += (st * st).sum(0)
+        return acoustic_norm_from_sums(feats.shape[0], total, squares)
+
+    def acoustic_of(self, feats_raw: np.ndarray, aggregate: bool = False) -> np.ndarray:
+        """(Q, D') unit acoustic vectors of raw (Q, T, D) items, standardised like the store's."""
+        from soundsearch.ranking import acoustic_vectors
+
+        self.prepare()
+        return acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std, aggregate)
 
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
@@ -341,7 +409,8 @@ class SearchEngine:
         if path.is_file():
             try:
                 arr = np.load(path, mmap_mode="c", allow_pickle=False)
-                if arr.shape == (n, self._row_width) and arr.dtype == storage:
+                if arr.shape == (n + self._norm_rows(storage), self._row_width) and arr.dtype == storage:
+                    self._unpack_norm(arr)
                     self._cache, self._cache_path, self.built_cache = arr, path, False
                     return self
             except (OSError, ValueError):
@@ -353,6 +422,9 @@ class SearchEngine:
 
     def _build(self, path: Path, storage: type) -> np.ndarray:
         n, width = self.n_items, self._row_width
+        feats = self.store.features()
+        self._ac_mean, self._ac_std = self._store_norm(feats)
+        extra = self._norm_rows(storage)
         out: np.ndarray | None = None
         tmp: str | None = None
         if self.persist and n:
@@ -360,7 +432,7 @@ class SearchEngine:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.cache_dir)
                 os.close(fd)
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=(n, width))
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=(n + extra, width))
                 # Claim the blocks now: a memory map over a full disk fails with SIGBUS on the
                 # first write to a page that cannot be allocated, not with an error.
                 with open(tmp, "r+b") as fh:
@@ -374,7 +446,7 @@ class SearchEngine:
                     out = None
                     Path(tmp).unlink(missing_ok=True)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    size = n * width * np.dtype(storage).itemsize
+                    size = (n + extra) * width * np.dtype(storage).itemsize
                     raise StoreError(
                         f"no room for the search cache ({size / 2**30:.1f} GiB) in {self.cache_dir}: "
                         "free some disk space"
@@ -382,9 +454,9 @@ class SearchEngine:
                 # A read-only store still searches; it just recomputes its side each time.
                 out, tmp = None, None
         if out is None:
-            out = np.empty((n, width), dtype=storage)
+            out = np.empty((n + extra, width), dtype=storage)
         try:
-            feats = self.store.features()
+            out[n:] = self._pack_norm(storage)
 
             def build_chunk(start: int) -> None:
                 rows = self._database_rows(feats[start : start + _BUILD_CHUNK])
@@ -434,11 +506,15 @@ class SearchEngine:
 
     @torch.no_grad()
     def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:
-        """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding."""
+        """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding,
+        acoustic vector."""
+        from soundsearch.ranking import acoustic_vectors
+
         pa, pb, pooled = self._sides(feats_raw)
         n = pa.shape[0]
+        acoustic = torch.from_numpy(acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std))
         # PB before PA: a query's (PA_q, PB_q) then lines up with both orders in one add.
-        return torch.cat([pb.reshape(n, -1), pa.reshape(n, -1), pooled], dim=1)
+        return torch.cat([pb.reshape(n, -1), pa.reshape(n, -1), pooled, acoustic], dim=1)
 
     @torch.no_grad()
     def _sides(self, feats_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -483,6 +559,7 @@ class SearchEngine:
             rows = np.asarray(rows, dtype=np.int64)
         n = self.n_items if rows is None else rows.shape[0]
         qa, qb, qpooled = self._sides(q)
+        qacoustic = torch.from_numpy(self.acoustic_of(q, aggregate=aggregate))
         qpair = torch.stack([qa, qb], dim=1)  # (Q, 2, T, G*K1)
         nq = q.shape[0]
         out_q = 1 if aggregate else nq
@@ -494,8 +571,10 @@ class SearchEngine:
             qpooled = qpooled.mean(0, keepdim=True)
             qpooled = qpooled / qpooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
         closeness = np.zeros((out_q, n), dtype=np.float32)
+        acoustic = np.zeros((out_q, n), dtype=np.float32)
         if n == 0:
-            return ScoreMatrix(level, expected, closeness, all_probs)
+            return ScoreMatrix(level, expected, closeness, all_probs, acoustic)
+        e = self.embed_width
 
         t, k = self.head.steps, self.head.width
         sub = max(1, self.block_rows // t)
@@ -516,8 +595,9 @@ class SearchEngine:
             db = self._as_tensor(raw)
             m = db.shape[0]
             halves = db[:, : 2 * t * k].view(m, 2, t, k)
-            db_pooled = db[:, 2 * t * k :].float()
+            db_pooled = db[:, 2 * t * k : 2 * t * k + e].float()
             closeness[:, start:stop] = (qpooled @ db_pooled.T).numpy()
+            acoustic[:, start:stop] = (qacoustic @ db[:, 2 * t * k + e :].float().T).numpy()
             acc = None
             for j in range(nq):
                 y = block.pool(block.logits(halves, qpair[j]), m)  # (m, 3, C)
@@ -529,7 +609,7 @@ class SearchEngine:
                 self._emit(acc.div_(nq), 0, start, stop, level, expected, all_probs)
 
         _run_chunks(score_chunk, range(0, n, chunk), self.workers)
-        return ScoreMatrix(level, expected, closeness, all_probs)
+        return ScoreMatrix(level, expected, closeness, all_probs, acoustic)
 
     @staticmethod
     def _emit(y, j, start, stop, level, expected, all_probs) -> None:
@@ -560,8 +640,15 @@ class SearchEngine:
         require: Iterable[str] = (),
         exclude: Iterable[str] = (),
         min_level: int | None = None,
+        mode: "str | RankingMode | None" = None,
     ) -> SearchResults:
-        """The k best items for a query file (or raw (T, D) / (Q, T, D) features)."""
+        """The k best items for a query file (or raw (T, D) / (Q, T, D) features).
+
+        `mode` (ranking.MODES) defaults to the one the model file records (presence when it
+        records none)."""
+        from soundsearch.ranking import order_items, resolve_ranking
+
+        ranking = resolve_ranking(self.model, mode)
         require, exclude = list(require), list(exclude)
         req_idx = self._category_indices(require)
         exc_idx = self._category_indices(exclude)
@@ -580,6 +667,7 @@ class SearchEngine:
         query_path, segments, feats, self_rows = self._query_features(query)
         scores = self.score_all(feats, probs=True, aggregate=True)
         level, expected, closeness = scores.level[0], scores.expected[0], scores.closeness[0]
+        acoustic = scores.acoustic[0]
         probs = scores.probs[0]
         if self_rows is not None:
             # A recording paired with itself cannot hold a category "exactly once": its row is
@@ -604,13 +692,16 @@ class SearchEngine:
         is_self = np.zeros(n, dtype=bool)
         if self_rows is not None:
             is_self[self_rows] = True
-        # The query recording itself comes first whatever the model says: its presence matrix
-        # with itself has no "differs" by construction.
-        first = cand[is_self[cand]]
-        first = first[rank(level[first], expected[first], closeness[first])]
-        rest = cand[~is_self[cand]]
-        rest = rest[rank(level[rest], expected[rest], closeness[rest], k=max(0, k - len(first)))]
-        order = np.concatenate([first, rest])[:k]
+        # The query recording itself comes first whatever the model says (its presence matrix
+        # with itself has no "differs" by construction), then its near-duplicates.
+        ordered = order_items(
+            ranking, level[cand], expected[cand], closeness[cand], acoustic[cand], c, k=k, is_query=is_self[cand]
+        )
+        order = cand[ordered.order]
+        duplicate = np.zeros(n, dtype=bool)
+        duplicate[cand] = ordered.duplicate
+        rank_score = np.zeros(n, dtype=np.float64)
+        rank_score[cand] = ordered.score
 
         items = self.store.items()
         results = [
@@ -623,6 +714,9 @@ class SearchEngine:
                 probs=probs[row].copy(),
                 states=states[row].copy(),
                 is_query=bool(is_self[row]),
+                acoustic=float(acoustic[row]),
+                rank_score=float(rank_score[row]),
+                duplicate=bool(duplicate[row]),
             )
             for i, row in enumerate(order.tolist())
         ]
@@ -635,6 +729,8 @@ class SearchEngine:
             matches=int(cand.size),
             query_in_store=self_rows is not None,
             filters={"require": require, "exclude": exclude, "min_level": min_level},
+            mode=ranking.mode.value,
+            weight=ranking.weight,
         )
 
     def _category_indices(self, names: Sequence[str]) -> list[int]:

@@ -521,6 +521,29 @@ def evaluate_pairs(net: PresenceNet, feats: torch.Tensor, labels: torch.Tensor, 
     return loss_sum / (n * c), correct.numpy() / n, state_counts.max(1).values.numpy() / n
 
 
+def _fit_ranking(state, model_cfg, taxonomy, featurizer_spec, featurizer_identity, mean, std,
+                 f_va, y_va, source: str) -> dict:
+    """meta["ranking"]: the blend weight fitted on the validation items with the model trained
+    without them (the select phase), or presence with the reason when it cannot be fitted."""
+    from soundsearch.errors import SoundsearchError
+    from soundsearch.features import featurizer_from_spec
+    from soundsearch.ranking import RankingMode, fit_ranking_weight, ranking_entry
+
+    net = PresenceNet(model_cfg)
+    net.load_state_dict(state)
+    net.eval()
+    model = LoadedModel(net=net, config=model_cfg, taxonomy=taxonomy, featurizer_spec=dict(featurizer_spec),
+                        featurizer_identity=featurizer_identity, norm_mean=mean, norm_std=std)
+    try:
+        fitted = fit_ranking_weight(model, f_va, y_va, featurizer_from_spec(featurizer_spec))
+    except SoundsearchError as exc:
+        return ranking_entry(RankingMode.PRESENCE, note=f"no blend weight fitted: {exc}")
+    return ranking_entry(
+        RankingMode.BLEND, fitted.weight, fitted_on=f"{fitted.items} {source} items",
+        grid=fitted.grid_json(), metric="mean mAP@10 over single/multi-label x s=C,C-1, leave-one-out",
+    )
+
+
 def fit(
     train_feats: np.ndarray,
     train_labels: np.ndarray,
@@ -618,6 +641,8 @@ def fit(
             recordings=int(len(np.unique(g_va))),
         )
         chosen = best_epoch
+        ranking = _fit_ranking(best_state, model_cfg, taxonomy, featurizer_spec, featurizer_identity,
+                               mean, std, f_va, y_va, "validation split" if external else "holdout")
 
         if refit:
             # Phase 2: the same recipe on every recording for the chosen number of epochs.
@@ -674,6 +699,7 @@ def fit(
         "recipe": cfg.to_json(),
         "history": [h.to_json() for h in history],
         "training_seconds": round(seconds, 3),
+        "ranking": ranking,
         "versions": library_versions(),
     }
     model = LoadedModel(

@@ -57,7 +57,12 @@ def test_json_and_plot(env, tmp_path):
     assert doc["queries"] == {"single": 3, "multi": 4, "none": 1}
     assert doc["database_size"] == 16 and doc["thresholds"] == [3] and doc["ks"] == [1, 5, 10, 30, 50, 100]
     assert doc["seed"] == 0
-    assert [s["name"] for s in doc["systems"]] == ["m", "random", "cosine (mean)", "cosine (mean+std+max)"]
+    assert [s["name"] for s in doc["systems"]] == [
+        "m", "random", "cosine (mean)", "cosine (mean+std+max)", "cosine (whole-item stats)"
+    ]
+    assert doc["systems"][0]["ranking"] == {"mode": "presence", "weight": None}  # none recorded
+    whole = doc["map"]["single"]["3"]["cosine (whole-item stats)"]
+    assert all(v is not None and 0.0 <= v <= 1.0 for v in whole.values()) and max(whole.values()) > 0
     assert doc["systems"][0]["featurizer"].startswith("logmel/")
     for group in ("single", "multi", "none"):
         for system, values in doc["map"][group]["3"].items():

@@ -152,7 +152,7 @@ def test_evaluate_small_dataset(small, monkeypatch):
     assert report.thresholds == (3, 2) and report.ks == (1, 3, 10)
     assert {g: len(i) for g, i in report.groups.items()} == {"single": 3, "multi": 4, "none": 1}
     assert report.database_size == 16
-    assert [s.name for s in report.systems] == ["m", "random", "cosine (mean)", "cosine (mean+std+max)"]
+    assert [s.name for s in report.systems] == ["m", "random", "cosine (mean)", "cosine (mean+std+max)", "cosine (whole-item stats)"]
     assert report.notes and "1 queries hold no category" in report.notes[0]
 
     # Every figure against independent computations on the same cached features.
@@ -253,7 +253,7 @@ def test_variants_are_trained_and_reported(tmp_path, store_dir):
         "variant no-siamese+single+attention", "variant no-siamese+single+mean-pool",
         "variant no-siamese+per-category+attention", "variant no-siamese+per-category+mean-pool",
     ]
-    assert names[8:] == ["random", "cosine (mean)", "cosine (mean+std+max)"]
+    assert names[8:] == ["random", "cosine (mean)", "cosine (mean+std+max)", "cosine (whole-item stats)"]
     for s in report.systems[:8]:
         assert s.kind == "variant" and s.details["train_seconds"] >= 0
         assert all(np.isfinite(report.map(s, "multi", 2)))
@@ -337,7 +337,7 @@ def test_same_named_models_are_kept_apart(small, tmp_path, monkeypatch):
     two = make_model(tmp_path / "b" / "random.safetensors", seed=2)
     report = ev.evaluate(str(small["csv"]), models=[str(one), str(two)], ks=(1, 5), jobs=1)
     names = [s.name for s in report.systems]
-    assert names == ["random (2)", "random (3)", "random", "cosine (mean)", "cosine (mean+std+max)"]
+    assert names == ["random (2)", "random (3)", "random", "cosine (mean)", "cosine (mean+std+max)", "cosine (whole-item stats)"]
     doc = report.to_json()
     assert set(doc["map"]["multi"]["3"]) == set(names)
     assert doc["systems"][0]["path"] == str(one) and doc["systems"][1]["path"] == str(two)

@@ -300,3 +300,32 @@ def test_numpy_fft_fallback_gives_the_same_features(monkeypatch):
     plain = LogMel()
     assert plain._mel_power._fb_sparse is None
     assert np.allclose(plain(x), with_scipy, atol=1e-3)
+
+
+@pytest.mark.parametrize("stats", ["mean,std,max", "mean,std,max,min", "mean", "max,min", "mean,max"])
+def test_item_stats_equal_the_statistics_of_all_frames(stats):
+    # 120 frames in 10 steps: equal groups of 12, where the identities are exact.
+    fz = get_featurizer("logmel", stats=stats)
+    rng = np.random.default_rng(3)
+    frames = [rng.normal(-40, 9, (120, 128)).astype(np.float32) * rng.uniform(0.5, 2, 128) for _ in range(3)]
+    stored = np.stack([pool_steps(f, fz.steps, fz.stats) for f in frames])
+    direct = {
+        "mean": [f.astype(np.float64).mean(0) for f in frames],
+        "std": [f.astype(np.float64).std(0) for f in frames],
+        "max": [f.max(0) for f in frames],
+        "min": [f.min(0) for f in frames],
+    }
+    # Whole-item std is recoverable only with the step means alongside the step stds.
+    want = [s for s in fz.stats if s != "std" or "mean" in fz.stats]
+    expect = np.stack([np.concatenate([direct[s][i] for s in want]) for i in range(3)])
+    got = fz.item_stats(stored)
+    assert got.dtype == np.float32 and got.shape == (3, 128 * len(want))
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=2e-3)
+
+
+def test_item_stats_without_declared_stats_take_mean_and_max_over_steps():
+    from soundsearch.features import Featurizer
+
+    feats = np.random.default_rng(0).normal(size=(4, 10, 6)).astype(np.float32)
+    got = Featurizer().item_stats(feats)
+    np.testing.assert_allclose(got, np.concatenate([feats.mean(1), feats.max(1)], axis=1), rtol=1e-6)

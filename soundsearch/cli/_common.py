@@ -29,6 +29,26 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 
+def _mode_help() -> str:
+    from soundsearch.ranking import MODE_HELP
+
+    return "How to order results: " + "; ".join(f"{m.value}: {text}" for m, text in MODE_HELP.items()) + (
+        ". Default: the mode recorded in the model file (presence for models that record none)."
+    )
+
+
+def _complete_mode(incomplete: str) -> list[str]:
+    from soundsearch.ranking import MODES
+
+    return [m for m in MODES if m.startswith(incomplete)]
+
+
+ModeOption = Annotated[
+    Optional[str],
+    typer.Option("--mode", metavar="presence|blend|acoustic", help=_mode_help(), autocompletion=_complete_mode, show_default=False),
+]
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     # Escaped and never wrapped: messages carry paths (which may contain "[...]") and
     # featurizer identities longer than a terminal line, and scripts grep them.

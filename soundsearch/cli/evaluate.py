@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
+from soundsearch.cli._common import JsonOption, ModeOption, QuietOption, err, out, progress
 
 
 def eval_(
@@ -52,11 +52,13 @@ def eval_(
     ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
+    mode: ModeOption = None,
 ) -> None:
     """Measure retrieval quality: mAP_s@K of the test split queried against the training split.
 
-    Rows: each model, a random ranking (exact expectation), and cosine similarity of pooled
-    features (the same featurizer). Queries are grouped into single-label, multi-label and
+    Rows: each model (ranked by its recorded mode, or --mode, as query ranks), a random
+    ranking (exact expectation), and cosine similarity of pooled features and of whole-item
+    statistics (the same featurizer). Queries are grouped into single-label, multi-label and
     no-category ones.
 
     Example: soundsearch eval --dataset my-labels.csv --model mymodel --plot fig3.png
@@ -99,6 +101,7 @@ def eval_(
             featurizer=featurizer,
             variant_epochs=epochs,
             store_dir=store,
+            mode=mode,
             on_status=say,
             on_progress=on_progress,
             on_download=on_download,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from soundsearch.cli._common import JsonOption, StoreOption, err, out
+from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -58,13 +58,17 @@ def query(
         Optional[int],
         typer.Option("--min-level", min=0, help="Drop results whose similarity level (categories in agreement) is below this.", show_default=False),
     ] = None,
+    mode: ModeOption = None,
 ) -> None:
     """Find the recordings most similar to FILE: same sound events present, same absent.
 
-    Each stored item is scored against the query by the model; results are ranked by the
-    similarity level (how many categories both recordings agree on: both have it or neither
-    does), then by the model's expected agreement, then by acoustic closeness. The
-    breakdown shows, per category, whether both have it (●), neither (·) or only one (✕).
+    Each stored item is scored against the query by the model. Results are ranked by the
+    model file's recorded mode, or --mode: presence (the similarity level, how many
+    categories both recordings agree on, then the model's expected agreement), blend (the
+    expected agreement blended with acoustic similarity by the model's fitted weight) or
+    acoustic (sounds like). Copies of the query (re-encoded, trimmed, re-gained...) come right
+    after the query itself, marked "copy". The breakdown shows, per category, whether both
+    have it (●), neither (·) or only one (✕), as the model predicts.
 
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog
     """
@@ -91,7 +95,9 @@ def query(
                 f"preparing the search cache for this store and model '{loaded.name}' (once)...",
                 highlight=False, soft_wrap=True,
             )
-        results = engine.search(path, k=k, require=require or (), exclude=exclude or (), min_level=min_level)
+        results = engine.search(
+            path, k=k, require=require or (), exclude=exclude or (), min_level=min_level, mode=mode
+        )
         roots = st.roots()
         if json_out:
             typer.echo(json.dumps(to_json(results, st, loaded)))
@@ -203,7 +209,7 @@ def build_table(results: "SearchResults", roots: list[Path], width: int) -> "Tab
     table.add_column("length", justify="right", no_wrap=True, min_width=fixed["length"])
     table.add_column("presence", no_wrap=True, min_width=presence_w)
     for r, name, t in zip(rows, names, times):
-        label = Text(_fit_left(name + (" (query)" if r.is_query else ""), file_w))
+        label = Text(_fit_left(name + (" (query)" if r.is_query else " (copy)" if r.duplicate else ""), file_w))
         if r.is_query:
             label.stylize("italic")
         glyphs = Text()
@@ -226,7 +232,8 @@ def render(results: "SearchResults", roots: list[Path], model_name: str) -> None
     n_seg = len(results.query_segments)
     head = Text(f"{_shown(q.name) if q else 'query'}", style="bold")
     head.append(f"  {n_seg} items" if n_seg > 1 else "")
-    head.append(f"  model {model_name}  {results.items_searched:,} items searched", style="dim")
+    ranked = results.mode + (f" w={results.weight:.2f}" if results.weight is not None else "")
+    head.append(f"  model {model_name}, ranked by {ranked}  {results.items_searched:,} items searched", style="dim")
     f = results.filters
     if f.get("require") or f.get("exclude") or f.get("min_level") is not None:
         head.append(f", {results.matches:,} pass the filters", style="dim")
@@ -257,6 +264,8 @@ def to_json(results: "SearchResults", store, model) -> dict:
         "featurizer": {"identity": store.featurizer_identity, **store.featurizer_spec},
         "categories": cats,
         "filters": results.filters,
+        "mode": results.mode,
+        "weight": results.weight,
         "items_searched": results.items_searched,
         "matches": results.matches,
         "results": [
@@ -270,6 +279,9 @@ def to_json(results: "SearchResults", store, model) -> dict:
                 "score": round(r.score, 6),
                 "closeness": round(r.closeness, 6),
                 "is_query": r.is_query,
+                "acoustic": round(r.acoustic, 6),
+                "rank_score": round(r.rank_score, 6),
+                "duplicate": r.duplicate,
                 "categories": {
                     cat: {
                         **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},

@@ -63,6 +63,43 @@ class Featurizer:
             return np.zeros((0, self.steps, self.dim), np.float32)
         return np.stack([self(s) for s in signals]).astype(np.float32, copy=False)
 
+    def item_stats(self, feats: np.ndarray) -> np.ndarray:
+        """(N, T, D) stored per-step features -> (N, D') float32 whole-item statistics.
+
+        Derived from the per-step statistics this featurizer stores (`stats`: D / len(stats)
+        values per statistic, in that order), so a whole item is summarised over all its
+        frames without the frames: mean = mean over steps of the step means; std =
+        sqrt(mean_t(std_t^2 + mean_t^2) - mean^2) (the law of total variance); max and min
+        over steps of the step max and min. Exact when every step pools the same number of
+        frames. Featurizers without `stats` give the mean and max over steps of their values.
+        """
+        f = np.asarray(feats, dtype=np.float64)
+        if f.ndim == 2:
+            f = f[None]
+        if f.ndim != 3:
+            raise FeaturizerError(f"item_stats needs (N, T, D) features, got shape {f.shape}")
+        stats = tuple(getattr(self, "stats", ()) or ())
+        if not stats or f.shape[2] % len(stats):
+            return np.concatenate([f.mean(1), f.max(1)], axis=1).astype(np.float32)
+        width = f.shape[2] // len(stats)
+        block = {s: f[:, :, i * width : (i + 1) * width] for i, s in enumerate(stats)}
+        out = []
+        mean = block["mean"].mean(1) if "mean" in block else None
+        if mean is not None:
+            out.append(mean)
+        if "std" in block:
+            std_t = block["std"]
+            if mean is not None:
+                second = (std_t * std_t + block["mean"] ** 2).mean(1)
+                out.append(np.sqrt(np.maximum(second - mean * mean, 0.0)))
+            else:  # without step means only the spread within steps is known
+                out.append(np.sqrt((std_t * std_t).mean(1)))
+        if "max" in block:
+            out.append(block["max"].max(1))
+        if "min" in block:
+            out.append(block["min"].min(1))
+        return np.concatenate(out, axis=1).astype(np.float32)
+
     def __repr__(self) -> str:
         return f"<Featurizer {self.identity}>"
 

@@ -1,0 +1,399 @@
+"""How results are ordered: the ranking modes, near-duplicates, and the fitted blend weight.
+
+The presence model says which categories a stored item shares with the query; it says little
+about whether the item *sounds like* the query. Measured on real libraries, its own order
+(level, expected agreement, closeness of tower embeddings) ranked below plain cosine on
+whole-item feature statistics wherever the library held other takes of the query's source,
+and identical audio in another container ranked 96th. So every ranking carries acoustic
+identity:
+
+    acoustic   cosine of unit(standardise(Featurizer.item_stats)), standardised with the
+               store's own per-dimension statistics (search.SearchEngine computes it).
+
+Modes (declared once, in RankingMode):
+
+    presence   level desc, expected desc, closeness desc, row: the model's own order, and
+               the behaviour of every model file whose header records no ranking.
+    blend      (1 - w) * expected / C + w * acoustic desc, row; w from the model header
+               meta["ranking"] = {"mode": "blend", "weight": w, ...}, fitted on validation
+               items by fit_ranking_weight.
+    acoustic   acoustic cosine alone: "sounds like" rather than "contains the same".
+
+Whatever the mode, the query's own items come first, then near-duplicates (acoustic cosine
+>= DUPLICATE_COSINE: the same audio re-encoded, trimmed, re-gained, resampled or lightly
+noised) by acoustic cosine, then everything else in the mode's order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from soundsearch.errors import DatasetError, ModelError, SearchError
+
+if TYPE_CHECKING:
+    from soundsearch.features import Featurizer
+    from soundsearch.model import LoadedModel
+
+
+class RankingMode(str, Enum):
+    PRESENCE = "presence"
+    BLEND = "blend"
+    ACOUSTIC = "acoustic"
+
+
+MODES: tuple[str, ...] = tuple(m.value for m in RankingMode)
+MODE_HELP = {
+    RankingMode.PRESENCE: "the model's similarity level, then its expected agreement (same sound events present and absent)",
+    RankingMode.BLEND: "the model's expected agreement blended with acoustic similarity, by the weight fitted on validation data",
+    RankingMode.ACOUSTIC: "acoustic similarity alone (sounds like, rather than contains the same)",
+}
+
+# Acoustic cosine at or above which a stored item counts as a near-duplicate of the query.
+# Measured on the real corpus (logmel mean,std,max; tests/test_duplicates.py, 20 originals x
+# 7 altered copies among ~120 other recordings): at 0.95, 75% of copy items are flagged and
+# 0.3% of (query, other recording) pairs, nearly all related takes (the same truck with and
+# without its horn, tracks of one soundtrack); at 0.90, 79% of copies but 1.5% of others.
+# Whole-item statistics move a lot under -6 dB gain and +-3% resampling of tonal sounds, so
+# no threshold on this cosine reaches the 95% of copies wanted: a time-aware fingerprint is
+# the way there.
+DUPLICATE_COSINE = 0.95
+# Per-dimension std floor of the acoustic standardisation, as a fraction of the median std:
+# a dimension constant across the store (bands above a low sample rate's Nyquist) must not
+# blow a query's small deviation there up into the whole vector.
+ACOUSTIC_STD_FLOOR = 0.05
+# Blend weights tried by fit_ranking_weight.
+WEIGHT_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
+# The retrieval depth the weight is fitted for: mAP@10, the figure users see first.
+FIT_K = 10
+
+
+@dataclass(frozen=True)
+class Ranking:
+    mode: RankingMode
+    weight: float | None = None  # blend only
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode.value, "weight": self.weight}
+
+
+def parse_mode(mode: str | RankingMode) -> RankingMode:
+    try:
+        return RankingMode(mode.value if isinstance(mode, RankingMode) else str(mode).strip().lower())
+    except ValueError:
+        raise SearchError(f"unknown ranking mode {mode!r}: choose one of {', '.join(MODES)}") from None
+
+
+def _check_weight(weight, where: str) -> float:
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        raise ModelError(f"{where}: blend weight must be a number in [0, 1], got {weight!r}") from None
+    if not 0.0 <= w <= 1.0:
+        raise ModelError(f"{where}: blend weight must lie in [0, 1], got {w}")
+    return w
+
+
+def recorded_ranking(model: "LoadedModel") -> Ranking:
+    """The ranking a model file records in meta["ranking"]; presence when it records none."""
+    entry = (model.meta or {}).get("ranking")
+    if entry is None:
+        return Ranking(RankingMode.PRESENCE)
+    where = f"model '{model.name}'"
+    if not isinstance(entry, dict) or entry.get("mode") not in MODES:
+        raise ModelError(f"{where}: unreadable ranking entry {entry!r}; mode must be one of {', '.join(MODES)}")
+    mode = RankingMode(entry["mode"])
+    if mode is RankingMode.BLEND:
+        return Ranking(mode, _check_weight(entry.get("weight"), where))
+    return Ranking(mode)
+
+
+def resolve_ranking(model: "LoadedModel", mode: str | RankingMode | None = None) -> Ranking:
+    """The model's recorded ranking, or `mode` asked for explicitly (blend with its recorded weight)."""
+    recorded = recorded_ranking(model)
+    if mode is None:
+        return recorded
+    wanted = parse_mode(mode)
+    if wanted is RankingMode.BLEND:
+        if recorded.weight is None:
+            raise SearchError(
+                f"model '{model.name}' records no fitted blend weight: use --mode presence or acoustic, "
+                "or a model trained by this soundsearch (train fits the weight on its held-out recordings)"
+            )
+        return Ranking(wanted, recorded.weight)
+    return Ranking(wanted)
+
+
+# --------------------------------------------------------------------------------------------
+# Acoustic vectors
+
+
+def acoustic_norm(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and floored std of (N, D') whole-item statistics, float32."""
+    s = np.asarray(stats, dtype=np.float64)
+    return acoustic_norm_from_sums(s.shape[0], s.sum(0), (s * s).sum(0))
+
+
+def acoustic_norm_from_sums(count: int, total: np.ndarray, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """acoustic_norm from the count, sum and sum of squares (float64) of the statistics, so a
+    store's can be accumulated chunk by chunk."""
+    total = np.asarray(total, dtype=np.float64)
+    if count == 0:
+        return np.zeros(total.shape, np.float32), np.ones(total.shape, np.float32)
+    mean = total / count
+    std = np.sqrt(np.maximum(np.asarray(squares, dtype=np.float64) / count - mean * mean, 0.0))
+    positive = std[std > 0]
+    floor = ACOUSTIC_STD_FLOOR * float(np.median(positive)) if positive.size else 1.0
+    return mean.astype(np.float32), np.maximum(std, max(floor, 1e-6)).astype(np.float32)
+
+
+def acoustic_vectors(stats: np.ndarray, mean: np.ndarray, std: np.ndarray, aggregate: bool = False) -> np.ndarray:
+    """unit((stats - mean) / std), (N, D') float32; with `aggregate`, one row: the items'
+    standardised statistics averaged before normalising (a long query as one)."""
+    z = (np.asarray(stats, dtype=np.float32) - mean) / std
+    if aggregate:
+        z = z.mean(0, keepdims=True)
+    return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Ordering
+
+
+def rank_score(ranking: Ranking, level: np.ndarray, expected: np.ndarray, acoustic: np.ndarray, n_categories: int) -> np.ndarray:
+    """The mode's score per item (float64), higher first.
+
+    presence: level + expected / (C + 1), i.e. level first, expected agreement within a level
+    (closeness breaks its remaining ties); blend: (1 - w) expected / C + w acoustic; acoustic:
+    the acoustic cosine.
+    """
+    c = float(n_categories)
+    if ranking.mode is RankingMode.PRESENCE:
+        return np.asarray(level, np.float64) + np.asarray(expected, np.float64) / (c + 1.0)
+    acoustic = np.asarray(acoustic, np.float64)
+    if ranking.mode is RankingMode.ACOUSTIC:
+        return acoustic
+    w = float(ranking.weight)
+    return (1.0 - w) * np.asarray(expected, np.float64) / c + w * acoustic
+
+
+def top_by_score(score: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Indices by score desc, ties by index asc; with `k` the best k in linear time."""
+    score = np.asarray(score, dtype=np.float64)
+    n = score.shape[0]
+    if k is None or k >= n:
+        return np.lexsort((np.arange(n), -score))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    kth = np.partition(score, n - k)[n - k]
+    cand = np.flatnonzero(score >= kth)  # ties at the cut-off included, then broken by index
+    return cand[np.lexsort((cand, -score[cand]))[:k]]
+
+
+@dataclass(frozen=True)
+class Ordered:
+    order: np.ndarray  # positions into the given arrays, best first
+    duplicate: np.ndarray  # (N,) bool: near-duplicates of the query (never the query's own items)
+    score: np.ndarray  # (N,) float64: the mode's rank score
+
+
+def order_items(
+    ranking: Ranking,
+    level: np.ndarray,
+    expected: np.ndarray,
+    closeness: np.ndarray,
+    acoustic: np.ndarray,
+    n_categories: int,
+    k: int | None = None,
+    is_query: np.ndarray | None = None,
+) -> Ordered:
+    """The one ordering search and eval share: the query's own items (`is_query`) first, then
+    near-duplicates by acoustic cosine, then the rest by the mode; the best k of it."""
+    from soundsearch.search import rank
+
+    n = np.asarray(level).shape[0]
+    acoustic = np.asarray(acoustic)
+    own = np.zeros(n, dtype=bool) if is_query is None else np.asarray(is_query, dtype=bool)
+    dup = (acoustic >= DUPLICATE_COSINE) & ~own
+    score = rank_score(ranking, level, expected, acoustic, n_categories)
+    first = np.flatnonzero(own)
+    first = first[rank(level[first], expected[first], closeness[first])]
+    dups = np.flatnonzero(dup)
+    dups = dups[top_by_score(acoustic[dups])]
+    rest = np.flatnonzero(~own & ~dup)
+    left = None if k is None else max(0, k - first.size - dups.size)
+    if ranking.mode is RankingMode.PRESENCE:
+        rest = rest[rank(level[rest], expected[rest], closeness[rest], k=left)]
+    else:
+        rest = rest[top_by_score(score[rest], k=left)]
+    order = np.concatenate([first, dups, rest])
+    return Ordered(order if k is None else order[:k], dup, score)
+
+
+# --------------------------------------------------------------------------------------------
+# The model file's entry
+
+
+def ranking_entry(mode: str | RankingMode, weight: float | None = None, note: str | None = None, **extra) -> dict:
+    """meta["ranking"] as model files record it; validated."""
+    m = parse_mode(mode)
+    entry: dict = {"mode": m.value}
+    if m is RankingMode.BLEND:
+        entry["weight"] = _check_weight(weight, "ranking")
+    elif weight is not None:
+        raise ModelError(f"a weight belongs to the blend mode only, not to {m.value}")
+    if note:
+        entry["note"] = str(note)
+    entry.update(extra)
+    return entry
+
+
+def set_ranking(model_path: Path | str, mode: str | RankingMode, weight: float | None = None, note: str | None = None, **extra) -> dict:
+    """Record the ranking in a model file's header, rewriting the file atomically; returns the entry."""
+    from safetensors.torch import load_file, save_file
+
+    from soundsearch.model import HEADER_KEY, _jsonable, read_header
+
+    path = Path(model_path)
+    entry = ranking_entry(mode, weight, note, **extra)
+    header = read_header(path)
+    header.setdefault("meta", {})["ranking"] = entry
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors' own error types for corrupt data
+        raise ModelError(f"{path}: unreadable weights ({exc})") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise ModelError(f"cannot rewrite {path}: {exc.strerror or exc}") from None
+    try:
+        save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(_jsonable(header), sort_keys=True)})
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ModelError(f"cannot rewrite {path}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting the blend weight
+
+
+@dataclass
+class WeightFit:
+    weight: float  # the best w of the grid
+    items: int  # validation items used
+    # w -> mean of mAP@10 over the four cells; w -> {"single s=C": ..., ...}
+    figures: dict[float, float] = field(default_factory=dict)
+    cells: dict[float, dict[str, float]] = field(default_factory=dict)
+
+    def grid_json(self) -> dict:
+        return {f"{w:.2f}": round(v, 6) for w, v in self.figures.items()}
+
+
+class _MemoryStore:
+    """Just enough of a Store for SearchEngine over features held in memory (never cached)."""
+
+    def __init__(self, feats: np.ndarray, featurizer: "Featurizer"):
+        self._feats = np.ascontiguousarray(feats, dtype=np.float32)
+        self._fz = featurizer
+        self.featurizer_identity = featurizer.identity
+        self.path = Path("(memory)")
+
+    def features(self) -> np.ndarray:
+        return self._feats
+
+    def fingerprint(self) -> str:
+        return f"memory-{id(self._feats)}"
+
+    def featurizer(self) -> "Featurizer":
+        return self._fz
+
+
+def fit_ranking_weight(
+    model: "LoadedModel",
+    feats: np.ndarray,
+    labels: np.ndarray,
+    featurizer: "Featurizer",
+    grid: Sequence[float] = WEIGHT_GRID,
+) -> WeightFit:
+    """The blend weight w maximising mAP@10 on validation items, leave-one-out.
+
+    Each validation item queries all the others (its own row left out); the figure per w is
+    the mean of mAP@10 over single- and multi-label queries x thresholds s = C and C - 1
+    (cells with no query are left out of the mean). The acoustic standardisation uses all
+    validation items, the query's included, as a store's would. Ties go to the smaller w.
+    """
+    from soundsearch import metrics
+    from soundsearch.evaluate import query_groups
+    from soundsearch.search import SearchEngine
+
+    x = np.asarray(feats, dtype=np.float32)
+    y = np.asarray(labels)
+    n = x.shape[0]
+    if n < 3 or y.shape[0] != n:
+        raise DatasetError(f"fitting the blend weight needs at least 3 labelled validation items, got {n}")
+    weights = [_check_weight(w, "grid") for w in grid]
+    if not weights:
+        raise DatasetError("the blend weight grid is empty")
+    c = len(model.taxonomy)
+    engine = SearchEngine(_MemoryStore(x, featurizer), model, persist=False)
+    scores = engine.score_all(x)
+    agree = metrics.agreement(y, y)
+    groups = query_groups(y)
+    cells = [(g, s) for g in ("single", "multi") for s in ((c, c - 1) if c > 1 else (c,)) if len(groups[g])]
+    if not cells:
+        raise DatasetError("no validation item holds a category: cannot fit the blend weight")
+    top = min(FIT_K, n - 1)
+    fit = WeightFit(weight=weights[0], items=n)
+    best = -np.inf
+    own = np.eye(n, dtype=bool)
+    for w in weights:
+        ranking = Ranking(RankingMode.BLEND, w)
+        order = np.empty((n, top), dtype=np.int64)
+        for q in range(n):
+            others = np.flatnonzero(~own[q])
+            got = order_items(ranking, scores.level[q, others], scores.expected[q, others],
+                              scores.closeness[q, others], scores.acoustic[q, others], c, k=top)
+            order[q] = others[got.order]
+        per = {s: metrics.ap_at_k(agree, order, s, (FIT_K,))[:, 0] for s in {s for _, s in cells}}
+        figs = {f"{g} s={s}": float(metrics.mean_ap(per[s][groups[g]][:, None])[0]) for g, s in cells}
+        value = float(np.mean(list(figs.values())))
+        fit.figures[w], fit.cells[w] = value, figs
+        if value > best + 1e-12:
+            best, fit.weight = value, w
+    return fit
+
+
+__all__ = [
+    "ACOUSTIC_STD_FLOOR",
+    "DUPLICATE_COSINE",
+    "MODES",
+    "MODE_HELP",
+    "Ordered",
+    "Ranking",
+    "RankingMode",
+    "WEIGHT_GRID",
+    "WeightFit",
+    "acoustic_norm",
+    "acoustic_norm_from_sums",
+    "acoustic_vectors",
+    "fit_ranking_weight",
+    "order_items",
+    "rank_score",
+    "ranking_entry",
+    "recorded_ranking",
+    "resolve_ranking",
+    "set_ranking",
+    "top_by_score",
+]
