@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soundsearch import metrics  # noqa: E402
 from soundsearch.datasets import scenes as sc  # noqa: E402
 from soundsearch.features import get_featurizer  # noqa: E402
+from soundsearch.ranking import fit_ranking_weight, ranking_entry  # noqa: E402
 from soundsearch.taxonomy import Taxonomy  # noqa: E402
 
 CATS = tuple(Taxonomy.default().categories)
@@ -224,62 +225,16 @@ def build_draw(fz, corpus: Path, seed: int, sizes: dict, cache_dir: Path) -> Dra
 # ----------------------------------------------------------------------------- systems
 
 
-def item_stats(fz, feats: np.ndarray) -> np.ndarray:
-    if hasattr(fz, "item_stats"):
-        return fz.item_stats(feats)
-    stats = fz.stats
-    parts = np.split(feats, len(stats), axis=2)
-    by = dict(zip(stats, parts))
-    out = []
-    mean = by["mean"].mean(1)
-    out.append(mean)
-    if "std" in by:
-        out.append(np.sqrt(np.maximum((by["std"] ** 2 + by["mean"] ** 2).mean(1) - mean**2, 0)))
-    if "max" in by:
-        out.append(by["max"].max(1))
-    return np.concatenate(out, axis=1)
-
-
-def standardised_unit(db: np.ndarray, *others: np.ndarray):
-    mean = db.mean(0)
-    std = np.maximum(db.std(0), 1e-6)
-    out = []
-    for x in (db, *others):
-        z = (x - mean) / std
-        out.append(z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
-    return out
-
-
 def step_cosine(q: np.ndarray, d: np.ndarray) -> np.ndarray:
-    flat = d.reshape(-1, d.shape[-1]).astype(np.float64)
-    mean, std = flat.mean(0), np.where(flat.std(0) > 1e-8, flat.std(0), 1.0)
+    from soundsearch.evaluate import cosine_scores, feature_norm, pooled
 
-    def pool(x):
-        z = (x - mean) / std
-        return np.concatenate([z.mean(1), z.std(1), z.max(1)], axis=1)
-
-    a, b = pool(q), pool(d)
-    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
+    mean, std = feature_norm(d)
+    stats = ("mean", "std", "max")
+    return cosine_scores(pooled(q, mean, std, stats), pooled(d, mean, std, stats))
 
 
-def model_expected(model, q: np.ndarray, d: np.ndarray):
-    """(Q, N) level and expected agreement from the model for every query x item pair."""
-    lev = np.zeros((len(q), len(d)), np.float64)
-    exp = np.zeros((len(q), len(d)), np.float64)
-    for i in range(len(q)):
-        s = model.score_pairs(q[i], d)
-        lev[i], exp[i] = s.level, s.expected
-    return lev, exp
-
-
-def order_of(score: np.ndarray, exclude_self: bool = False) -> np.ndarray:
-    s = score.astype(np.float64).copy()
-    if exclude_self:
-        np.fill_diagonal(s, -np.inf)
-    top = min(K, s.shape[1] - (1 if exclude_self else 0))
-    return np.argsort(-s, axis=1, kind="stable")[:, :top]
+def order_of(score: np.ndarray) -> np.ndarray:
+    return np.argsort(-score.astype(np.float64), axis=1, kind="stable")[:, :K]
 
 
 def cells(agree: np.ndarray, order: np.ndarray, qlab: np.ndarray, groups=("single", "multi")) -> dict:
@@ -308,38 +263,32 @@ def random_cells(agree, qlab, groups=("single", "multi")) -> dict:
     return out
 
 
-def evaluate_setting(fz, model, weight, qf, ql, df, dl, loo: bool = False, groups=("single", "multi")):
+def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
+    """Every system on one query set against one library, ranked as the product ranks:
+    the library is the store (its acoustic standardisation), queries come from outside it."""
+    from soundsearch.evaluate import item_stats_scores
+    from soundsearch.ranking import Ranking, RankingMode, order_items, recorded_ranking
+    from soundsearch.ranking import _MemoryStore
+    from soundsearch.search import SearchEngine
+
     agree = metrics.agreement(ql, dl).astype(np.int64)
-    if loo:
-        # Leave-one-out: the query itself is not part of its own ranking; the exact random
-        # baseline over the other N-1 items is the mean of the row without the diagonal.
-        pass
-    res = {}
-    if not loo:
-        res["random"] = random_cells(agree, ql, groups)
-    res["cosine (steps mean+std+max)"] = cells(agree, order_of(step_cosine(qf, df), loo), ql, groups)
-    dstats, qstats = standardised_unit(item_stats(fz, df), item_stats(fz, qf))
-    acoustic = qstats @ dstats.T
-    res["cosine (whole-item stats)"] = cells(agree, order_of(acoustic, loo), ql, groups)
+    res = {"random": random_cells(agree, ql, groups)}
+    res["cosine (steps mean+std+max)"] = cells(agree, order_of(step_cosine(qf, df)), ql, groups)
+    res["cosine (whole-item stats)"] = cells(agree, order_of(item_stats_scores(fz, qf, df)), ql, groups)
     if model is not None:
-        lev, exp = model_expected(model, qf, df)
-        res["model (presence)"] = cells(agree, order_of(lev * (C + 1) + exp, loo), ql, groups)
-        res["_expected"] = exp
-        res["_acoustic"] = acoustic
-        res["_agree"] = agree
-        if weight is not None:
-            res["model (blend)"] = cells(agree, order_of((1 - weight) * exp / C + weight * acoustic, loo), ql, groups)
+        engine = SearchEngine(_MemoryStore(df, fz), model, persist=False)
+        sc_ = engine.score_all(qf)
+        rankings = {"model (presence)": Ranking(RankingMode.PRESENCE)}
+        recorded = recorded_ranking(model)
+        if recorded.mode is not RankingMode.PRESENCE:
+            rankings[f"model ({recorded.mode.value})"] = recorded
+        for name, ranking in rankings.items():
+            order = np.stack([
+                order_items(ranking, sc_.level[q], sc_.expected[q], sc_.closeness[q], sc_.acoustic[q], C, k=K).order
+                for q in range(len(qf))
+            ])
+            res[name] = cells(agree, order, ql, groups)
     return res
-
-
-def fit_weight(val: dict, ql: np.ndarray, grid=np.round(np.arange(0, 1.0001, 0.05), 2)):
-    exp, acoustic, agree = val["_expected"], val["_acoustic"], val["_agree"]
-    figures = {}
-    for w in grid:
-        c = cells(agree, order_of((1 - w) * exp / C + w * acoustic, True), ql)
-        figures[float(w)] = float(np.mean(list(c.values())))
-    best = max(figures, key=lambda w: (figures[w], -abs(w - 0.5)))
-    return best, figures
 
 
 def train_model(fz, draw: Draw, recipe: dict, seed: int):
@@ -386,14 +335,17 @@ def main(argv=None) -> int:
             model = train_model(fz, draw, recipe, seed)
             vf = np.concatenate([draw.sets["val_scenes"][0], draw.sets["val_shots"][0]])
             vl = np.concatenate([draw.sets["val_scenes"][1], draw.sets["val_shots"][1]])
-            val = evaluate_setting(fz, model, None, vf, vl, vf, vl, loo=True)
-            weight, figures = fit_weight(val, vl)
+            fit_ = fit_ranking_weight(model, vf, vl, fz)
+            weight, figures = fit_.weight, fit_.figures
+            model.meta["ranking"] = ranking_entry(
+                "blend", weight, note=f"fitted on {fit_.items} validation items (bench/quality.py, draw {seed})",
+                grid=fit_.grid_json())
             print(f"draw {seed}: trained in {time.perf_counter() - t1:.0f}s, blend weight {weight} "
                   f"(val {figures[weight]:.3f}; w=0 {figures[0.0]:.3f}, w=1 {figures[1.0]:.3f})", file=sys.stderr)
             if args.save_model and seed == int(args.draws.split(",")[0]):
-                model.meta["ranking"] = {"mode": "blend", "weight": weight, "fitted_on": "val draw"}
                 model.save(args.save_model)
-        out = {"seed": seed, "featurize_s": round(t_feat, 1), "weight": weight, "val_figures": figures}
+        out = {"seed": seed, "featurize_s": round(t_feat, 1), "weight": weight,
+               "val_figures": {f"{w:.2f}": v for w, v in figures.items()}}
         for name, (q, d, groups) in {
             "library": ("lib_q", "lib_db", ("single", "multi")),
             "generalisation": ("gen_q", "gen_db", ("single", "multi")),
@@ -401,8 +353,7 @@ def main(argv=None) -> int:
         }.items():
             qf, ql = draw.sets[q]
             df, dl = draw.sets[d]
-            res = evaluate_setting(fz, model, weight, qf, ql, df, dl, groups=groups)
-            out[name] = {k: v for k, v in res.items() if not k.startswith("_")}
+            out[name] = evaluate_setting(fz, model, qf, ql, df, dl, groups=groups)
         report["draws"].append(out)
         print(json.dumps({k: v for k, v in out.items() if k != "val_figures"}, indent=1), file=sys.stderr)
     summary = summarise(report)
