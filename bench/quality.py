@@ -181,6 +181,10 @@ def featurize(fz, signals, key: str, cache_dir: Path) -> np.ndarray:
     return arr
 
 
+SIZED = {"train_scenes": "train", "val_scenes": "val", "lib_db": "lib_db", "lib_q": "lib_q",
+         "gen_db": "gen_db", "gen_q": "gen_q"}
+
+
 @dataclass
 class Draw:
     seed: int
@@ -197,12 +201,15 @@ def build_draw(fz, corpus: Path, seed: int, sizes: dict, cache_dir: Path) -> Dra
     sets = {}
 
     def add(name, make):
-        lab_path = base / f"{name}.labels.npy"
-        if lab_path.is_file() and (base / f"{name}.npy").is_file():
-            sets[name] = (np.load(base / f"{name}.npy"), np.load(lab_path))
+        # Scene sets are stored under their size too, so a run asking for more scenes never
+        # reads a smaller cached set.
+        key = f"{name}-{sizes[SIZED[name]]}" if name in SIZED else name
+        lab_path = base / f"{key}.labels.npy"
+        if lab_path.is_file() and (base / f"{key}.npy").is_file():
+            sets[name] = (np.load(base / f"{key}.npy"), np.load(lab_path))
             return
         signals, labels = make()
-        feats = featurize(fz, signals, name, base)
+        feats = featurize(fz, signals, key, base)
         np.save(lab_path, labels)
         sets[name] = (feats, labels)
 
