@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", default="0,1,2")
     ap.add_argument("--recipe", default="{}", help="TrainConfig fields as JSON")
     ap.add_argument("--no-model", action="store_true", help="baselines only")
-    ap.add_argument("--train", type=int, default=1000, help="recipe-A training scenes per draw")
+    ap.add_argument("--train", type=int, default=600, help="recipe-A training scenes per draw")
     ap.add_argument("--cache", type=Path, default=Path("build/quality-cache"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--save-model", type=Path, help="save draw 0's model (with its fitted weight) here")
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
 
     params = dict(p.split("=", 1) for p in args.param)
     fz = get_featurizer(args.featurizer, **params)
-    sizes = {"train": args.train, "val": 300, "lib_db": 300, "lib_q": 100, "gen_db": 250, "gen_q": 100}
+    sizes = {"train": args.train, "val": 200, "lib_db": 300, "lib_q": 100, "gen_db": 250, "gen_q": 100}
     recipe = {"context": "stats", "epochs": 5, "refit": False, "pairs_per_side": 5, "threads": 2,
               **json.loads(args.recipe)}
     report = {"featurizer": fz.identity, "recipe": recipe, "sizes": sizes, "draws": []}

@@ -66,7 +66,15 @@ def weights_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fz(weights_dir):
-    return get_featurizer("aisfx")
+    # aisfx's own framing (hop 50 frames), which the reference pipeline below uses.
+    return get_featurizer("aisfx", hop_frames=50)
+
+
+def test_default_blocks_sit_side_by_side_with_the_last_aligned_to_the_end(weights_dir):
+    default = get_featurizer("aisfx")
+    assert default.hop_frames == 100
+    assert default.block_starts(431) == [0, 100, 200, 300, 331]  # a 10 s item at 44.1 kHz
+    assert default.block_starts(300) == [0, 100, 200]
 
 
 @pytest.fixture(scope="module")
