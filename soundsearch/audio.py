@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,9 +118,49 @@ def _diagnose(bpath: bytes, exc: Exception) -> str:
     return f"not decodable as audio ({detail.rstrip('.')})"
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def not_regular_reason(path: PathLike) -> str | None:
+    """Why `path` cannot be read as a sound file (None when it is a readable regular file).
+
+    Only regular files are opened: a named pipe or a character device would block the open or
+    the read forever (`mkfifo f.wav` hung query), and a device has no size to check a decode
+    against. A folder the user cannot enter is "permission denied", not "no such file".
+    """
+    bpath = os.fsencode(path)
+    try:
+        st = os.stat(bpath)
+    except FileNotFoundError:
+        return "no such file (or a broken link)"
+    except PermissionError:
+        return "permission denied (on the file or a folder above it)"
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_kind(st.st_mode)}, not a regular file: only regular files are read"
+    return None
+
+
 def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
     # soundfile encodes str paths strictly; bytes go to sf_open untouched, so any name works.
     bpath = os.fsencode(path)
+    reason = not_regular_reason(bpath)
+    if reason is not None:
+        raise AudioError(as_path(bpath), reason)
     try:
         f = sf.SoundFile(bpath)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
@@ -342,13 +382,18 @@ def has_audio_extension(path: PathLike) -> bool:
     return os.path.splitext(os.fsdecode(path))[1].lower() in AUDIO_EXTENSIONS
 
 
-def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
+def scan(
+    paths: Iterable[PathLike], on_skip: Callable[[Path, str], None] | None = None
+) -> Iterator[Path]:
     """Audio files under `paths`, recursively: absolute, each real file once, sorted.
 
     Hidden entries and files without an audio extension are skipped silently; directory symlink
-    loops, broken links and unreadable folders are survived. A file named explicitly is yielded
-    if it has an audio extension. A path that does not exist raises AudioError.
+    loops and broken links are survived. Folders that cannot be listed and entries with an audio
+    extension that are not regular files (pipes, devices) are skipped too, but handed to
+    `on_skip(path, reason)` so the caller can name them. A file named explicitly is yielded if it
+    has an audio extension. A path that does not exist raises AudioError.
     """
+    skip = on_skip or (lambda _p, _r: None)
     roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
     for r in roots:
         if not os.path.lexists(r) or (os.path.islink(r) and not os.path.exists(r)):
@@ -366,6 +411,8 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
             stack.append(str(r))
         elif stat.S_ISREG(st.st_mode) and has_audio_extension(r):
             found.append((str(r), (st.st_dev, st.st_ino)))
+        elif has_audio_extension(r):
+            skip(r, f"is {_kind(st.st_mode)}, not a regular file: only regular files are read")
 
     while stack:
         d = stack.pop()
@@ -380,7 +427,8 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
         try:
             with os.scandir(d) as it:
                 entries = list(it)
-        except OSError:
+        except OSError as exc:
+            skip(Path(d), f"folder not readable ({exc.strerror or exc}): its files were not indexed")
             continue
         for e in entries:
             if _is_hidden(e.name):
@@ -388,9 +436,13 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
             try:
                 if e.is_dir():
                     stack.append(e.path)
-                elif has_audio_extension(e.name) and e.is_file():
-                    est = e.stat()
-                    found.append((e.path, (est.st_dev, est.st_ino)))
+                elif has_audio_extension(e.name):
+                    if e.is_file():
+                        est = e.stat()
+                        found.append((e.path, (est.st_dev, est.st_ino)))
+                    elif os.path.lexists(e.path) and os.path.exists(e.path):
+                        mode = os.stat(e.path).st_mode
+                        skip(Path(e.path), f"is {_kind(mode)}, not a regular file: only regular files are read")
             except OSError:
                 continue  # vanished or unreadable mid-scan
 

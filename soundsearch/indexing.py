@@ -40,6 +40,8 @@ class IndexReport:
     # Files that failed in an earlier run and have not changed since, so were not retried.
     still_failed: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[tuple[Path, str]] = field(default_factory=list)
+    # Paths not indexed and why: pipes and devices with audio names, folders that cannot be read.
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
     # Recorded library folders that were not there this time (unmounted drive?): left alone.
     missing_roots: list[Path] = field(default_factory=list)
     items_added: int = 0
@@ -58,6 +60,7 @@ class IndexReport:
             "failed": [{"path": _display(p), "reason": r} for p, r in self.failed],
             "still_failed": [{"path": _display(p), "reason": r} for p, r in self.still_failed],
             "warnings": [{"path": _display(p), "reason": r} for p, r in self.warnings],
+            "skipped": [{"path": _display(p), "reason": r} for p, r in self.skipped],
             "missing_roots": [_display(p) for p in self.missing_roots],
             "items_added": self.items_added,
             "audio_seconds": round(self.audio_seconds, 3),
@@ -160,8 +163,15 @@ def index_paths(
     store_dir = Path(store_dir).expanduser().absolute()
     roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
     for r in roots:
-        if not os.path.exists(r):
-            raise SoundsearchError(f"{_display(r)}: no such file or directory")
+        try:
+            os.stat(r)
+        except FileNotFoundError:
+            raise SoundsearchError(f"{_display(r)}: no such file or directory") from None
+        except PermissionError:
+            # os.path.exists says False here, which made a folder we may not enter "no such file".
+            raise SoundsearchError(f"{_display(r)}: permission denied (on it or a folder above it)") from None
+        except OSError as exc:
+            raise SoundsearchError(f"{_display(r)}: cannot read ({exc.strerror or exc})") from None
         if os.path.isfile(r) and not audio.has_audio_extension(r):
             raise SoundsearchError(
                 f"{_display(r)}: not a supported audio file (extensions: {', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
@@ -243,7 +253,7 @@ def _run(
     catalog = store.file_states()
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
-    for p in audio.scan(roots):
+    for p in audio.scan(roots, on_skip=lambda path, why: report.skipped.append((path, why))):
         key = str(p)
         seen.add(key)
         try:

@@ -184,12 +184,18 @@ def _summary(report) -> None:
         f"{len(report.failed)} failed",
         f"{len(report.warnings)} warnings",
     ]
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} skipped")
     err.print(
         f"{_shown(report.store)}: " + ", ".join(parts)
         + f" ({report.items_added} items, {_human_duration(report.audio_seconds)} of audio in {report.seconds:.1f} s)",
         highlight=False,
         soft_wrap=True,
     )
+    for p, reason in report.skipped[:SHOW_FAILED]:
+        err.print(f"  skipped: {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if len(report.skipped) > SHOW_FAILED:
+        err.print(f"  ... and {len(report.skipped) - SHOW_FAILED} more skipped (--json lists all)", highlight=False, soft_wrap=True)
     for label, paths in (("removed", report.removed), ("library folder missing, skipped", report.missing_roots)):
         for p in paths[:SHOW_FAILED]:
             err.print(f"  {label}: {_shown(p)}", highlight=False, soft_wrap=True)

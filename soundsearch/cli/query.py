@@ -74,11 +74,18 @@ def query(
     from soundsearch.search import SearchEngine
     from soundsearch.store import Store
 
+    from soundsearch.audio import not_regular_reason
+
     path = file.expanduser()
-    if path.is_dir():
-        raise AudioError(path, "is a folder; give one recording to search with")
-    if not path.exists():
-        raise AudioError(path, "no such file")
+    # One stat that never raises: Path.is_dir() raised PermissionError for a file in a folder
+    # we may not enter, and a pipe named .wav hung the decoder forever.
+    reason = not_regular_reason(path)
+    if reason is not None:
+        if reason.startswith("is a directory"):
+            reason = "is a folder; give one recording to search with"
+        elif reason.startswith("no such file"):
+            reason = "no such file"
+        raise AudioError(path, reason)
     with Store.open(resolve_store_dir(store)) as st:
         loaded = load_model(resolve_model(model))
         engine = SearchEngine(st, loaded)

@@ -1,0 +1,97 @@
+"""Cases from the hardening attack: each test rebuilds the bad file or store and asserts the message."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tone, write_audio
+from soundsearch.cli import app
+from soundsearch.store import Store
+
+SR = 8000
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def lib(tmp_path):
+    root = tmp_path / "lib"
+    write_audio(root / "a.wav", tone(440, 1.0, SR), SR)
+    write_audio(root / "b.wav", tone(660, 1.2, SR), SR)
+    return root
+
+
+def indexed(lib, store_dir):
+    result = run("index", str(lib), "--jobs", "1", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# ---- case 1: pipes and other non-regular files
+
+
+def test_fifo_is_refused_by_name_not_hung(tmp_path, lib, store_dir):
+    fifo = tmp_path / "f.wav"
+    os.mkfifo(fifo)
+    # Explicitly named: skipped with a named reason; the run still indexes the rest.
+    result = run("index", str(fifo), str(lib), "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.stderr and "1 skipped" in result.stderr
+    assert f"skipped: {fifo}: is a named pipe (FIFO), not a regular file" in result.stderr
+    # Inside a folder: the same, in --json.
+    os.mkfifo(lib / "g.wav")
+    doc = json.loads(run("index", str(lib), "--jobs", "1", "--json").stdout)
+    assert doc["skipped"] == [
+        {"path": str(lib / "g.wav"), "reason": "is a named pipe (FIFO), not a regular file: only regular files are read"}
+    ]
+    assert doc["unchanged"] == 2
+    # query returns at once with one line (it used to block in open() forever).
+    one_line_error(run("query", str(fifo)), f"{fifo}: is a named pipe (FIFO), not a regular file")
+
+
+def test_audio_load_refuses_a_fifo(tmp_path):
+    from soundsearch.audio import load
+    from soundsearch.errors import AudioError
+
+    fifo = tmp_path / "f.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError, match="is a named pipe"):
+        load(fifo, 22050)
+
+
+# ---- case 2: a query file in a folder we may not enter
+
+
+def test_permission_denied_is_named_not_a_traceback(tmp_path, lib, store_dir, monkeypatch):
+    indexed(lib, store_dir)
+    locked = tmp_path / "locked"
+    target = write_audio(locked / "q.wav", tone(440, 1.0, SR), SR)
+    real_stat = os.stat
+
+    def stat(p, *a, **kw):
+        # Root reads through mode bits, so simulate the EACCES a user gets under a 0o000 folder.
+        if os.fsdecode(p).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", os.fsdecode(p))
+        return real_stat(p, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    one_line_error(run("query", str(target)), f"{target}: permission denied")
+    one_line_error(run("index", str(target)), f"{target}: permission denied")
