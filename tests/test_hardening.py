@@ -95,3 +95,73 @@ def test_permission_denied_is_named_not_a_traceback(tmp_path, lib, store_dir, mo
     monkeypatch.setattr(os, "stat", stat)
     one_line_error(run("query", str(target)), f"{target}: permission denied")
     one_line_error(run("index", str(target)), f"{target}: permission denied")
+
+
+# ---- case 3: model files are data; every header field is checked against the weights
+
+
+def _tiny_model(path: Path):
+    import torch
+
+    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.taxonomy import Taxonomy
+
+    torch.manual_seed(0)
+    config = ModelConfig(steps=4, dim=3, n_categories=8, tower=(5,), head=(6, 4))
+    mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    return save_model(path, PresenceNet(config).eval(), config, Taxonomy.default(), {"name": "x"}, "x-id", mean, std)
+
+
+def _tamper(path: Path, header_edit=None, tensor_edit=None) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["soundsearch"])
+    tensors = load_file(str(path))
+    if header_edit:
+        header_edit(header)
+    if tensor_edit:
+        tensor_edit(tensors)
+    save_file(tensors, str(path), metadata={"soundsearch": json.dumps(header)})
+    return path
+
+
+def _config(**kw):
+    def edit(h):
+        h["config"].update(kw)
+    return edit
+
+
+@pytest.mark.parametrize(
+    "header_edit, tensor_edit, message",
+    [
+        (_config(tower=[2147483648] * 3), None, "corrupt model header (config tower=2147483648: expected a whole number from 1 to 16384)"),
+        (lambda h: h.update(format_version="abc"), None, "corrupt model header (format_version 'abc' is not a positive integer)"),
+        (lambda h: h["taxonomy"].append("ninth"), None, "corrupt model header (9 category names for a network with 8 outputs)"),
+        (lambda h: h["taxonomy"].pop(), None, "corrupt model header (7 category names for a network with 8 outputs)"),
+        (_config(steps=1e9), None, "corrupt model header (config steps=1000000000.0: expected a whole number from 1 to 10000)"),
+        (_config(tower=[7]), None, "weights do not fit the recorded architecture (tower.0.linear.weight has shape (1, 3, 5), the header's config needs (1, 3, 7))"),
+        (None, lambda t: t["state.weight"].fill_(float("nan")), "corrupt weights (state.weight holds NaN or infinite values)"),
+        (None, lambda t: t["norm.std"].zero_(), "corrupt normalisation statistics"),
+        (None, lambda t: t["norm.std"].fill_(float("nan")), "corrupt normalisation statistics"),
+    ],
+)
+def test_bad_model_headers_and_weights_are_refused_by_name(tmp_path, header_edit, tensor_edit, message):
+    from soundsearch.errors import ModelError
+    from soundsearch.model import load_model
+
+    path = _tamper(_tiny_model(tmp_path / "m.safetensors"), header_edit, tensor_edit)
+    with pytest.raises(ModelError) as exc:
+        load_model(path)
+    assert str(exc.value).startswith(f"{path}: ")
+    assert message in str(exc.value)
+
+
+def test_query_json_is_never_invalid(monkeypatch):
+    from soundsearch.cli.query import json_document
+    from soundsearch.errors import SearchError
+
+    assert json_document({"score": 0.5}, "tiny") == '{"score": 0.5}'
+    with pytest.raises(SearchError, match="model 'tiny' produced non-finite scores"):
+        json_document({"score": float("nan")}, "tiny")

@@ -141,7 +141,7 @@ def index(
             batch_size=batch_size,
         )
     if json_out:
-        typer.echo(json.dumps(report.to_json()))
+        typer.echo(json.dumps(report.to_json(), allow_nan=False))
     elif not quiet:
         _summary(report)
     failing = len(report.failed) + len(report.still_failed)
@@ -232,7 +232,7 @@ def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
         doc["failed_files"] = [
             {"path": os.fsencode(p).decode("utf-8", "backslashreplace"), "reason": r} for p, r in failures
         ]
-        typer.echo(json.dumps(doc))
+        typer.echo(json.dumps(doc, allow_nan=False))
         return
     rows = [
         ("store", _shown(stats.path)),

@@ -101,7 +101,7 @@ def query(
         results = engine.search(path, k=k, require=require or (), exclude=exclude or (), min_level=min_level)
         roots = st.roots()
         if json_out:
-            typer.echo(json.dumps(to_json(results, st, loaded)))
+            typer.echo(json_document(to_json(results, st, loaded), loaded.name))
             return
         render(results, roots, loaded.name)
 
@@ -247,6 +247,18 @@ def render(results: "SearchResults", roots: list[Path], model_name: str) -> None
     legend.append(" ".join(f"{code}={name}" for code, name in zip(codes, results.taxonomy.categories)))
     out.print(legend, highlight=False)
     out.print(Text(LEGEND, style="dim"), highlight=False)
+
+
+def json_document(doc: dict, model_name: str) -> str:
+    """The --json text; a NaN or infinity is an error, never output (bare NaN is not JSON)."""
+    from soundsearch.errors import SearchError
+
+    try:
+        return json.dumps(doc, allow_nan=False)
+    except ValueError:
+        raise SearchError(
+            f"model '{model_name}' produced non-finite scores for this query: the model or the store is damaged"
+        ) from None
 
 
 def to_json(results: "SearchResults", store, model) -> dict:
