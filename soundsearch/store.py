@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import struct
 import time
@@ -388,20 +389,55 @@ class Store:
             )
 
     def _load_meta(self) -> None:
-        with _sql_errors(self.path):
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        meta = self._meta_rows("store_id", "featurizer_spec", "featurizer_identity", "steps", "dim", "item_seconds")
         try:
-            self.store_id = meta["store_id"]
-            self.featurizer_spec = json.loads(meta["featurizer_spec"])
-            self.featurizer_identity = meta["featurizer_identity"]
-            self.steps = int(meta["steps"])
-            self.dim = int(meta["dim"])
+            spec = json.loads(meta["featurizer_spec"])
+        except ValueError:
+            spec = None
+        if not isinstance(spec, dict):
+            raise self._bad_meta("featurizer_spec", "is not a JSON object")
+        self.store_id = meta["store_id"]
+        self.featurizer_spec = spec
+        self.featurizer_identity = meta["featurizer_identity"]
+        self.steps = self._parse_int("steps", meta["steps"], 1)
+        self.dim = self._parse_int("dim", meta["dim"], 1)
+        try:
             self.item_seconds = float(meta["item_seconds"])
-        except (KeyError, ValueError) as exc:
-            raise StoreError(
-                f"the store catalog {_display(self.path / CATALOG)} is corrupt (meta {exc}): "
-                "move the store folder away and index again"
-            ) from exc
+        except ValueError:
+            self.item_seconds = float("nan")
+        if not (np.isfinite(self.item_seconds) and self.item_seconds > 0):
+            raise self._bad_meta("item_seconds", f"is {meta['item_seconds']!r}, not a positive number of seconds")
+        # Checked now, not when first needed: a missing n_slots raised KeyError from query and
+        # index alike.
+        self._array_meta()
+        self._meta_rows("generation", "array_seq")
+
+    def _bad_meta(self, key: str, what: str) -> StoreError:
+        return StoreError(
+            f"the store catalog {_display(self.path / CATALOG)} is damaged: meta row {key!r} {what}; "
+            "it was changed outside soundsearch: move the store folder away and index again"
+        )
+
+    def _meta_rows(self, *keys: str) -> dict[str, str]:
+        with _sql_errors(self.path):
+            rows = dict(
+                self._db.execute(
+                    f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(keys))})", keys
+                ).fetchall()
+            )
+        for key in keys:
+            if not isinstance(rows.get(key), str):
+                raise self._bad_meta(key, "is missing" if key not in rows else f"is {rows[key]!r}, not text")
+        return rows
+
+    def _parse_int(self, key: str, value: str, lo: int = 0) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = lo - 1
+        if n < lo:
+            raise self._bad_meta(key, f"is {value!r}, not a whole number >= {lo}")
+        return n
 
     def close(self) -> None:
         self._db.close()
@@ -571,8 +607,13 @@ class Store:
     # ---- internals
 
     def _array_meta(self) -> tuple[int, str]:
-        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('n_slots', 'array_file')").fetchall())
-        return int(rows["n_slots"]), rows["array_file"]
+        rows = self._meta_rows("n_slots", "array_file")
+        name = rows["array_file"]
+        # The name is joined to arrays/ and everything else there is deleted by recovery: only
+        # a name soundsearch itself writes is trusted.
+        if not re.fullmatch(r"features-[0-9]+\.npy", name):
+            raise self._bad_meta("array_file", f"is {name!r}, not a feature array name")
+        return self._parse_int("n_slots", rows["n_slots"]), name
 
     def _snap(self) -> _Snapshot:
         if self._snapshot is None:
@@ -595,7 +636,7 @@ class Store:
         with _sql_errors(self.path):
             self._db.execute("BEGIN")
             try:
-                generation = int(self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+                generation = self._parse_int("generation", self._meta_rows("generation")["generation"])
                 n_slots, array_file = self._array_meta()
                 rows = self._db.execute(
                     "SELECT i.array_row, f.path, i.start_s, i.end_s, f.duration "
@@ -814,42 +855,72 @@ class StoreWriter:
     @property
     def _seq(self) -> int:
         with _sql_errors(self.store.path):
-            return int(self._db.execute("SELECT value FROM meta WHERE key='array_seq'").fetchone()[0])
+            return self.store._parse_int("array_seq", self.store._meta_rows("array_seq")["array_seq"], 1)
 
     @property
     def _array_path(self) -> Path:
         return self.store.path / ARRAYS / self._array_file
 
     def _recover(self) -> None:
-        """Drop what a killed writer left behind: rows past n_slots, superseded or temp files."""
-        arrays = self.store.path / ARRAYS
-        with _os_errors(self.store.path, "cleaning up the feature arrays"):
+        """Drop what a killed writer left behind: rows past n_slots, superseded or temp files.
+
+        Recovery deletes and truncates, so it acts only on a catalog it has cross-checked against
+        the array file's own header: same row geometry, every item's row below n_slots, and all
+        committed rows present. Anything else is damage from outside (an edited meta row made a
+        run truncate half the features once); it is refused with nothing changed.
+        """
+        store = self.store
+        arrays = store.path / ARRAYS
+        with _os_errors(store.path, "cleaning up the feature arrays"):
             current = self._array_file
-            for name in os.listdir(arrays):
-                if name != current:
-                    os.unlink(arrays / name)
+            path = arrays / current
+            if not path.is_file():
+                raise StoreError(
+                    f"the feature array {_display(path)} that the catalog names is missing: "
+                    "move the store folder away and index again"
+                )
             try:
-                shape, _dtype, offset = _read_npy_header(self._array_path)
+                shape, dtype, offset = _read_npy_header(path)
             except ValueError as exc:
                 raise StoreError(
-                    f"the feature array {_display(self._array_path)} is unreadable ({exc}): "
+                    f"the feature array {_display(path)} is unreadable ({exc}): "
                     "move the store folder away and index again"
                 ) from exc
             if offset != _HEADER_BYTES:
-                raise StoreError(f"the feature array {_display(self._array_path)} has an unexpected header")
+                raise StoreError(f"the feature array {_display(path)} has an unexpected header")
+            if dtype != np.dtype("<f4") or len(shape) != 3 or tuple(shape[1:]) != (store.steps, store.dim):
+                raise StoreError(
+                    f"the store catalog {_display(store.path / CATALOG)} says items of shape "
+                    f"({store.steps}, {store.dim}) float32, but {_display(path)} holds {tuple(shape[1:])} {dtype}: "
+                    "the catalog's meta rows 'steps'/'dim' were changed outside soundsearch; nothing was "
+                    f"changed: set them back to {shape[1:] if len(shape) == 3 else '?'} or move the store "
+                    "folder away and index again"
+                )
             n_slots = self._n_slots
+            with _sql_errors(store.path):
+                top = self._db.execute("SELECT max(array_row) FROM items").fetchone()[0]
+            if top is not None and top >= n_slots:
+                raise StoreError(
+                    f"the store catalog {_display(store.path / CATALOG)} says {n_slots} feature rows, but its "
+                    f"items use row {top}: meta row 'n_slots' was changed outside soundsearch; nothing was "
+                    "changed: move the store folder away and index again"
+                )
             want = offset + n_slots * self._rows_bytes
-            if os.path.getsize(self._array_path) < want or shape[0] < n_slots:
+            if os.path.getsize(path) < want or shape[0] < n_slots:
                 # Committed rows are missing: damage from outside, not a killed run. Never pad.
                 raise StoreError(
-                    f"the feature array {_display(self._array_path)} is shorter than the catalog says: "
+                    f"the feature array {_display(path)} is shorter than the catalog says: "
                     "move the store folder away and index again"
                 )
-            if shape[0] != n_slots or os.path.getsize(self._array_path) != want:
-                with open(self._array_path, "r+b") as f:
+            # Only now, with the current array known good, are other files in arrays/ leftovers.
+            for name in os.listdir(arrays):
+                if name != current:
+                    os.unlink(arrays / name)
+            if shape[0] != n_slots or os.path.getsize(path) != want:
+                with open(path, "r+b") as f:
                     f.truncate(want)
                     f.seek(0)
-                    f.write(_npy_header(n_slots, self.store.steps, self.store.dim))
+                    f.write(_npy_header(n_slots, store.steps, store.dim))
                     f.flush()
                     os.fsync(f.fileno())
 

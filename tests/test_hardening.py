@@ -165,3 +165,73 @@ def test_query_json_is_never_invalid(monkeypatch):
     assert json_document({"score": 0.5}, "tiny") == '{"score": 0.5}'
     with pytest.raises(SearchError, match="model 'tiny' produced non-finite scores"):
         json_document({"score": float("nan")}, "tiny")
+
+
+# ---- cases 4, 5, 7: a catalog edited from outside is refused, never "repaired" destructively
+
+
+def _sql(store_dir: Path, statement: str, *args) -> None:
+    db = sqlite3.connect(store_dir / "catalog.sqlite")
+    db.execute(statement, args)
+    db.commit()
+    db.close()
+
+
+def _array_bytes(store_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((store_dir / "arrays").iterdir())}
+
+
+@pytest.mark.parametrize(
+    "statement, message",
+    [
+        ("DELETE FROM meta WHERE key='n_slots'", "meta row 'n_slots' is missing"),
+        ("UPDATE meta SET value='many' WHERE key='n_slots'", "meta row 'n_slots' is 'many', not a whole number >= 0"),
+        ("DELETE FROM meta WHERE key='generation'", "meta row 'generation' is missing"),
+        ("UPDATE meta SET value='../../etc/passwd' WHERE key='array_file'", "meta row 'array_file' is '../../etc/passwd', not a feature array name"),
+        ("UPDATE meta SET value='{' WHERE key='featurizer_spec'", "meta row 'featurizer_spec' is not a JSON object"),
+    ],
+)
+def test_missing_or_garbled_meta_rows_are_named(lib, store_dir, statement, message):
+    indexed(lib, store_dir)
+    before = _array_bytes(store_dir)
+    _sql(store_dir, statement)
+    catalog = store_dir / "catalog.sqlite"
+    for args in (("status",), ("index", "--jobs", "1"), ("query", str(lib / "a.wav"))):
+        one_line_error(run(*args), f"the store catalog {catalog} is damaged: {message}")
+    assert _array_bytes(store_dir) == before
+
+
+def test_edited_steps_is_refused_and_nothing_is_truncated(lib, store_dir):
+    indexed(lib, store_dir)
+    before = _array_bytes(store_dir)
+    with Store.open(store_dir) as st:
+        steps, dim = st.steps, st.dim
+    _sql(store_dir, "UPDATE meta SET value='5' WHERE key='steps'")
+    line = one_line_error(run("index", str(lib), "--jobs", "1"))
+    assert line == (
+        f"error: the store catalog {store_dir / 'catalog.sqlite'} says items of shape (5, {dim}) float32, but "
+        f"{store_dir / 'arrays' / 'features-1.npy'} holds ({steps}, {dim}) float32: the catalog's meta rows "
+        f"'steps'/'dim' were changed outside soundsearch; nothing was changed: set them back to ({steps}, {dim}) "
+        "or move the store folder away and index again"
+    )
+    assert _array_bytes(store_dir) == before
+    # Set back as the message says: the store is whole again.
+    _sql(store_dir, "UPDATE meta SET value=? WHERE key='steps'", str(steps))
+    assert indexed(lib, store_dir)["unchanged"] == 2
+    assert _array_bytes(store_dir) == before
+
+
+def test_lowered_n_slots_is_refused_and_nothing_is_truncated(lib, store_dir):
+    indexed(lib, store_dir)
+    before = _array_bytes(store_dir)
+    _sql(store_dir, "UPDATE meta SET value='1' WHERE key='n_slots'")
+    one_line_error(run("index", str(lib), "--jobs", "1"), "says 1 feature rows, but its items use row 1", "nothing was changed")
+    assert _array_bytes(store_dir) == before
+
+
+def test_a_missing_current_array_does_not_cost_the_others(lib, store_dir):
+    indexed(lib, store_dir)
+    arrays = store_dir / "arrays"
+    (arrays / "features-1.npy").rename(arrays / "features-7.npy")
+    one_line_error(run("index", str(lib), "--jobs", "1"), "features-1.npy that the catalog names is missing")
+    assert (arrays / "features-7.npy").is_file()
