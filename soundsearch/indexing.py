@@ -44,6 +44,8 @@ class IndexReport:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     # Recorded library folders that were not there this time (unmounted drive?): left alone.
     missing_roots: list[Path] = field(default_factory=list)
+    # With verify: files whose stored features failed their checksum and were featurized again.
+    repaired: list[Path] = field(default_factory=list)
     items_added: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
@@ -62,6 +64,7 @@ class IndexReport:
             "warnings": [{"path": _display(p), "reason": r} for p, r in self.warnings],
             "skipped": [{"path": _display(p), "reason": r} for p, r in self.skipped],
             "missing_roots": [_display(p) for p in self.missing_roots],
+            "repaired": [_display(p) for p in self.repaired],
             "items_added": self.items_added,
             "audio_seconds": round(self.audio_seconds, 3),
             "seconds": round(self.seconds, 3),
@@ -146,6 +149,7 @@ def index_paths(
     wait: bool = False,
     batch_size: int = 64,
     batch_seconds: float = 10.0,
+    verify: bool = False,
 ) -> IndexReport:
     """Bring the store at `store_dir` up to date with the audio files under `paths`.
 
@@ -154,7 +158,9 @@ def index_paths(
     library folder the store has seen is refreshed (ones that are missing are skipped and
     reported, never emptied). Raises StoreLockedError when another process is writing (unless
     `wait`), FeaturizerMismatchError when the featurizer differs from the store's, StoreError for
-    an unusable store, SoundsearchError for a missing path.
+    an unusable store, SoundsearchError for a missing path. With `verify`, every stored item's
+    features are checked against their checksum and the files of damaged items are featurized
+    again, as if changed (items stored before checksums existed get theirs recorded).
     """
     from soundsearch import audio
     from soundsearch.features import featurizer_from_spec, get_featurizer
@@ -199,7 +205,7 @@ def index_paths(
             )
         report = IndexReport(store=store_dir, featurizer_identity=identity)
         with store.writer(wait=wait) as writer:
-            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report)
+            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report, verify)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -238,6 +244,7 @@ def _run(
     batch_size: int,
     batch_seconds: float,
     report: IndexReport,
+    verify: bool = False,
 ) -> None:
     from soundsearch import audio
 
@@ -251,6 +258,10 @@ def _run(
 
     notify(IndexProgress("scan"))
     catalog = store.file_states()
+    damaged: set[str] = set()
+    if verify:
+        damaged = set(store.check_checksums()[0])
+        writer.record_missing_checksums()
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
     for p in audio.scan(roots, on_skip=lambda path, why: report.skipped.append((path, why))):
@@ -261,7 +272,9 @@ def _run(
         except OSError:
             continue  # vanished since the scan; the next run removes it
         known = catalog.get(key)
-        if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        if key in damaged:
+            report.repaired.append(p)
+        elif known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
             report.unchanged += 1
             if known[2] == STATUS_FAILED:
                 report.still_failed.append((p, known[3] or ""))

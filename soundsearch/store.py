@@ -26,6 +26,7 @@ import sqlite3
 import struct
 import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedE
 if TYPE_CHECKING:
     from soundsearch.features import Featurizer
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CATALOG = "catalog.sqlite"
 ARRAYS = "arrays"
 LOCK = "lock"
@@ -193,7 +194,8 @@ CREATE TABLE items (
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     start_s REAL NOT NULL,
     end_s REAL NOT NULL,
-    array_row INTEGER NOT NULL UNIQUE
+    array_row INTEGER NOT NULL UNIQUE,
+    crc INTEGER
 );
 CREATE INDEX items_file ON items(file_id);
 CREATE TABLE roots (path BLOB PRIMARY KEY, added_at REAL NOT NULL);
@@ -206,9 +208,21 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE roots (path BLOB PRIMARY KEY, added_at REAL NOT NULL)")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    # Version 3 keeps a crc32 of each item's feature bytes, so damage to the array file is
+    # found (`status --verify`) and repaired (`index --verify`). Older items get NULL: unverified
+    # until `index --verify` records the checksum of the bytes they hold then.
+    db.execute("ALTER TABLE items ADD COLUMN crc INTEGER")
+
+
 # version -> function that upgrades a catalog from that version to the next, inside the
 # transaction that also bumps user_version.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+
+
+def row_crc(row: np.ndarray) -> int:
+    """crc32 of one item's features as stored (little-endian float32, C order)."""
+    return zlib.crc32(np.ascontiguousarray(row, dtype="<f4").tobytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,6 +602,44 @@ class Store:
         except (OSError, ValueError) as exc:
             problems.append(f"array file {array_file} unreadable: {exc}")
         return problems
+
+    def check_checksums(self, chunk_rows: int = 1024) -> tuple[dict[str, int], int]:
+        """Items whose feature bytes no longer match their checksum, by file path; and the
+        number of items that have no checksum yet (stores made before schema 3).
+
+        Reads the whole array once; a missing or short array is verify()'s business (and is
+        reported here as every item of it damaged).
+        """
+        with _sql_errors(self.path):
+            self._db.execute("BEGIN")
+            try:
+                n_slots, array_file = self._array_meta()
+                rows = self._db.execute(
+                    "SELECT i.array_row, i.crc, f.path FROM items i JOIN files f ON f.id = i.file_id ORDER BY i.array_row"
+                ).fetchall()
+                try:
+                    mm = self._open_array(array_file, n_slots)
+                except (OSError, StoreError):
+                    mm = None
+            finally:
+                self._db.execute("COMMIT")
+        bad: dict[str, int] = {}
+        unverified = 0
+        for i in range(0, len(rows), chunk_rows):
+            chunk = rows[i : i + chunk_rows]
+            block = None
+            if mm is not None:
+                slots = [r[0] for r in chunk]
+                if slots[-1] < len(mm):
+                    block = np.asarray(mm[slots[0] : slots[-1] + 1])
+            for slot, crc, p in chunk:
+                if crc is None:
+                    unverified += 1
+                    continue
+                if block is None or row_crc(block[slot - chunk[0][0]]) != crc:
+                    key = os.fsdecode(p)
+                    bad[key] = bad.get(key, 0) + 1
+        return bad, unverified
 
     # ---- writing
 
@@ -1009,8 +1061,11 @@ class StoreWriter:
                         ).lastrowid
                     if e.status == STATUS_OK:
                         self._db.executemany(
-                            "INSERT INTO items (file_id, start_s, end_s, array_row) VALUES (?, ?, ?, ?)",
-                            [(file_id, float(s), float(t), row + k) for k, (s, t) in enumerate(e.segments)],
+                            "INSERT INTO items (file_id, start_s, end_s, array_row, crc) VALUES (?, ?, ?, ?, ?)",
+                            [
+                                (file_id, float(s), float(t), row + k, row_crc(e.features[k]))
+                                for k, (s, t) in enumerate(e.segments)
+                            ],
                         )
                         row += len(e.segments)
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'n_slots'", (str(start + n_new),))
@@ -1019,6 +1074,27 @@ class StoreWriter:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def record_missing_checksums(self, chunk_rows: int = 1024) -> int:
+        """Checksum the items that have none (older stores) from the bytes they hold now."""
+        store = self.store
+        with _sql_errors(store.path):
+            rows = self._db.execute("SELECT id, array_row FROM items WHERE crc IS NULL ORDER BY array_row").fetchall()
+        if not rows:
+            return 0
+        n_slots, array_file = store._array_meta()
+        mm = store._open_array(array_file, n_slots)
+        with _sql_errors(store.path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE items SET crc = ? WHERE id = ?", [(row_crc(mm[slot]), i) for i, slot in rows]
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows)
 
     def holes(self) -> int:
         """Array rows no item points at any more (compaction reclaims them)."""

@@ -235,3 +235,47 @@ def test_a_missing_current_array_does_not_cost_the_others(lib, store_dir):
     (arrays / "features-1.npy").rename(arrays / "features-7.npy")
     one_line_error(run("index", str(lib), "--jobs", "1"), "features-1.npy that the catalog names is missing")
     assert (arrays / "features-7.npy").is_file()
+
+
+# ---- case 8: stored features carry checksums; status finds damage, index --verify repairs it
+
+
+def test_garbage_in_the_array_is_found_and_repaired(lib, store_dir):
+    indexed(lib, store_dir)
+    array = store_dir / "arrays" / "features-1.npy"
+    good = array.read_bytes()
+    with Store.open(store_dir) as st:
+        row_bytes = st.steps * st.dim * 4
+        first = {str(i.path): i.row for i in st.items()}
+    # 4 KB of garbage inside b.wav's item (row 1): sizes unchanged, so only checksums see it.
+    assert first[str(lib / "b.wav")] == 1
+    start = 128 + row_bytes + 16
+    with open(array, "r+b") as f:
+        f.seek(start)
+        f.write(b"\xff" * min(4096, row_bytes - 32))
+    assert run("status").exit_code == 0  # sizes are right: the cheap check passes
+    line = one_line_error(run("status", "--verify"))
+    assert line == (
+        f"error: the store at {store_dir} is damaged: 1 items of 1 files fail their checksum (first: {lib / 'b.wav'}): "
+        "run `soundsearch index --verify` to re-index damaged items, or move the store folder away and index again"
+    )
+    doc = json.loads(run("index", "--verify", "--jobs", "1", "--json").stdout)
+    assert doc["repaired"] == [str(lib / "b.wav")] and doc["updated"] == 1 and doc["unchanged"] == 1
+    result = run("status", "--verify", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["problems"] == []
+    # Re-featurized and compacted: the same bytes as before the damage.
+    assert array.with_name("features-2.npy").read_bytes()[128:] == good[128:]
+
+
+def test_status_reports_a_missing_or_short_array(lib, store_dir):
+    indexed(lib, store_dir)
+    array = store_dir / "arrays" / "features-1.npy"
+    data = array.read_bytes()
+    array.write_bytes(data[: len(data) // 2])
+    line = one_line_error(run("status"), f"the store at {store_dir} is damaged: array file features-1.npy holds")
+    assert "too few for 2 rows" in line
+    doc = json.loads(run("status", "--json").stdout)
+    assert doc["problems"] == [f"array file features-1.npy holds {len(data) // 2} bytes, too few for 2 rows"]
+    array.unlink()
+    one_line_error(run("status"), "is damaged: array file features-1.npy unreadable")

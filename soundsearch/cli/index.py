@@ -92,6 +92,7 @@ def index(
     wait: Annotated[bool, typer.Option("--wait", help="If another process is indexing into the store, wait for it instead of failing.")] = False,
     json_out: JsonOption = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, help="Files per store commit.")] = 64,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every stored item against its checksum and re-index the files of damaged ones.")] = False,
 ) -> None:
     """Add audio files to the feature store, or bring it up to date.
 
@@ -139,6 +140,7 @@ def index(
             on_progress=on_progress,
             wait=wait,
             batch_size=batch_size,
+            verify=verify,
         )
     if json_out:
         typer.echo(json.dumps(report.to_json(), allow_nan=False))
@@ -196,7 +198,11 @@ def _summary(report) -> None:
         err.print(f"  skipped: {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
     if len(report.skipped) > SHOW_FAILED:
         err.print(f"  ... and {len(report.skipped) - SHOW_FAILED} more skipped (--json lists all)", highlight=False, soft_wrap=True)
-    for label, paths in (("removed", report.removed), ("library folder missing, skipped", report.missing_roots)):
+    for label, paths in (
+        ("removed", report.removed),
+        ("library folder missing, skipped", report.missing_roots),
+        ("damaged features, re-indexed", report.repaired),
+    ):
         for p in paths[:SHOW_FAILED]:
             err.print(f"  {label}: {_shown(p)}", highlight=False, soft_wrap=True)
         if len(paths) > SHOW_FAILED:
@@ -216,8 +222,16 @@ def _summary(report) -> None:
         )
 
 
-def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
+def status(
+    store: StoreOption = None,
+    json_out: JsonOption = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also read every stored item and check it against its checksum.")] = False,
+) -> None:
     """Describe the feature store: featurizer, files, items, audio duration, failures, size.
+
+    The catalog is always checked against the feature array (present, of the right size);
+    with --verify every item's features are checked against their checksum too. A damaged
+    store is described, then reported on stderr with exit code 1.
 
     Example:  soundsearch status --json
     """
@@ -227,12 +241,26 @@ def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
     with Store.open(resolve_store_dir(store)) as st:
         stats = st.stats()
         failures = st.failures()
+        problems = st.verify()
+        if verify:
+            bad, unverified = st.check_checksums()
+            if bad:
+                first = sorted(bad)[0]
+                problems.append(
+                    f"{sum(bad.values())} items of {len(bad)} files fail their checksum "
+                    f"(first: {os.fsencode(first).decode('utf-8', 'backslashreplace')})"
+                )
     if json_out:
         doc = stats.to_json()
         doc["failed_files"] = [
             {"path": os.fsencode(p).decode("utf-8", "backslashreplace"), "reason": r} for p, r in failures
         ]
+        doc["problems"] = problems
+        if verify:
+            doc["damaged_files"] = [os.fsencode(p).decode("utf-8", "backslashreplace") for p in sorted(bad)]
+            doc["unverified_items"] = unverified
         typer.echo(json.dumps(doc, allow_nan=False))
+        _damaged(stats.path, problems)
         return
     rows = [
         ("store", _shown(stats.path)),
@@ -256,3 +284,16 @@ def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
             out.print(f"  {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
         if len(failures) > SHOW_FAILED:
             out.print(f"  ... and {len(failures) - SHOW_FAILED} more (--json lists all)", highlight=False, soft_wrap=True)
+    if verify and unverified:
+        out.print(f"{unverified} items stored before checksums existed: `soundsearch index --verify` records them", highlight=False, soft_wrap=True)
+    _damaged(stats.path, problems)
+
+
+def _damaged(path: Path, problems: list[str]) -> None:
+    from soundsearch.errors import StoreError
+
+    if problems:
+        raise StoreError(
+            f"the store at {os.fsencode(path).decode('utf-8', 'backslashreplace')} is damaged: {'; '.join(problems)}: "
+            "run `soundsearch index --verify` to re-index damaged items, or move the store folder away and index again"
+        )
