@@ -40,6 +40,18 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 # Below -100 dBFS a file holds no usable sound (a 16-bit LSB is about -90 dBFS).
 SILENCE_PEAK = 1e-5
+# Above +80 dBFS a float file is damaged or mis-scaled, not loud: refused by name rather than
+# normalised, because its features (log-mel of a 1e25 signal) lie far outside anything the model
+# saw, so it ranked nothing and every result "passed no filters". A hot but real float file
+# (peaks of a few times full scale) stays well inside this.
+MAX_PEAK = 1e4
+# Header rates below this are damage (a WAV claiming 1 Hz made 44 KB into 6.1 hours); the
+# lowest rate in real use is 8000 Hz.
+MIN_SAMPLERATE = 1000
+# MPEG audio carries 8 to 320 kbit/s (448 for layer I/II). A decode that implies far more
+# (little audio from many bytes: another format, e.g. AAC, named .mp3 yields a few stray frames)
+# or far less (more audio than the bytes can hold) is not the file's content.
+MP3_KBPS_RANGE = (4.0, 1000.0)
 # Blocks of this many seconds bound memory for long files while keeping per-call overhead small.
 BLOCK_SECONDS = 30.0
 RESAMPLE_QUALITY = "HQ"
@@ -171,6 +183,10 @@ def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
 def _info_of(f: sf.SoundFile, path: Path) -> AudioInfo:
     if f.samplerate <= 0 or f.channels <= 0:
         raise AudioError(path, f"invalid header (rate {f.samplerate}, channels {f.channels})")
+    if f.samplerate < MIN_SAMPLERATE:
+        raise AudioError(
+            path, f"invalid header: sample rate {f.samplerate} Hz is below {MIN_SAMPLERATE} Hz (damaged header?)"
+        )
     if f.frames <= 0:
         raise AudioError(path, "no audio samples (zero length)")
     return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames), f.frames / f.samplerate)
@@ -235,6 +251,7 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
         blocksize = max(1, int(BLOCK_SECONDS * info.samplerate))
         dtype = _READ_DTYPE.get(f.subtype, "float32")
         first_sample = np.zeros(0, np.float32)
+        fmt = f.format
         with f:
             while True:
                 try:
@@ -253,6 +270,12 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
                         first_sample = mono[:1].copy()
                     decoded += mono.size
                     peak = max(peak, hi, -lo)
+                    if peak > MAX_PEAK:
+                        raise AudioError(
+                            shown,
+                            f"absurd level: peak {peak:.3g} times full scale (above {MAX_PEAK:g}); "
+                            "the samples are damaged or mis-scaled",
+                        )
                 if info.samplerate == sample_rate:
                     out = mono
                 elif last and resampler is None:
@@ -271,6 +294,8 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
                     break
         if decoded == 0:
             raise AudioError(shown, "no audio samples could be decoded (zero length)")
+        if fmt == "MP3":
+            _check_mp3_length(p, decoded, info.samplerate)
         if produced == 0:
             # A handful of samples resampled down can round to nothing; keep one so the file is usable.
             yield first_sample
@@ -278,6 +303,45 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
             warnings.append(AudioWarning(shown, "silent (peak below -100 dBFS)"))
 
     return info, blocks(), warnings
+
+
+def _id3v2_size(path: Path) -> int:
+    """Bytes of a leading ID3v2 tag (cover art can be megabytes), 0 without one."""
+    try:
+        with open(os.fsencode(path), "rb") as fh:
+            head = fh.read(10)
+    except OSError:
+        return 0
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return 0
+    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    return 10 + size + (10 if head[5] & 0x10 else 0)
+
+
+def _check_mp3_length(path: Path, decoded: int, samplerate: int) -> None:
+    """Refuse an MP3 decode whose length the file's size contradicts (see MP3_KBPS_RANGE)."""
+    try:
+        size = os.stat(os.fsencode(path)).st_size - _id3v2_size(path)
+    except OSError:
+        return
+    seconds = decoded / samplerate
+    if size <= 0 or seconds <= 0:
+        return
+    kbps = size * 8 / seconds / 1000
+    lo, hi = MP3_KBPS_RANGE
+    # Tiny files are all header and padding; the rule is only meaningful past a few frames.
+    if size >= 16_384 and kbps > hi:
+        raise AudioError(
+            path,
+            f"not decodable as MP3: only {seconds:.3f} s decoded from {size:,} bytes of audio data "
+            f"({kbps:,.0f} kbit/s, far above MP3's 320): another format named .mp3, or damaged",
+        )
+    if kbps < lo:
+        raise AudioError(
+            path,
+            f"suspicious MP3: {seconds:.1f} s decoded from only {size:,} bytes ({kbps:.2f} kbit/s, "
+            "far below MP3's 8): damaged",
+        )
 
 
 def load(path: PathLike, sample_rate: int, min_samples: int = 0) -> LoadedAudio:

@@ -279,3 +279,62 @@ def test_status_reports_a_missing_or_short_array(lib, store_dir):
     assert doc["problems"] == [f"array file features-1.npy holds {len(data) // 2} bytes, too few for 2 rows"]
     array.unlink()
     one_line_error(run("status"), "is damaged: array file features-1.npy unreadable")
+
+
+# ---- cases 11, 12, 15 (rate): audio whose numbers contradict themselves is refused by name
+
+
+def test_absurd_float_level_is_refused(tmp_path):
+    from soundsearch.audio import load
+    from soundsearch.errors import AudioError
+
+    path = write_audio(tmp_path / "loud.wav", tone(440, 0.5, SR) * np.float32(1e25 / 0.3), SR, subtype="FLOAT")
+    with pytest.raises(AudioError) as exc:
+        load(path, 22050)
+    assert exc.value.reason == "absurd level: peak 1e+25 times full scale (above 10000); the samples are damaged or mis-scaled"
+    # A hot but real float file is fine.
+    hot = write_audio(tmp_path / "hot.wav", tone(440, 0.5, SR) * np.float32(4 / 0.3), SR, subtype="FLOAT")
+    assert load(hot, SR).signal.max() == pytest.approx(4.0, rel=1e-3)
+
+
+def test_absurd_level_fails_the_file_in_index(tmp_path, lib, store_dir):
+    write_audio(lib / "loud.wav", tone(440, 0.5, SR) * np.float32(1e25 / 0.3), SR, subtype="FLOAT")
+    doc = indexed(lib, store_dir)
+    assert doc["added"] == 2
+    assert doc["failed"] == [{"path": str(lib / "loud.wav"), "reason": "absurd level: peak 1e+25 times full scale (above 10000); the samples are damaged or mis-scaled"}]
+
+
+def test_one_hertz_header_is_refused(tmp_path):
+    from soundsearch.audio import probe
+    from soundsearch.errors import AudioError
+
+    path = write_audio(tmp_path / "x.wav", tone(440, 2.75, SR), SR)  # 44 KB
+    data = bytearray(path.read_bytes())
+    data[24:28] = (1).to_bytes(4, "little")  # fmt chunk sample rate
+    data[28:32] = (2).to_bytes(4, "little")  # byte rate
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioError) as exc:
+        probe(path)
+    assert exc.value.reason == "invalid header: sample rate 1 Hz is below 1000 Hz (damaged header?)"
+
+
+def test_mp3_whose_decode_the_file_size_contradicts_is_refused(tmp_path):
+    from soundsearch.audio import load
+    from soundsearch.errors import AudioError
+
+    # Stand-in for an AAC stream named .mp3: a few real MP3 frames, then 480 KB the MP3 decoder
+    # skips. It decoded as 0.1 s and used to be stored with only a "short" warning.
+    good = write_audio(tmp_path / "good.mp3", tone(440, 0.1, SR), SR, format="MP3")
+    assert load(good, SR).signal.size == 800
+    bad = tmp_path / "aac.mp3"
+    bad.write_bytes(good.read_bytes() + np.random.default_rng(0).bytes(480_000))
+    with pytest.raises(AudioError) as exc:
+        load(bad, SR)
+    size = bad.stat().st_size
+    assert exc.value.reason == (
+        f"not decodable as MP3: only 0.100 s decoded from {size:,} bytes of audio data "
+        f"({size * 8 / 0.1 / 1000:,.0f} kbit/s, far above MP3's 320): another format named .mp3, or damaged"
+    )
+    # A normal MP3 of a few seconds passes.
+    longer = write_audio(tmp_path / "long.mp3", tone(440, 5.0, SR), SR, format="MP3")
+    assert load(longer, SR).duration == pytest.approx(5.0, abs=0.1)
