@@ -43,8 +43,11 @@ SCHEMA_VERSION = 3
 CATALOG = "catalog.sqlite"
 ARRAYS = "arrays"
 LOCK = "lock"
-# Files a store folder may hold; anything else means the folder is someone else's.
-_OWN_NAMES = {CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal", ARRAYS, LOCK}
+# The search engine's per-store cache folder (soundsearch.search keeps it inside the store).
+CACHE = "cache"
+# Files a store folder may hold; anything else means the folder is someone else's. The cache
+# is ours too: a store whose catalog was emptied after a query must be recoverable by `index`.
+_OWN_NAMES = {CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal", ARRAYS, LOCK, CACHE}
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"

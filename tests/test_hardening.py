@@ -338,3 +338,23 @@ def test_mp3_whose_decode_the_file_size_contradicts_is_refused(tmp_path):
     # A normal MP3 of a few seconds passes.
     longer = write_audio(tmp_path / "long.mp3", tone(440, 5.0, SR), SR, format="MP3")
     assert load(longer, SR).duration == pytest.approx(5.0, abs=0.1)
+
+
+# ---- case 9: the store's own cache folder is never "foreign"
+
+
+def test_store_with_emptied_catalog_and_a_cache_is_recovered(lib, store_dir, tmp_path):
+    from soundsearch.store import _check_foreign
+
+    indexed(lib, store_dir)
+    (store_dir / "cache").mkdir()
+    (store_dir / "cache" / "search-old.npy").write_bytes(b"x")
+    # Emptied catalog: every table dropped (as a killed creation or a wiped file leaves it).
+    _sql(store_dir, "DROP TABLE items")
+    for table in ("files", "roots", "meta"):
+        _sql(store_dir, f"DROP TABLE {table}")
+    _check_foreign(store_dir)  # no error
+    doc = indexed(lib, store_dir)
+    assert doc["added"] == 2
+    with Store.open(store_dir) as st:
+        assert st.verify() == [] and len(st.items()) == 2
