@@ -447,9 +447,17 @@ def has_audio_extension(path: PathLike) -> bool:
 
 
 def scan(
-    paths: Iterable[PathLike], on_skip: Callable[[Path, str], None] | None = None
+    paths: Iterable[PathLike],
+    on_skip: Callable[[Path, str], None] | None = None,
+    dirs: set[str] | None = None,
 ) -> Iterator[Path]:
-    """Audio files under `paths`, recursively: absolute, each real file once, sorted.
+    """Audio files under `paths`, recursively: each real file once, by its resolved real path
+    (symlinks resolved, see README "File identity"), sorted.
+
+    A file reachable through a symlinked folder and by its own path is one file with one name,
+    whichever way the scan met it first; otherwise a refresh that met it the other way reported
+    it "removed" while it existed. `dirs`, if given, receives the real path of every folder
+    listed, so a caller can tell which catalogued files the scan could have seen.
 
     Hidden entries and files without an audio extension are skipped silently; directory symlink
     loops and broken links are survived. Folders that cannot be listed and entries with an audio
@@ -474,7 +482,7 @@ def scan(
         if stat.S_ISDIR(st.st_mode):
             stack.append(str(r))
         elif stat.S_ISREG(st.st_mode) and has_audio_extension(r):
-            found.append((str(r), (st.st_dev, st.st_ino)))
+            found.append((os.path.realpath(r), (st.st_dev, st.st_ino)))
         elif has_audio_extension(r):
             skip(r, f"is {_kind(st.st_mode)}, not a regular file: only regular files are read")
 
@@ -488,6 +496,9 @@ def scan(
         if key in seen_dirs:
             continue  # symlink loop, or the same folder reached twice
         seen_dirs.add(key)
+        real_d = os.path.realpath(d)
+        if dirs is not None:
+            dirs.add(real_d)
         try:
             with os.scandir(d) as it:
                 entries = list(it)
@@ -503,7 +514,9 @@ def scan(
                 elif has_audio_extension(e.name):
                     if e.is_file():
                         est = e.stat()
-                        found.append((e.path, (est.st_dev, est.st_ino)))
+                        # One realpath per folder, not per file: only a linked file needs its own.
+                        real = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real_d, e.name)
+                        found.append((real, (est.st_dev, est.st_ino)))
                     elif os.path.lexists(e.path) and os.path.exists(e.path):
                         mode = os.stat(e.path).st_mode
                         skip(Path(e.path), f"is {_kind(mode)}, not a regular file: only regular files are read")

@@ -264,7 +264,8 @@ def _run(
         writer.record_missing_checksums()
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
-    for p in audio.scan(roots, on_skip=lambda path, why: report.skipped.append((path, why))):
+    scanned_dirs: set[str] = set()
+    for p in audio.scan(roots, on_skip=lambda path, why: report.skipped.append((path, why)), dirs=scanned_dirs):
         key = str(p)
         seen.add(key)
         try:
@@ -281,9 +282,13 @@ def _run(
             continue
         todo.append((key, st.st_size, st.st_mtime_ns))
 
-    # Only folders named in this run (or refreshed) are checked for deletions.
-    root_set = {str(r) for r in roots}
-    gone = [Path(key) for key in catalog if key not in seen and _under_any(key, root_set)]
+    # Only folders named in this run (or refreshed) are checked for deletions. Files are known by
+    # their real paths, so the real paths of the roots and of every folder listed count too.
+    root_set = {str(r) for r in roots} | {os.path.realpath(r) for r in roots}
+    gone = [
+        Path(key) for key in catalog
+        if key not in seen and (_under_any(key, root_set) or os.path.dirname(key) in scanned_dirs)
+    ]
     if gone:
         writer.remove_files(gone)
         report.removed = sorted(gone)

@@ -358,3 +358,26 @@ def test_store_with_emptied_catalog_and_a_cache_is_recovered(lib, store_dir, tmp
     assert doc["added"] == 2
     with Store.open(store_dir) as st:
         assert st.verify() == [] and len(st.items()) == 2
+
+
+# ---- case 10: one identity per file, its resolved real path
+
+
+def test_file_reached_through_a_symlinked_folder_is_one_file(tmp_path, store_dir):
+    lib = tmp_path / "lib"
+    real = write_audio(lib / "real" / "a.wav", tone(440, 1.0, SR), SR)
+    (lib / "link").symlink_to(lib / "real", target_is_directory=True)
+    first = indexed(lib, store_dir)
+    assert first["added"] == 1
+    again = json.loads(run("index", str(lib / "real"), "--jobs", "1", "--json").stdout)
+    assert (again["added"], again["unchanged"], again["removed"]) == (0, 1, [])
+    via_link = json.loads(run("index", str(lib / "link" / "a.wav"), "--jobs", "1", "--json").stdout)
+    assert (via_link["added"], via_link["unchanged"], via_link["removed"]) == (0, 1, [])
+    refresh = json.loads(run("index", "--jobs", "1", "--json").stdout)
+    assert (refresh["unchanged"], refresh["removed"]) == (1, [])
+    with Store.open(store_dir) as st:
+        assert list(st.files()) == [str(real)]
+    # A deletion seen only through the link is still a deletion.
+    real.unlink()
+    gone = json.loads(run("index", str(lib / "link"), "--jobs", "1", "--json").stdout)
+    assert gone["removed"] == [str(real)]
