@@ -18,6 +18,7 @@ row-aligned with `items()`, except in the short window after a killed run (then 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -244,11 +245,35 @@ def _friendly(exc: sqlite3.Error, where: Path) -> StoreError:
         )
     if "locked" in low or "busy" in low:
         return StoreLockedError(f"the store at {_display(where)} is busy ({msg}): try again")
-    if "full" in low:
-        return StoreError(f"the disk holding the store at {_display(where)} is full")
+    if "full" in low or ("disk i/o error" in low and _disk_full(where)):
+        # SQLite reports ENOSPC while writing its WAL as a vague "disk I/O error".
+        return StoreError(f"disk full: no space left for the store at {_display(where)}")
     if "unable to open" in low:
         return StoreError(f"cannot open the store catalog in {_display(where)}: check that the folder is accessible")
     return StoreError(f"store at {_display(where)}: {msg}")
+
+
+def _disk_full(where: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(where).free < 64 * 1024
+    except OSError:
+        return False
+
+
+def _check_store_path(path: Path) -> None:
+    """Name a --store that is a symlink loop or a broken link (mkdir said "File exists")."""
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"{_display(path)} is a symbolic link loop, not a store folder: fix the link or use another --store") from None
+        raise StoreError(
+            f"{_display(path)} is a broken symbolic link (to {_display(os.readlink(path))}), not a store folder: "
+            "create its target or use another --store"
+        )
 
 
 @contextmanager
@@ -264,6 +289,8 @@ def _os_errors(where: Path, doing: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"disk full: no space left for the store at {_display(where)} ({doing})") from exc
         reason = exc.strerror or str(exc)
         raise StoreError(f"store at {_display(where)}: {doing} failed: {reason}") from exc
 
@@ -355,6 +382,7 @@ class Store:
         the store was built with, StoreError when there is no usable store.
         """
         path = Path(path).expanduser().absolute()
+        _check_store_path(path)
         catalog = path / CATALOG
         if path.exists() and not path.is_dir():
             raise StoreError(f"{_display(path)} is a file, not a store folder")
@@ -860,6 +888,7 @@ def _migrate(db: sqlite3.Connection, path: Path, version: int, readonly: bool) -
 def store_lock(path: Path | str, wait: bool = False) -> Iterator[None]:
     """Hold the store's write lock: an exclusive flock on `lock`, released even on kill -9."""
     path = Path(path)
+    _check_store_path(path)
     lock_path = path / LOCK
     with _os_errors(path, "opening the lock file"):
         path.mkdir(parents=True, exist_ok=True)

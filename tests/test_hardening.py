@@ -381,3 +381,50 @@ def test_file_reached_through_a_symlinked_folder_is_one_file(tmp_path, store_dir
     real.unlink()
     gone = json.loads(run("index", str(lib / "link"), "--jobs", "1", "--json").stdout)
     assert gone["removed"] == [str(real)]
+
+
+# ---- case 15: messages that say what happened
+
+
+def test_unreadable_subfolder_is_named_in_the_summary(lib, store_dir, monkeypatch):
+    hidden = lib / "private"
+    write_audio(hidden / "c.wav", tone(440, 1.0, SR), SR)
+    real_scandir = os.scandir
+
+    def scandir(p):
+        # Root lists any folder, so simulate the EACCES a user gets listing a 0o000 folder.
+        if os.fsdecode(p) == str(hidden):
+            raise PermissionError(13, "Permission denied", os.fsdecode(p))
+        return real_scandir(p)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.stderr and "1 skipped" in result.stderr
+    assert f"skipped: {hidden}: folder not readable (Permission denied): its files were not indexed" in result.stderr
+
+
+def test_store_that_is_a_symlink_loop_or_broken_link_is_named(tmp_path, lib):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for args in (("index", str(lib)), ("status",), ("query", str(lib / "a.wav"))):
+        line = one_line_error(run(*args, "--store", str(loop)))
+        assert line == f"error: {loop} is a symbolic link loop, not a store folder: fix the link or use another --store"
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "nowhere")
+    one_line_error(run("index", str(lib), "--store", str(broken)), f"{broken} is a broken symbolic link (to {tmp_path / 'nowhere'})")
+
+
+def test_disk_full_is_said_plainly(tmp_path, monkeypatch):
+    import errno as errno_
+    import shutil
+
+    from soundsearch.store import _friendly, _os_errors
+    from soundsearch.errors import StoreError
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    err = _friendly(sqlite3.OperationalError("disk I/O error"), tmp_path)
+    assert str(err) == f"disk full: no space left for the store at {tmp_path}"
+    with pytest.raises(StoreError) as exc, _os_errors(tmp_path, "writing feature rows"):
+        raise OSError(errno_.ENOSPC, "No space left on device")
+    assert str(exc.value) == f"disk full: no space left for the store at {tmp_path} (writing feature rows)"
