@@ -289,9 +289,9 @@ def _os_errors(where: Path, doing: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise StoreError(f"disk full: no space left for the store at {_display(where)} ({doing})") from exc
         reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"disk full: no space left for the store at {_display(where)} ({doing} failed: {reason})") from exc
         raise StoreError(f"store at {_display(where)}: {doing} failed: {reason}") from exc
 
 

@@ -427,4 +427,4 @@ def test_disk_full_is_said_plainly(tmp_path, monkeypatch):
     assert str(err) == f"disk full: no space left for the store at {tmp_path}"
     with pytest.raises(StoreError) as exc, _os_errors(tmp_path, "writing feature rows"):
         raise OSError(errno_.ENOSPC, "No space left on device")
-    assert str(exc.value) == f"disk full: no space left for the store at {tmp_path} (writing feature rows)"
+    assert str(exc.value) == f"disk full: no space left for the store at {tmp_path} (writing feature rows failed: No space left on device)"
