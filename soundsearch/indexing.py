@@ -71,8 +71,46 @@ class IndexReport:
         }
 
 
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C during featurization, after what was done was committed: `kept` files."""
+
+    def __init__(self, kept: int):
+        super().__init__(kept)
+        self.kept = kept
+
+
 # One featurizer per worker process, rebuilt from its spec once rather than unpickled per task.
 _WORKER_FEATURIZERS: dict[str, Any] = {}
+_WORKER_SETUP: list[int] = []
+
+
+def _worker_setup(parent_pid: int) -> None:
+    """Once per worker process: leave Ctrl-C to the parent, and die with the parent.
+
+    A terminal's Ctrl-C reaches the whole process group; workers that raised KeyboardInterrupt
+    mid-task made joblib's worker-manager thread print a traceback. The parent stops the pool
+    itself. If the parent is killed outright, nothing stops the pool, so a watchdog thread ends
+    this worker once its parent is gone (ppid changes) instead of leaving it running.
+    """
+    import signal
+    import threading
+
+    if _WORKER_SETUP or os.getpid() == parent_pid:
+        return  # set up already, or featurizing in the parent itself (--jobs 1)
+    _WORKER_SETUP.append(os.getpid())
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        pass  # not the main thread of the worker: the parent still stops the pool
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="soundsearch-parent-watch", daemon=True).start()
+
 
 
 def _worker_featurizer(spec: dict, identity: str):
@@ -84,12 +122,15 @@ def _worker_featurizer(spec: dict, identity: str):
     return fz
 
 
-def _featurize(path: str, size: int, mtime_ns: int, spec: dict, identity: str, item_seconds: float) -> FileEntry:
+def _featurize(
+    path: str, size: int, mtime_ns: int, spec: dict, identity: str, item_seconds: float, parent_pid: int = 0
+) -> FileEntry:
     """Worker side: one file in, one FileEntry out; a bad file is a failed entry, not a crash."""
     import numpy as np
 
     from soundsearch.features import featurize_file
 
+    _worker_setup(parent_pid or os.getpid())
     entry = FileEntry(path=Path(path), size=size, mtime_ns=mtime_ns)
     fz = _worker_featurizer(spec, identity)
     try:
@@ -327,19 +368,22 @@ def _featurize_all(
 
         # Ordered results keep array rows in scan order, so a re-index is reproducible.
         results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
-            delayed(_featurize)(p, s, m, spec, identity, item_seconds) for p, s, m in todo
+            delayed(_featurize)(p, s, m, spec, identity, item_seconds, os.getpid()) for p, s, m in todo
         )
 
     pending: list[FileEntry] = []
     last_flush = time.monotonic()
     done = 0
+    kept = 0
 
     def flush() -> None:
         nonlocal pending, last_flush
+        nonlocal kept
         if pending:
             writer.write_files(pending)
             for e in pending:
                 _account(e, catalog, report)
+            kept += len(pending)
             pending = []
         last_flush = time.monotonic()
 
@@ -353,9 +397,33 @@ def _featurize_all(
             if len(pending) >= batch_size or time.monotonic() - last_flush >= batch_seconds:
                 flush()
     except KeyboardInterrupt:
-        # Keep what is already featurized; the interrupted rest is picked up next run.
+        # Keep what is already featurized; the interrupted rest is picked up next run. Closing
+        # the generator makes joblib stop its workers now rather than finish the queue.
+        close = getattr(results, "close", None)
+        if close is not None:
+            import threading
+            import warnings
+
+            # Cancelling races loky's executor-manager thread, which then dies with a KeyError
+            # traceback about a cancelled work item (a known loky race, harmless here: the pool
+            # is being torn down). Silence only that thread, only from now on.
+            previous_hook = threading.excepthook
+
+            def quiet_manager(args) -> None:
+                if args.thread is None or args.thread.name != "ExecutorManagerThread":
+                    previous_hook(args)
+
+            threading.excepthook = quiet_manager
+
+            # joblib warns that finished results go unused: they do, by design (next run).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    close()
+                except Exception:
+                    pass
         flush()
-        raise
+        raise IndexInterrupted(kept) from None
     flush()
 
 

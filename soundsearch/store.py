@@ -276,6 +276,13 @@ def _check_store_path(path: Path) -> None:
         )
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    # A Ctrl-C can land after COMMIT ran but before the statement returned; ROLLBACK then
+    # raised "no transaction is active" and hid the interrupt behind a store error.
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 @contextmanager
 def _sql_errors(where: Path) -> Iterator[None]:
     try:
@@ -848,7 +855,7 @@ def _create(db: sqlite3.Connection, path: Path, featurizer: Featurizer | None, i
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
 
 
@@ -876,7 +883,7 @@ def _migrate(db: sqlite3.Connection, path: Path, version: int, readonly: bool) -
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
 
 
@@ -1019,7 +1026,7 @@ class StoreWriter:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
 
     def remove_files(self, paths: Iterable[Path | str]) -> int:
@@ -1034,7 +1041,7 @@ class StoreWriter:
                 self._bump_generation()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
         return removed  # counts files only; their items go by ON DELETE CASCADE
 
@@ -1104,7 +1111,7 @@ class StoreWriter:
                 self._bump_generation()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
 
     def record_missing_checksums(self, chunk_rows: int = 1024) -> int:
@@ -1124,7 +1131,7 @@ class StoreWriter:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
         return len(rows)
 
@@ -1170,7 +1177,7 @@ class StoreWriter:
                 self._bump_generation()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
         with _os_errors(store.path, "removing the old feature array"):
             os.unlink(old_path)

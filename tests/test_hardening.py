@@ -428,3 +428,89 @@ def test_disk_full_is_said_plainly(tmp_path, monkeypatch):
     with pytest.raises(StoreError) as exc, _os_errors(tmp_path, "writing feature rows"):
         raise OSError(errno_.ENOSPC, "No space left on device")
     assert str(exc.value) == f"disk full: no space left for the store at {tmp_path} (writing feature rows failed: No space left on device)"
+
+
+# ---- Ctrl-C: an interrupted parallel index stops quietly, leaves no workers, and resumes
+
+
+def _children(pid: int) -> set[int]:
+    """Descendants of pid, from /proc (psutil is not installed)."""
+    parents: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parents.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_during_parallel_index_is_quiet_leaves_no_workers_and_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lib = tmp_path / "lib"
+    for i in range(40):
+        write_audio(lib / f"f{i:02d}.wav", tone(200 + 20 * i, 2.0, SR), SR)
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(store), "--jobs", "2",
+           "--batch-size", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    catalog = store / "catalog.sqlite"
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < deadline:
+        workers |= _children(proc.pid)
+        try:
+            db = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
+            n = db.execute("SELECT count(*) FROM files").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            n = 0
+        if n:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "index finished before it could be interrupted"
+    workers |= _children(proc.pid)
+    assert workers
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted; ") and lines[0].endswith(
+        " files kept, run index again to resume"
+    ), stderr
+    kept = int(lines[0].split()[1])
+    assert 0 < kept < 40
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not [p for p in workers if _alive(p)]
+    # Resume: the interrupted store ends identical to an uninterrupted one.
+    done = subprocess.run(cmd[:-1] + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["unchanged"] == kept
+    fresh = tmp_path / "fresh"
+    subprocess.run(cmd[:5] + ["--store", str(fresh), "--jobs", "1", "--quiet"], env=env, check=True, timeout=300)
+    with Store.open(store) as a, Store.open(fresh) as b:
+        fa = {str(i.path): np.array(a.features()[i.row]) for i in a.items()}
+        fb = {str(i.path): np.array(b.features()[i.row]) for i in b.items()}
+        assert a.verify() == [] and sorted(fa) == sorted(fb) and len(fa) == 40
+        for k in fa:
+            np.testing.assert_array_equal(fa[k], fb[k])

@@ -102,7 +102,7 @@ def index(
 
     Example:  soundsearch index ~/Sounds/Foley ~/Sounds/Ambiences --jobs 4
     """
-    from soundsearch.indexing import IndexProgress, index_paths
+    from soundsearch.indexing import IndexInterrupted, IndexProgress, index_paths
     from soundsearch.paths import resolve_store_dir
 
     store_dir = resolve_store_dir(store)
@@ -130,18 +130,23 @@ def index(
             elif p.phase == "compact":
                 bar.update(task, description="compacting")
 
-        report = index_paths(
-            store_dir,
-            paths or [],
-            featurizer_name=featurizer.value if featurizer else None,
-            featurizer_params=params or None,
-            jobs=jobs,
-            item_seconds=item_seconds,
-            on_progress=on_progress,
-            wait=wait,
-            batch_size=batch_size,
-            verify=verify,
-        )
+        try:
+            report = index_paths(
+                store_dir,
+                paths or [],
+                featurizer_name=featurizer.value if featurizer else None,
+                featurizer_params=params or None,
+                jobs=jobs,
+                item_seconds=item_seconds,
+                on_progress=on_progress,
+                wait=wait,
+                batch_size=batch_size,
+                verify=verify,
+            )
+        except IndexInterrupted as stop:
+            stack.close()  # end the progress bar before the message
+            err.print(f"interrupted; {stop.kept} files kept, run index again to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     if json_out:
         typer.echo(json.dumps(report.to_json(), allow_nan=False))
     elif not quiet:
