@@ -90,7 +90,10 @@ def _worker_setup(parent_pid: int) -> None:
     A terminal's Ctrl-C reaches the whole process group; workers that raised KeyboardInterrupt
     mid-task made joblib's worker-manager thread print a traceback. The parent stops the pool
     itself. If the parent is killed outright, nothing stops the pool, so a watchdog thread ends
-    this worker once its parent is gone (ppid changes) instead of leaving it running.
+    this worker once its parent is gone (ppid changes) instead of leaving it running. Run as the
+    pool's initializer, so a worker that never got a task is covered too; a polling thread
+    rather than prctl(PR_SET_PDEATHSIG), which fires when the forking *thread* exits and loky
+    may fork from a helper thread.
     """
     import signal
     import threading
@@ -102,7 +105,10 @@ def _worker_setup(parent_pid: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:
         pass  # not the main thread of the worker: the parent still stops the pool
-    parent = os.getppid()
+    # Compare with the pid the parent passed, not the ppid seen now: a worker still importing
+    # when the parent was killed starts up already orphaned (ppid 1) and must exit at once.
+    ppid = os.getppid()
+    parent = parent_pid if ppid in (parent_pid, 1) else ppid
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -367,14 +373,35 @@ def _featurize_all(
         from joblib import Parallel, delayed
 
         # Ordered results keep array rows in scan order, so a re-index is reproducible.
-        results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
-            delayed(_featurize)(p, s, m, spec, identity, item_seconds, os.getpid()) for p, s, m in todo
-        )
+        from joblib import parallel_config
+
+        with parallel_config(backend="loky", initializer=_worker_setup, initargs=(os.getpid(),)):
+            results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
+                delayed(_featurize)(p, s, m, spec, identity, item_seconds, os.getpid()) for p, s, m in todo
+            )
 
     pending: list[FileEntry] = []
     last_flush = time.monotonic()
     done = 0
     kept = 0
+    # Cancelling on Ctrl-C races loky's executor-manager thread, which can die with a KeyError
+    # traceback about a cancelled work item (joblib may cancel before we even see the
+    # interrupt). Its exceptions are held back while the pool runs: dropped after an interrupt
+    # (the pool is being torn down anyway), shown as usual otherwise.
+    import threading
+
+    previous_hook = threading.excepthook
+    held: list = []
+    interrupted = False
+
+    def hold_manager(args) -> None:
+        if args.thread is not None and args.thread.name == "ExecutorManagerThread":
+            held.append(args)
+        else:
+            previous_hook(args)
+
+    if n_jobs > 1:
+        threading.excepthook = hold_manager
 
     def flush() -> None:
         nonlocal pending, last_flush
@@ -400,20 +427,9 @@ def _featurize_all(
         # Keep what is already featurized; the interrupted rest is picked up next run. Closing
         # the generator makes joblib stop its workers now rather than finish the queue.
         close = getattr(results, "close", None)
+        interrupted = True
         if close is not None:
-            import threading
             import warnings
-
-            # Cancelling races loky's executor-manager thread, which then dies with a KeyError
-            # traceback about a cancelled work item (a known loky race, harmless here: the pool
-            # is being torn down). Silence only that thread, only from now on.
-            previous_hook = threading.excepthook
-
-            def quiet_manager(args) -> None:
-                if args.thread is None or args.thread.name != "ExecutorManagerThread":
-                    previous_hook(args)
-
-            threading.excepthook = quiet_manager
 
             # joblib warns that finished results go unused: they do, by design (next run).
             with warnings.catch_warnings():
@@ -424,6 +440,11 @@ def _featurize_all(
                     pass
         flush()
         raise IndexInterrupted(kept) from None
+    finally:
+        if n_jobs > 1 and not interrupted:
+            threading.excepthook = previous_hook
+            for args in held:
+                previous_hook(args)
     flush()
 
 

@@ -514,3 +514,31 @@ def test_ctrl_c_during_parallel_index_is_quiet_leaves_no_workers_and_resumes(tmp
         assert a.verify() == [] and sorted(fa) == sorted(fb) and len(fa) == 40
         for k in fa:
             np.testing.assert_array_equal(fa[k], fb[k])
+
+
+def test_workers_exit_when_index_is_killed_outright(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lib = tmp_path / "lib"
+    for i in range(20):
+        write_audio(lib / f"f{i:02d}.wav", tone(200 + 20 * i, 2.0, SR), SR)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "soundsearch", "index", str(lib), "--store", str(tmp_path / "s"), "--jobs", "2", "--quiet"],
+        env=env, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    workers: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers |= _children(proc.pid)
+        time.sleep(0.05)
+    assert workers
+    os.kill(proc.pid, signal.SIGKILL)  # no handler runs: the workers must notice by themselves
+    proc.wait()
+    deadline = time.monotonic() + 60  # a worker still importing torch exits once it starts
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)]
