@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,18 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 # Below -100 dBFS a file holds no usable sound (a 16-bit LSB is about -90 dBFS).
 SILENCE_PEAK = 1e-5
+# Above +80 dBFS a float file is damaged or mis-scaled, not loud: refused by name rather than
+# normalised, because its features (log-mel of a 1e25 signal) lie far outside anything the model
+# saw, so it ranked nothing and every result "passed no filters". A hot but real float file
+# (peaks of a few times full scale) stays well inside this.
+MAX_PEAK = 1e4
+# Header rates below this are damage (a WAV claiming 1 Hz made 44 KB into 6.1 hours); the
+# lowest rate in real use is 8000 Hz.
+MIN_SAMPLERATE = 1000
+# MPEG audio carries 8 to 320 kbit/s (448 for layer I/II). A decode that implies far more
+# (little audio from many bytes: another format, e.g. AAC, named .mp3 yields a few stray frames)
+# or far less (more audio than the bytes can hold) is not the file's content.
+MP3_KBPS_RANGE = (4.0, 1000.0)
 # Blocks of this many seconds bound memory for long files while keeping per-call overhead small.
 BLOCK_SECONDS = 30.0
 RESAMPLE_QUALITY = "HQ"
@@ -118,9 +130,49 @@ def _diagnose(bpath: bytes, exc: Exception) -> str:
     return f"not decodable as audio ({detail.rstrip('.')})"
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "not a regular file"
+
+
+def not_regular_reason(path: PathLike) -> str | None:
+    """Why `path` cannot be read as a sound file (None when it is a readable regular file).
+
+    Only regular files are opened: a named pipe or a character device would block the open or
+    the read forever (`mkfifo f.wav` hung query), and a device has no size to check a decode
+    against. A folder the user cannot enter is "permission denied", not "no such file".
+    """
+    bpath = os.fsencode(path)
+    try:
+        st = os.stat(bpath)
+    except FileNotFoundError:
+        return "no such file (or a broken link)"
+    except PermissionError:
+        return "permission denied (on the file or a folder above it)"
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {_kind(st.st_mode)}, not a regular file: only regular files are read"
+    return None
+
+
 def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
     # soundfile encodes str paths strictly; bytes go to sf_open untouched, so any name works.
     bpath = os.fsencode(path)
+    reason = not_regular_reason(bpath)
+    if reason is not None:
+        raise AudioError(as_path(bpath), reason)
     try:
         f = sf.SoundFile(bpath)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
@@ -131,6 +183,10 @@ def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
 def _info_of(f: sf.SoundFile, path: Path) -> AudioInfo:
     if f.samplerate <= 0 or f.channels <= 0:
         raise AudioError(path, f"invalid header (rate {f.samplerate}, channels {f.channels})")
+    if f.samplerate < MIN_SAMPLERATE:
+        raise AudioError(
+            path, f"invalid header: sample rate {f.samplerate} Hz is below {MIN_SAMPLERATE} Hz (damaged header?)"
+        )
     if f.frames <= 0:
         raise AudioError(path, "no audio samples (zero length)")
     return AudioInfo(path, int(f.samplerate), int(f.channels), int(f.frames), f.frames / f.samplerate)
@@ -195,6 +251,7 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
         blocksize = max(1, int(BLOCK_SECONDS * info.samplerate))
         dtype = _READ_DTYPE.get(f.subtype, "float32")
         first_sample = np.zeros(0, np.float32)
+        fmt = f.format
         with f:
             while True:
                 try:
@@ -213,6 +270,12 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
                         first_sample = mono[:1].copy()
                     decoded += mono.size
                     peak = max(peak, hi, -lo)
+                    if peak > MAX_PEAK:
+                        raise AudioError(
+                            shown,
+                            f"absurd level: peak {peak:.3g} times full scale (above {MAX_PEAK:g}); "
+                            "the samples are damaged or mis-scaled",
+                        )
                 if info.samplerate == sample_rate:
                     out = mono
                 elif last and resampler is None:
@@ -231,6 +294,8 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
                     break
         if decoded == 0:
             raise AudioError(shown, "no audio samples could be decoded (zero length)")
+        if fmt == "MP3":
+            _check_mp3_length(p, decoded, info.samplerate)
         if produced == 0:
             # A handful of samples resampled down can round to nothing; keep one so the file is usable.
             yield first_sample
@@ -238,6 +303,45 @@ def _stream_mono(path: PathLike, sample_rate: int) -> tuple[AudioInfo, Iterator[
             warnings.append(AudioWarning(shown, "silent (peak below -100 dBFS)"))
 
     return info, blocks(), warnings
+
+
+def _id3v2_size(path: Path) -> int:
+    """Bytes of a leading ID3v2 tag (cover art can be megabytes), 0 without one."""
+    try:
+        with open(os.fsencode(path), "rb") as fh:
+            head = fh.read(10)
+    except OSError:
+        return 0
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return 0
+    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+    return 10 + size + (10 if head[5] & 0x10 else 0)
+
+
+def _check_mp3_length(path: Path, decoded: int, samplerate: int) -> None:
+    """Refuse an MP3 decode whose length the file's size contradicts (see MP3_KBPS_RANGE)."""
+    try:
+        size = os.stat(os.fsencode(path)).st_size - _id3v2_size(path)
+    except OSError:
+        return
+    seconds = decoded / samplerate
+    if size <= 0 or seconds <= 0:
+        return
+    kbps = size * 8 / seconds / 1000
+    lo, hi = MP3_KBPS_RANGE
+    # Tiny files are all header and padding; the rule is only meaningful past a few frames.
+    if size >= 16_384 and kbps > hi:
+        raise AudioError(
+            path,
+            f"not decodable as MP3: only {seconds:.3f} s decoded from {size:,} bytes of audio data "
+            f"({kbps:,.0f} kbit/s, far above MP3's 320): another format named .mp3, or damaged",
+        )
+    if kbps < lo:
+        raise AudioError(
+            path,
+            f"suspicious MP3: {seconds:.1f} s decoded from only {size:,} bytes ({kbps:.2f} kbit/s, "
+            "far below MP3's 8): damaged",
+        )
 
 
 def load(path: PathLike, sample_rate: int, min_samples: int = 0) -> LoadedAudio:
@@ -342,13 +446,26 @@ def has_audio_extension(path: PathLike) -> bool:
     return os.path.splitext(os.fsdecode(path))[1].lower() in AUDIO_EXTENSIONS
 
 
-def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
-    """Audio files under `paths`, recursively: absolute, each real file once, sorted.
+def scan(
+    paths: Iterable[PathLike],
+    on_skip: Callable[[Path, str], None] | None = None,
+    dirs: set[str] | None = None,
+) -> Iterator[Path]:
+    """Audio files under `paths`, recursively: each real file once, by its resolved real path
+    (symlinks resolved, see README "File identity"), sorted.
+
+    A file reachable through a symlinked folder and by its own path is one file with one name,
+    whichever way the scan met it first; otherwise a refresh that met it the other way reported
+    it "removed" while it existed. `dirs`, if given, receives the real path of every folder
+    listed, so a caller can tell which catalogued files the scan could have seen.
 
     Hidden entries and files without an audio extension are skipped silently; directory symlink
-    loops, broken links and unreadable folders are survived. A file named explicitly is yielded
-    if it has an audio extension. A path that does not exist raises AudioError.
+    loops and broken links are survived. Folders that cannot be listed and entries with an audio
+    extension that are not regular files (pipes, devices) are skipped too, but handed to
+    `on_skip(path, reason)` so the caller can name them. A file named explicitly is yielded if it
+    has an audio extension. A path that does not exist raises AudioError.
     """
+    skip = on_skip or (lambda _p, _r: None)
     roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
     for r in roots:
         if not os.path.lexists(r) or (os.path.islink(r) and not os.path.exists(r)):
@@ -365,7 +482,9 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
         if stat.S_ISDIR(st.st_mode):
             stack.append(str(r))
         elif stat.S_ISREG(st.st_mode) and has_audio_extension(r):
-            found.append((str(r), (st.st_dev, st.st_ino)))
+            found.append((os.path.realpath(r), (st.st_dev, st.st_ino)))
+        elif has_audio_extension(r):
+            skip(r, f"is {_kind(st.st_mode)}, not a regular file: only regular files are read")
 
     while stack:
         d = stack.pop()
@@ -377,10 +496,14 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
         if key in seen_dirs:
             continue  # symlink loop, or the same folder reached twice
         seen_dirs.add(key)
+        real_d = os.path.realpath(d)
+        if dirs is not None:
+            dirs.add(real_d)
         try:
             with os.scandir(d) as it:
                 entries = list(it)
-        except OSError:
+        except OSError as exc:
+            skip(Path(d), f"folder not readable ({exc.strerror or exc}): its files were not indexed")
             continue
         for e in entries:
             if _is_hidden(e.name):
@@ -388,9 +511,15 @@ def scan(paths: Iterable[PathLike]) -> Iterator[Path]:
             try:
                 if e.is_dir():
                     stack.append(e.path)
-                elif has_audio_extension(e.name) and e.is_file():
-                    est = e.stat()
-                    found.append((e.path, (est.st_dev, est.st_ino)))
+                elif has_audio_extension(e.name):
+                    if e.is_file():
+                        est = e.stat()
+                        # One realpath per folder, not per file: only a linked file needs its own.
+                        real = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real_d, e.name)
+                        found.append((real, (est.st_dev, est.st_ino)))
+                    elif os.path.lexists(e.path) and os.path.exists(e.path):
+                        mode = os.stat(e.path).st_mode
+                        skip(Path(e.path), f"is {_kind(mode)}, not a regular file: only regular files are read")
             except OSError:
                 continue  # vanished or unreadable mid-scan
 

@@ -40,8 +40,12 @@ class IndexReport:
     # Files that failed in an earlier run and have not changed since, so were not retried.
     still_failed: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[tuple[Path, str]] = field(default_factory=list)
+    # Paths not indexed and why: pipes and devices with audio names, folders that cannot be read.
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
     # Recorded library folders that were not there this time (unmounted drive?): left alone.
     missing_roots: list[Path] = field(default_factory=list)
+    # With verify: files whose stored features failed their checksum and were featurized again.
+    repaired: list[Path] = field(default_factory=list)
     items_added: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
@@ -58,15 +62,61 @@ class IndexReport:
             "failed": [{"path": _display(p), "reason": r} for p, r in self.failed],
             "still_failed": [{"path": _display(p), "reason": r} for p, r in self.still_failed],
             "warnings": [{"path": _display(p), "reason": r} for p, r in self.warnings],
+            "skipped": [{"path": _display(p), "reason": r} for p, r in self.skipped],
             "missing_roots": [_display(p) for p in self.missing_roots],
+            "repaired": [_display(p) for p in self.repaired],
             "items_added": self.items_added,
             "audio_seconds": round(self.audio_seconds, 3),
             "seconds": round(self.seconds, 3),
         }
 
 
+class IndexInterrupted(KeyboardInterrupt):
+    """Ctrl-C during featurization, after what was done was committed: `kept` files."""
+
+    def __init__(self, kept: int):
+        super().__init__(kept)
+        self.kept = kept
+
+
 # One featurizer per worker process, rebuilt from its spec once rather than unpickled per task.
 _WORKER_FEATURIZERS: dict[str, Any] = {}
+_WORKER_SETUP: list[int] = []
+
+
+def _worker_setup(parent_pid: int) -> None:
+    """Once per worker process: leave Ctrl-C to the parent, and die with the parent.
+
+    A terminal's Ctrl-C reaches the whole process group; workers that raised KeyboardInterrupt
+    mid-task made joblib's worker-manager thread print a traceback. The parent stops the pool
+    itself. If the parent is killed outright, nothing stops the pool, so a watchdog thread ends
+    this worker once its parent is gone (ppid changes) instead of leaving it running. Run as the
+    pool's initializer, so a worker that never got a task is covered too; a polling thread
+    rather than prctl(PR_SET_PDEATHSIG), which fires when the forking *thread* exits and loky
+    may fork from a helper thread.
+    """
+    import signal
+    import threading
+
+    if _WORKER_SETUP or os.getpid() == parent_pid:
+        return  # set up already, or featurizing in the parent itself (--jobs 1)
+    _WORKER_SETUP.append(os.getpid())
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        pass  # not the main thread of the worker: the parent still stops the pool
+    # Compare with the pid the parent passed, not the ppid seen now: a worker still importing
+    # when the parent was killed starts up already orphaned (ppid 1) and must exit at once.
+    ppid = os.getppid()
+    parent = parent_pid if ppid in (parent_pid, 1) else ppid
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="soundsearch-parent-watch", daemon=True).start()
+
 
 
 def _worker_featurizer(spec: dict, identity: str):
@@ -78,12 +128,15 @@ def _worker_featurizer(spec: dict, identity: str):
     return fz
 
 
-def _featurize(path: str, size: int, mtime_ns: int, spec: dict, identity: str, item_seconds: float) -> FileEntry:
+def _featurize(
+    path: str, size: int, mtime_ns: int, spec: dict, identity: str, item_seconds: float, parent_pid: int = 0
+) -> FileEntry:
     """Worker side: one file in, one FileEntry out; a bad file is a failed entry, not a crash."""
     import numpy as np
 
     from soundsearch.features import featurize_file
 
+    _worker_setup(parent_pid or os.getpid())
     entry = FileEntry(path=Path(path), size=size, mtime_ns=mtime_ns)
     fz = _worker_featurizer(spec, identity)
     try:
@@ -143,6 +196,7 @@ def index_paths(
     wait: bool = False,
     batch_size: int = 64,
     batch_seconds: float = 10.0,
+    verify: bool = False,
 ) -> IndexReport:
     """Bring the store at `store_dir` up to date with the audio files under `paths`.
 
@@ -151,7 +205,9 @@ def index_paths(
     library folder the store has seen is refreshed (ones that are missing are skipped and
     reported, never emptied). Raises StoreLockedError when another process is writing (unless
     `wait`), FeaturizerMismatchError when the featurizer differs from the store's, StoreError for
-    an unusable store, SoundsearchError for a missing path.
+    an unusable store, SoundsearchError for a missing path. With `verify`, every stored item's
+    features are checked against their checksum and the files of damaged items are featurized
+    again, as if changed (items stored before checksums existed get theirs recorded).
     """
     from soundsearch import audio
     from soundsearch.features import featurizer_from_spec, get_featurizer
@@ -160,8 +216,15 @@ def index_paths(
     store_dir = Path(store_dir).expanduser().absolute()
     roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
     for r in roots:
-        if not os.path.exists(r):
-            raise SoundsearchError(f"{_display(r)}: no such file or directory")
+        try:
+            os.stat(r)
+        except FileNotFoundError:
+            raise SoundsearchError(f"{_display(r)}: no such file or directory") from None
+        except PermissionError:
+            # os.path.exists says False here, which made a folder we may not enter "no such file".
+            raise SoundsearchError(f"{_display(r)}: permission denied (on it or a folder above it)") from None
+        except OSError as exc:
+            raise SoundsearchError(f"{_display(r)}: cannot read ({exc.strerror or exc})") from None
         if os.path.isfile(r) and not audio.has_audio_extension(r):
             raise SoundsearchError(
                 f"{_display(r)}: not a supported audio file (extensions: {', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
@@ -189,7 +252,7 @@ def index_paths(
             )
         report = IndexReport(store=store_dir, featurizer_identity=identity)
         with store.writer(wait=wait) as writer:
-            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report)
+            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report, verify)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -228,6 +291,7 @@ def _run(
     batch_size: int,
     batch_seconds: float,
     report: IndexReport,
+    verify: bool = False,
 ) -> None:
     from soundsearch import audio
 
@@ -241,9 +305,14 @@ def _run(
 
     notify(IndexProgress("scan"))
     catalog = store.file_states()
+    damaged: set[str] = set()
+    if verify:
+        damaged = set(store.check_checksums()[0])
+        writer.record_missing_checksums()
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
-    for p in audio.scan(roots):
+    scanned_dirs: set[str] = set()
+    for p in audio.scan(roots, on_skip=lambda path, why: report.skipped.append((path, why)), dirs=scanned_dirs):
         key = str(p)
         seen.add(key)
         try:
@@ -251,16 +320,22 @@ def _run(
         except OSError:
             continue  # vanished since the scan; the next run removes it
         known = catalog.get(key)
-        if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        if key in damaged:
+            report.repaired.append(p)
+        elif known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
             report.unchanged += 1
             if known[2] == STATUS_FAILED:
                 report.still_failed.append((p, known[3] or ""))
             continue
         todo.append((key, st.st_size, st.st_mtime_ns))
 
-    # Only folders named in this run (or refreshed) are checked for deletions.
-    root_set = {str(r) for r in roots}
-    gone = [Path(key) for key in catalog if key not in seen and _under_any(key, root_set)]
+    # Only folders named in this run (or refreshed) are checked for deletions. Files are known by
+    # their real paths, so the real paths of the roots and of every folder listed count too.
+    root_set = {str(r) for r in roots} | {os.path.realpath(r) for r in roots}
+    gone = [
+        Path(key) for key in catalog
+        if key not in seen and (_under_any(key, root_set) or os.path.dirname(key) in scanned_dirs)
+    ]
     if gone:
         writer.remove_files(gone)
         report.removed = sorted(gone)
@@ -302,20 +377,44 @@ def _featurize_all(
         # equivalents) set to cpu_count // n_jobs, which torch takes as its intra-op thread
         # count, so n_jobs workers running aisfx's convolutions share the cores rather than
         # each using all of them; with n_jobs == 1 the featurizer runs here on all threads.
-        results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
-            delayed(_featurize)(p, s, m, spec, identity, item_seconds) for p, s, m in todo
-        )
+        from joblib import parallel_config
+
+        with parallel_config(backend="loky", initializer=_worker_setup, initargs=(os.getpid(),)):
+            results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
+                delayed(_featurize)(p, s, m, spec, identity, item_seconds, os.getpid()) for p, s, m in todo
+            )
 
     pending: list[FileEntry] = []
     last_flush = time.monotonic()
     done = 0
+    kept = 0
+    # Cancelling on Ctrl-C races loky's executor-manager thread, which can die with a KeyError
+    # traceback about a cancelled work item (joblib may cancel before we even see the
+    # interrupt). Its exceptions are held back while the pool runs: dropped after an interrupt
+    # (the pool is being torn down anyway), shown as usual otherwise.
+    import threading
+
+    previous_hook = threading.excepthook
+    held: list = []
+    interrupted = False
+
+    def hold_manager(args) -> None:
+        if args.thread is not None and args.thread.name == "ExecutorManagerThread":
+            held.append(args)
+        else:
+            previous_hook(args)
+
+    if n_jobs > 1:
+        threading.excepthook = hold_manager
 
     def flush() -> None:
         nonlocal pending, last_flush
+        nonlocal kept
         if pending:
             writer.write_files(pending)
             for e in pending:
                 _account(e, catalog, report)
+            kept += len(pending)
             pending = []
         last_flush = time.monotonic()
 
@@ -329,9 +428,27 @@ def _featurize_all(
             if len(pending) >= batch_size or time.monotonic() - last_flush >= batch_seconds:
                 flush()
     except KeyboardInterrupt:
-        # Keep what is already featurized; the interrupted rest is picked up next run.
+        # Keep what is already featurized; the interrupted rest is picked up next run. Closing
+        # the generator makes joblib stop its workers now rather than finish the queue.
+        close = getattr(results, "close", None)
+        interrupted = True
+        if close is not None:
+            import warnings
+
+            # joblib warns that finished results go unused: they do, by design (next run).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    close()
+                except Exception:
+                    pass
         flush()
-        raise
+        raise IndexInterrupted(kept) from None
+    finally:
+        if n_jobs > 1 and not interrupted:
+            threading.excepthook = previous_hook
+            for args in held:
+                previous_hook(args)
     flush()
 
 

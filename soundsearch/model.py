@@ -468,11 +468,91 @@ def read_header(path: Path | str) -> dict:
         header = json.loads(metadata[HEADER_KEY])
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: corrupt model header ({exc})") from None
-    if header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelError(f"{path}: not a soundsearch model")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{path}: model format {header.get('format_version')} is newer than this soundsearch supports")
+    version = header.get("format_version")
+    if type(version) is not int or version < 1:
+        raise ModelError(f"{path}: corrupt model header (format_version {version!r} is not a positive integer)")
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{path}: model format {version} is newer than this soundsearch supports")
     return header
+
+
+# Bounds on header numbers, checked before anything is allocated from them: a header is data
+# from a file, and `tower=[2**31]*3` must be a refusal, not a 16 GiB allocation or a
+# RuntimeError from torch. Generous: the shipped models are ~100x below each.
+MAX_STEPS = 10_000
+MAX_DIM = 65_536
+MAX_CATEGORIES = 1_000
+MAX_LAYER_UNITS = 16_384
+MAX_LAYERS = 16
+
+
+def _config_from_header(path: Path, raw: Any) -> ModelConfig:
+    """A ModelConfig from header data, every field type- and bounds-checked, naming the file."""
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{path}: corrupt model header (config {what})")
+
+    if not isinstance(raw, dict):
+        raise bad("is not an object")
+
+    def integer(name: str, lo: int, hi: int, value: Any = None) -> int:
+        v = raw.get(name) if value is None else value
+        # bool is an int subclass, and 1e9 is a float: both are corrupt here, not coercible.
+        if type(v) is not int or not lo <= v <= hi:
+            raise bad(f"{name}={v!r}: expected a whole number from {lo} to {hi}")
+        return v
+
+    for name in ("steps", "dim", "n_categories"):
+        if name not in raw:
+            raise bad(f"lacks {name!r}")
+    integer("steps", 1, MAX_STEPS)
+    integer("dim", 1, MAX_DIM)
+    integer("n_categories", 1, MAX_CATEGORIES)
+    for name in ("tower", "head"):
+        if name in raw:
+            layers = raw[name]
+            if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
+                raise bad(f"{name}={layers!r}: expected a list of at most {MAX_LAYERS} layer widths")
+            for u in layers:
+                integer(name, 1, MAX_LAYER_UNITS, value=u)
+    for name in ("siamese", "per_category", "attention"):
+        if name in raw and type(raw[name]) is not bool:
+            raise bad(f"{name}={raw[name]!r}: expected true or false")
+    if "dropout" in raw and (type(raw["dropout"]) not in (int, float) or not 0.0 <= raw["dropout"] < 1.0):
+        raise bad(f"dropout={raw['dropout']!r}: expected a number in [0, 1)")
+    try:
+        return ModelConfig.from_json(raw)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise bad(f"is invalid ({exc})") from None
+
+
+def _check_tensors(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor's name and shape as the config's network has them, and every value finite.
+
+    The expected shapes come from a network built on the meta device (no memory), so a header
+    that contradicts its weights is refused before the real network is allocated.
+    """
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in PresenceNet(config).state_dict().items()}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelError(
+            f"{path}: weights do not fit the recorded architecture "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise ModelError(
+                f"{path}: weights do not fit the recorded architecture "
+                f"({name} has shape {tuple(t.shape)}, the header's config needs {shape})"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"{path}: corrupt weights ({name} holds NaN or infinite values)")
 
 
 def load_model(path: Path | str) -> LoadedModel:
@@ -481,22 +561,45 @@ def load_model(path: Path | str) -> LoadedModel:
 
     path = Path(path)
     header = read_header(path)
+    if "config" not in header:
+        raise ModelError(f"{path}: incomplete model header ('config')")
+    config = _config_from_header(path, header["config"])
     try:
-        config = ModelConfig.from_json(header["config"])
-        taxonomy = Taxonomy.from_json(header["taxonomy"])
+        names = header["taxonomy"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError("taxonomy is not a list of names")
+        taxonomy = Taxonomy.from_json(names)
         spec = header["featurizer"]["spec"]
         identity = header["featurizer"]["identity"]
+        if not isinstance(spec, dict) or not isinstance(identity, str):
+            raise TypeError("featurizer spec/identity of the wrong type")
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: incomplete model header ({exc})") from None
+    if len(taxonomy) != config.n_categories:
+        # 9 names on 8 outputs indexed past the network's output; 7 showed levels as "8/7".
+        raise ModelError(
+            f"{path}: corrupt model header ({len(taxonomy)} category names for a network with "
+            f"{config.n_categories} outputs)"
+        )
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # corrupt tensor data surfaces as safetensors' own error type
         raise ModelError(f"{path}: unreadable weights ({exc})") from None
     try:
-        mean = tensors.pop("norm.mean").numpy().astype(np.float32)
-        std = tensors.pop("norm.std").numpy().astype(np.float32)
+        mean_t = tensors.pop("norm.mean")
+        std_t = tensors.pop("norm.std")
     except KeyError:
         raise ModelError(f"{path}: missing feature normalisation statistics") from None
+    mean = mean_t.to(torch.float32).numpy().reshape(-1)
+    std = std_t.to(torch.float32).numpy().reshape(-1)
+    if mean.shape != (config.dim,) or std.shape != (config.dim,):
+        raise ModelError(
+            f"{path}: normalisation statistics have {mean.size} and {std.size} values, the network's features {config.dim}"
+        )
+    # A zero or NaN std turns every feature into NaN or inf, which then reached --json output.
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise ModelError(f"{path}: corrupt normalisation statistics (non-finite values, or a std that is not positive)")
+    _check_tensors(path, config, tensors)
     net = PresenceNet(config)
     try:
         net.load_state_dict(tensors, strict=True)
@@ -571,11 +674,16 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     raise ModelError(f"no model named {text!r}{hint}")
 
 
+def _finite_or_none(v: Any) -> float | None:
+    # Python's json reads NaN from a header; `models --json` must not write it back out.
+    return float(v) if type(v) in (int, float) and math.isfinite(v) else None
+
+
 def model_info(path: Path, source: str = "file") -> ModelInfo:
     name = path.name.removesuffix(MODEL_SUFFIX)
     try:
         header = read_header(path)
-        config = ModelConfig.from_json(header["config"])
+        config = _config_from_header(path, header.get("config"))
     except (ModelError, KeyError, TypeError, ValueError) as exc:
         return ModelInfo(name=name, path=path, source=source, error=str(exc))
     meta = header.get("meta", {})
@@ -589,10 +697,10 @@ def model_info(path: Path, source: str = "file") -> ModelInfo:
         featurizer_identity=str(header.get("featurizer", {}).get("identity", "")),
         categories=tuple(header.get("taxonomy", ())),
         variant=config.variant,
-        epochs=meta.get("epochs"),
-        val_loss=val.get("loss"),
-        val_accuracy=val.get("accuracy"),
-        val_majority=val.get("majority"),
+        epochs=meta.get("epochs") if type(meta.get("epochs")) is int else None,
+        val_loss=_finite_or_none(val.get("loss")),
+        val_accuracy=_finite_or_none(val.get("accuracy")),
+        val_majority=_finite_or_none(val.get("majority")),
         created=str(meta.get("created", "")),
     )
 

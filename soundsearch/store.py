@@ -18,13 +18,16 @@ row-aligned with `items()`, except in the short window after a killed run (then 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import struct
 import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +40,15 @@ from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedE
 if TYPE_CHECKING:
     from soundsearch.features import Featurizer
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CATALOG = "catalog.sqlite"
 ARRAYS = "arrays"
 LOCK = "lock"
-# Files a store folder may hold; anything else means the folder is someone else's.
-_OWN_NAMES = {CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal", ARRAYS, LOCK}
+# The search engine's per-store cache folder (soundsearch.search keeps it inside the store).
+CACHE = "cache"
+# Files a store folder may hold; anything else means the folder is someone else's. The cache
+# is ours too: a store whose catalog was emptied after a query must be recoverable by `index`.
+_OWN_NAMES = {CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal", ARRAYS, LOCK, CACHE}
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -192,7 +198,8 @@ CREATE TABLE items (
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     start_s REAL NOT NULL,
     end_s REAL NOT NULL,
-    array_row INTEGER NOT NULL UNIQUE
+    array_row INTEGER NOT NULL UNIQUE,
+    crc INTEGER
 );
 CREATE INDEX items_file ON items(file_id);
 CREATE TABLE roots (path BLOB PRIMARY KEY, added_at REAL NOT NULL);
@@ -205,9 +212,21 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE roots (path BLOB PRIMARY KEY, added_at REAL NOT NULL)")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    # Version 3 keeps a crc32 of each item's feature bytes, so damage to the array file is
+    # found (`status --verify`) and repaired (`index --verify`). Older items get NULL: unverified
+    # until `index --verify` records the checksum of the bytes they hold then.
+    db.execute("ALTER TABLE items ADD COLUMN crc INTEGER")
+
+
 # version -> function that upgrades a catalog from that version to the next, inside the
 # transaction that also bumps user_version.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+
+
+def row_crc(row: np.ndarray) -> int:
+    """crc32 of one item's features as stored (little-endian float32, C order)."""
+    return zlib.crc32(np.ascontiguousarray(row, dtype="<f4").tobytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,11 +245,42 @@ def _friendly(exc: sqlite3.Error, where: Path) -> StoreError:
         )
     if "locked" in low or "busy" in low:
         return StoreLockedError(f"the store at {_display(where)} is busy ({msg}): try again")
-    if "full" in low:
-        return StoreError(f"the disk holding the store at {_display(where)} is full")
+    if "full" in low or ("disk i/o error" in low and _disk_full(where)):
+        # SQLite reports ENOSPC while writing its WAL as a vague "disk I/O error".
+        return StoreError(f"disk full: no space left for the store at {_display(where)}")
     if "unable to open" in low:
         return StoreError(f"cannot open the store catalog in {_display(where)}: check that the folder is accessible")
     return StoreError(f"store at {_display(where)}: {msg}")
+
+
+def _disk_full(where: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(where).free < 64 * 1024
+    except OSError:
+        return False
+
+
+def _check_store_path(path: Path) -> None:
+    """Name a --store that is a symlink loop or a broken link (mkdir said "File exists")."""
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"{_display(path)} is a symbolic link loop, not a store folder: fix the link or use another --store") from None
+        raise StoreError(
+            f"{_display(path)} is a broken symbolic link (to {_display(os.readlink(path))}), not a store folder: "
+            "create its target or use another --store"
+        )
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # A Ctrl-C can land after COMMIT ran but before the statement returned; ROLLBACK then
+    # raised "no transaction is active" and hid the interrupt behind a store error.
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 @contextmanager
@@ -247,6 +297,8 @@ def _os_errors(where: Path, doing: str) -> Iterator[None]:
         yield
     except OSError as exc:
         reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"disk full: no space left for the store at {_display(where)} ({doing} failed: {reason})") from exc
         raise StoreError(f"store at {_display(where)}: {doing} failed: {reason}") from exc
 
 
@@ -337,6 +389,7 @@ class Store:
         the store was built with, StoreError when there is no usable store.
         """
         path = Path(path).expanduser().absolute()
+        _check_store_path(path)
         catalog = path / CATALOG
         if path.exists() and not path.is_dir():
             raise StoreError(f"{_display(path)} is a file, not a store folder")
@@ -388,20 +441,55 @@ class Store:
             )
 
     def _load_meta(self) -> None:
-        with _sql_errors(self.path):
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        meta = self._meta_rows("store_id", "featurizer_spec", "featurizer_identity", "steps", "dim", "item_seconds")
         try:
-            self.store_id = meta["store_id"]
-            self.featurizer_spec = json.loads(meta["featurizer_spec"])
-            self.featurizer_identity = meta["featurizer_identity"]
-            self.steps = int(meta["steps"])
-            self.dim = int(meta["dim"])
+            spec = json.loads(meta["featurizer_spec"])
+        except ValueError:
+            spec = None
+        if not isinstance(spec, dict):
+            raise self._bad_meta("featurizer_spec", "is not a JSON object")
+        self.store_id = meta["store_id"]
+        self.featurizer_spec = spec
+        self.featurizer_identity = meta["featurizer_identity"]
+        self.steps = self._parse_int("steps", meta["steps"], 1)
+        self.dim = self._parse_int("dim", meta["dim"], 1)
+        try:
             self.item_seconds = float(meta["item_seconds"])
-        except (KeyError, ValueError) as exc:
-            raise StoreError(
-                f"the store catalog {_display(self.path / CATALOG)} is corrupt (meta {exc}): "
-                "move the store folder away and index again"
-            ) from exc
+        except ValueError:
+            self.item_seconds = float("nan")
+        if not (np.isfinite(self.item_seconds) and self.item_seconds > 0):
+            raise self._bad_meta("item_seconds", f"is {meta['item_seconds']!r}, not a positive number of seconds")
+        # Checked now, not when first needed: a missing n_slots raised KeyError from query and
+        # index alike.
+        self._array_meta()
+        self._meta_rows("generation", "array_seq")
+
+    def _bad_meta(self, key: str, what: str) -> StoreError:
+        return StoreError(
+            f"the store catalog {_display(self.path / CATALOG)} is damaged: meta row {key!r} {what}; "
+            "it was changed outside soundsearch: move the store folder away and index again"
+        )
+
+    def _meta_rows(self, *keys: str) -> dict[str, str]:
+        with _sql_errors(self.path):
+            rows = dict(
+                self._db.execute(
+                    f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(keys))})", keys
+                ).fetchall()
+            )
+        for key in keys:
+            if not isinstance(rows.get(key), str):
+                raise self._bad_meta(key, "is missing" if key not in rows else f"is {rows[key]!r}, not text")
+        return rows
+
+    def _parse_int(self, key: str, value: str, lo: int = 0) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = lo - 1
+        if n < lo:
+            raise self._bad_meta(key, f"is {value!r}, not a whole number >= {lo}")
+        return n
 
     def close(self) -> None:
         self._db.close()
@@ -553,6 +641,44 @@ class Store:
             problems.append(f"array file {array_file} unreadable: {exc}")
         return problems
 
+    def check_checksums(self, chunk_rows: int = 1024) -> tuple[dict[str, int], int]:
+        """Items whose feature bytes no longer match their checksum, by file path; and the
+        number of items that have no checksum yet (stores made before schema 3).
+
+        Reads the whole array once; a missing or short array is verify()'s business (and is
+        reported here as every item of it damaged).
+        """
+        with _sql_errors(self.path):
+            self._db.execute("BEGIN")
+            try:
+                n_slots, array_file = self._array_meta()
+                rows = self._db.execute(
+                    "SELECT i.array_row, i.crc, f.path FROM items i JOIN files f ON f.id = i.file_id ORDER BY i.array_row"
+                ).fetchall()
+                try:
+                    mm = self._open_array(array_file, n_slots)
+                except (OSError, StoreError):
+                    mm = None
+            finally:
+                self._db.execute("COMMIT")
+        bad: dict[str, int] = {}
+        unverified = 0
+        for i in range(0, len(rows), chunk_rows):
+            chunk = rows[i : i + chunk_rows]
+            block = None
+            if mm is not None:
+                slots = [r[0] for r in chunk]
+                if slots[-1] < len(mm):
+                    block = np.asarray(mm[slots[0] : slots[-1] + 1])
+            for slot, crc, p in chunk:
+                if crc is None:
+                    unverified += 1
+                    continue
+                if block is None or row_crc(block[slot - chunk[0][0]]) != crc:
+                    key = os.fsdecode(p)
+                    bad[key] = bad.get(key, 0) + 1
+        return bad, unverified
+
     # ---- writing
 
     @contextmanager
@@ -571,8 +697,13 @@ class Store:
     # ---- internals
 
     def _array_meta(self) -> tuple[int, str]:
-        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('n_slots', 'array_file')").fetchall())
-        return int(rows["n_slots"]), rows["array_file"]
+        rows = self._meta_rows("n_slots", "array_file")
+        name = rows["array_file"]
+        # The name is joined to arrays/ and everything else there is deleted by recovery: only
+        # a name soundsearch itself writes is trusted.
+        if not re.fullmatch(r"features-[0-9]+\.npy", name):
+            raise self._bad_meta("array_file", f"is {name!r}, not a feature array name")
+        return self._parse_int("n_slots", rows["n_slots"]), name
 
     def _snap(self) -> _Snapshot:
         if self._snapshot is None:
@@ -595,7 +726,7 @@ class Store:
         with _sql_errors(self.path):
             self._db.execute("BEGIN")
             try:
-                generation = int(self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+                generation = self._parse_int("generation", self._meta_rows("generation")["generation"])
                 n_slots, array_file = self._array_meta()
                 rows = self._db.execute(
                     "SELECT i.array_row, f.path, i.start_s, i.end_s, f.duration "
@@ -724,7 +855,7 @@ def _create(db: sqlite3.Connection, path: Path, featurizer: Featurizer | None, i
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
 
 
@@ -752,7 +883,7 @@ def _migrate(db: sqlite3.Connection, path: Path, version: int, readonly: bool) -
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
 
 
@@ -764,6 +895,7 @@ def _migrate(db: sqlite3.Connection, path: Path, version: int, readonly: bool) -
 def store_lock(path: Path | str, wait: bool = False) -> Iterator[None]:
     """Hold the store's write lock: an exclusive flock on `lock`, released even on kill -9."""
     path = Path(path)
+    _check_store_path(path)
     lock_path = path / LOCK
     with _os_errors(path, "opening the lock file"):
         path.mkdir(parents=True, exist_ok=True)
@@ -814,42 +946,72 @@ class StoreWriter:
     @property
     def _seq(self) -> int:
         with _sql_errors(self.store.path):
-            return int(self._db.execute("SELECT value FROM meta WHERE key='array_seq'").fetchone()[0])
+            return self.store._parse_int("array_seq", self.store._meta_rows("array_seq")["array_seq"], 1)
 
     @property
     def _array_path(self) -> Path:
         return self.store.path / ARRAYS / self._array_file
 
     def _recover(self) -> None:
-        """Drop what a killed writer left behind: rows past n_slots, superseded or temp files."""
-        arrays = self.store.path / ARRAYS
-        with _os_errors(self.store.path, "cleaning up the feature arrays"):
+        """Drop what a killed writer left behind: rows past n_slots, superseded or temp files.
+
+        Recovery deletes and truncates, so it acts only on a catalog it has cross-checked against
+        the array file's own header: same row geometry, every item's row below n_slots, and all
+        committed rows present. Anything else is damage from outside (an edited meta row made a
+        run truncate half the features once); it is refused with nothing changed.
+        """
+        store = self.store
+        arrays = store.path / ARRAYS
+        with _os_errors(store.path, "cleaning up the feature arrays"):
             current = self._array_file
-            for name in os.listdir(arrays):
-                if name != current:
-                    os.unlink(arrays / name)
+            path = arrays / current
+            if not path.is_file():
+                raise StoreError(
+                    f"the feature array {_display(path)} that the catalog names is missing: "
+                    "move the store folder away and index again"
+                )
             try:
-                shape, _dtype, offset = _read_npy_header(self._array_path)
+                shape, dtype, offset = _read_npy_header(path)
             except ValueError as exc:
                 raise StoreError(
-                    f"the feature array {_display(self._array_path)} is unreadable ({exc}): "
+                    f"the feature array {_display(path)} is unreadable ({exc}): "
                     "move the store folder away and index again"
                 ) from exc
             if offset != _HEADER_BYTES:
-                raise StoreError(f"the feature array {_display(self._array_path)} has an unexpected header")
+                raise StoreError(f"the feature array {_display(path)} has an unexpected header")
+            if dtype != np.dtype("<f4") or len(shape) != 3 or tuple(shape[1:]) != (store.steps, store.dim):
+                raise StoreError(
+                    f"the store catalog {_display(store.path / CATALOG)} says items of shape "
+                    f"({store.steps}, {store.dim}) float32, but {_display(path)} holds {tuple(shape[1:])} {dtype}: "
+                    "the catalog's meta rows 'steps'/'dim' were changed outside soundsearch; nothing was "
+                    f"changed: set them back to {shape[1:] if len(shape) == 3 else '?'} or move the store "
+                    "folder away and index again"
+                )
             n_slots = self._n_slots
+            with _sql_errors(store.path):
+                top = self._db.execute("SELECT max(array_row) FROM items").fetchone()[0]
+            if top is not None and top >= n_slots:
+                raise StoreError(
+                    f"the store catalog {_display(store.path / CATALOG)} says {n_slots} feature rows, but its "
+                    f"items use row {top}: meta row 'n_slots' was changed outside soundsearch; nothing was "
+                    "changed: move the store folder away and index again"
+                )
             want = offset + n_slots * self._rows_bytes
-            if os.path.getsize(self._array_path) < want or shape[0] < n_slots:
+            if os.path.getsize(path) < want or shape[0] < n_slots:
                 # Committed rows are missing: damage from outside, not a killed run. Never pad.
                 raise StoreError(
-                    f"the feature array {_display(self._array_path)} is shorter than the catalog says: "
+                    f"the feature array {_display(path)} is shorter than the catalog says: "
                     "move the store folder away and index again"
                 )
-            if shape[0] != n_slots or os.path.getsize(self._array_path) != want:
-                with open(self._array_path, "r+b") as f:
+            # Only now, with the current array known good, are other files in arrays/ leftovers.
+            for name in os.listdir(arrays):
+                if name != current:
+                    os.unlink(arrays / name)
+            if shape[0] != n_slots or os.path.getsize(path) != want:
+                with open(path, "r+b") as f:
                     f.truncate(want)
                     f.seek(0)
-                    f.write(_npy_header(n_slots, self.store.steps, self.store.dim))
+                    f.write(_npy_header(n_slots, store.steps, store.dim))
                     f.flush()
                     os.fsync(f.fileno())
 
@@ -864,7 +1026,7 @@ class StoreWriter:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
 
     def remove_files(self, paths: Iterable[Path | str]) -> int:
@@ -879,7 +1041,7 @@ class StoreWriter:
                 self._bump_generation()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
         return removed  # counts files only; their items go by ON DELETE CASCADE
 
@@ -938,16 +1100,40 @@ class StoreWriter:
                         ).lastrowid
                     if e.status == STATUS_OK:
                         self._db.executemany(
-                            "INSERT INTO items (file_id, start_s, end_s, array_row) VALUES (?, ?, ?, ?)",
-                            [(file_id, float(s), float(t), row + k) for k, (s, t) in enumerate(e.segments)],
+                            "INSERT INTO items (file_id, start_s, end_s, array_row, crc) VALUES (?, ?, ?, ?, ?)",
+                            [
+                                (file_id, float(s), float(t), row + k, row_crc(e.features[k]))
+                                for k, (s, t) in enumerate(e.segments)
+                            ],
                         )
                         row += len(e.segments)
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'n_slots'", (str(start + n_new),))
                 self._bump_generation()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
+
+    def record_missing_checksums(self, chunk_rows: int = 1024) -> int:
+        """Checksum the items that have none (older stores) from the bytes they hold now."""
+        store = self.store
+        with _sql_errors(store.path):
+            rows = self._db.execute("SELECT id, array_row FROM items WHERE crc IS NULL ORDER BY array_row").fetchall()
+        if not rows:
+            return 0
+        n_slots, array_file = store._array_meta()
+        mm = store._open_array(array_file, n_slots)
+        with _sql_errors(store.path):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE items SET crc = ? WHERE id = ?", [(row_crc(mm[slot]), i) for i, slot in rows]
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                _rollback(self._db)
+                raise
+        return len(rows)
 
     def holes(self) -> int:
         """Array rows no item points at any more (compaction reclaims them)."""
@@ -991,7 +1177,7 @@ class StoreWriter:
                 self._bump_generation()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                _rollback(self._db)
                 raise
         with _os_errors(store.path, "removing the old feature array"):
             os.unlink(old_path)

@@ -93,6 +93,7 @@ def index(
     wait: Annotated[bool, typer.Option("--wait", help="If another process is indexing into the store, wait for it instead of failing.")] = False,
     json_out: JsonOption = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, help="Files per store commit.")] = 64,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every stored item against its checksum and re-index the files of damaged ones.")] = False,
 ) -> None:
     """Add audio files to the feature store, or bring it up to date.
 
@@ -102,7 +103,7 @@ def index(
 
     Example:  soundsearch index ~/Sounds/Foley ~/Sounds/Ambiences --jobs 4
     """
-    from soundsearch.indexing import IndexProgress, index_paths
+    from soundsearch.indexing import IndexInterrupted, IndexProgress, index_paths
     from soundsearch.paths import resolve_store_dir
 
     store_dir = resolve_store_dir(store)
@@ -130,19 +131,25 @@ def index(
             elif p.phase == "compact":
                 bar.update(task, description="compacting")
 
-        report = index_paths(
-            store_dir,
-            paths or [],
-            featurizer_name=featurizer.value if featurizer else None,
-            featurizer_params=params or None,
-            jobs=jobs,
-            item_seconds=item_seconds,
-            on_progress=on_progress,
-            wait=wait,
-            batch_size=batch_size,
-        )
+        try:
+            report = index_paths(
+                store_dir,
+                paths or [],
+                featurizer_name=featurizer.value if featurizer else None,
+                featurizer_params=params or None,
+                jobs=jobs,
+                item_seconds=item_seconds,
+                on_progress=on_progress,
+                wait=wait,
+                batch_size=batch_size,
+                verify=verify,
+            )
+        except IndexInterrupted as stop:
+            stack.close()  # end the progress bar before the message
+            err.print(f"interrupted; {stop.kept} files kept, run index again to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     if json_out:
-        typer.echo(json.dumps(report.to_json()))
+        typer.echo(json.dumps(report.to_json(), allow_nan=False))
     elif not quiet:
         _summary(report)
     failing = len(report.failed) + len(report.still_failed)
@@ -185,13 +192,23 @@ def _summary(report) -> None:
         f"{len(report.failed)} failed",
         f"{len(report.warnings)} warnings",
     ]
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} skipped")
     err.print(
         f"{_shown(report.store)}: " + ", ".join(parts)
         + f" ({report.items_added} items, {_human_duration(report.audio_seconds)} of audio in {report.seconds:.1f} s)",
         highlight=False,
         soft_wrap=True,
     )
-    for label, paths in (("removed", report.removed), ("library folder missing, skipped", report.missing_roots)):
+    for p, reason in report.skipped[:SHOW_FAILED]:
+        err.print(f"  skipped: {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    if len(report.skipped) > SHOW_FAILED:
+        err.print(f"  ... and {len(report.skipped) - SHOW_FAILED} more skipped (--json lists all)", highlight=False, soft_wrap=True)
+    for label, paths in (
+        ("removed", report.removed),
+        ("library folder missing, skipped", report.missing_roots),
+        ("damaged features, re-indexed", report.repaired),
+    ):
         for p in paths[:SHOW_FAILED]:
             err.print(f"  {label}: {_shown(p)}", highlight=False, soft_wrap=True)
         if len(paths) > SHOW_FAILED:
@@ -211,8 +228,16 @@ def _summary(report) -> None:
         )
 
 
-def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
+def status(
+    store: StoreOption = None,
+    json_out: JsonOption = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also read every stored item and check it against its checksum.")] = False,
+) -> None:
     """Describe the feature store: featurizer, files, items, audio duration, failures, size.
+
+    The catalog is always checked against the feature array (present, of the right size);
+    with --verify every item's features are checked against their checksum too. A damaged
+    store is described, then reported on stderr with exit code 1.
 
     Example:  soundsearch status --json
     """
@@ -222,12 +247,26 @@ def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
     with Store.open(resolve_store_dir(store)) as st:
         stats = st.stats()
         failures = st.failures()
+        problems = st.verify()
+        if verify:
+            bad, unverified = st.check_checksums()
+            if bad:
+                first = sorted(bad)[0]
+                problems.append(
+                    f"{sum(bad.values())} items of {len(bad)} files fail their checksum "
+                    f"(first: {os.fsencode(first).decode('utf-8', 'backslashreplace')})"
+                )
     if json_out:
         doc = stats.to_json()
         doc["failed_files"] = [
             {"path": os.fsencode(p).decode("utf-8", "backslashreplace"), "reason": r} for p, r in failures
         ]
-        typer.echo(json.dumps(doc))
+        doc["problems"] = problems
+        if verify:
+            doc["damaged_files"] = [os.fsencode(p).decode("utf-8", "backslashreplace") for p in sorted(bad)]
+            doc["unverified_items"] = unverified
+        typer.echo(json.dumps(doc, allow_nan=False))
+        _damaged(stats.path, problems)
         return
     rows = [
         ("store", _shown(stats.path)),
@@ -251,3 +290,16 @@ def status(store: StoreOption = None, json_out: JsonOption = False) -> None:
             out.print(f"  {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
         if len(failures) > SHOW_FAILED:
             out.print(f"  ... and {len(failures) - SHOW_FAILED} more (--json lists all)", highlight=False, soft_wrap=True)
+    if verify and unverified:
+        out.print(f"{unverified} items stored before checksums existed: `soundsearch index --verify` records them", highlight=False, soft_wrap=True)
+    _damaged(stats.path, problems)
+
+
+def _damaged(path: Path, problems: list[str]) -> None:
+    from soundsearch.errors import StoreError
+
+    if problems:
+        raise StoreError(
+            f"the store at {os.fsencode(path).decode('utf-8', 'backslashreplace')} is damaged: {'; '.join(problems)}: "
+            "run `soundsearch index --verify` to re-index damaged items, or move the store folder away and index again"
+        )

@@ -23,7 +23,7 @@ def models(json_out: JsonOption = False) -> None:
 
     found = list_models()
     if json_out:
-        typer.echo(json.dumps([m.to_json() for m in found]))
+        typer.echo(json.dumps([m.to_json() for m in found], allow_nan=False))
         return
     if not found:
         err.print("no models found: train one with `soundsearch train`", highlight=False)

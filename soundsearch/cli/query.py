@@ -78,11 +78,18 @@ def query(
     from soundsearch.search import SearchEngine
     from soundsearch.store import Store
 
+    from soundsearch.audio import not_regular_reason
+
     path = file.expanduser()
-    if path.is_dir():
-        raise AudioError(path, "is a folder; give one recording to search with")
-    if not path.exists():
-        raise AudioError(path, "no such file")
+    # One stat that never raises: Path.is_dir() raised PermissionError for a file in a folder
+    # we may not enter, and a pipe named .wav hung the decoder forever.
+    reason = not_regular_reason(path)
+    if reason is not None:
+        if reason.startswith("is a directory"):
+            reason = "is a folder; give one recording to search with"
+        elif reason.startswith("no such file"):
+            reason = "no such file"
+        raise AudioError(path, reason)
     with Store.open(resolve_store_dir(store)) as st:
         loaded = load_model(resolve_model(model))
         engine = SearchEngine(st, loaded)
@@ -100,7 +107,7 @@ def query(
         )
         roots = st.roots()
         if json_out:
-            typer.echo(json.dumps(to_json(results, st, loaded)))
+            typer.echo(json_document(to_json(results, st, loaded), loaded.name))
             return
         render(results, roots, loaded.name)
 
@@ -247,6 +254,18 @@ def render(results: "SearchResults", roots: list[Path], model_name: str) -> None
     legend.append(" ".join(f"{code}={name}" for code, name in zip(codes, results.taxonomy.categories)))
     out.print(legend, highlight=False)
     out.print(Text(LEGEND, style="dim"), highlight=False)
+
+
+def json_document(doc: dict, model_name: str) -> str:
+    """The --json text; a NaN or infinity is an error, never output (bare NaN is not JSON)."""
+    from soundsearch.errors import SearchError
+
+    try:
+        return json.dumps(doc, allow_nan=False)
+    except ValueError:
+        raise SearchError(
+            f"model '{model_name}' produced non-finite scores for this query: the model or the store is damaged"
+        ) from None
 
 
 def to_json(results: "SearchResults", store, model) -> dict:
