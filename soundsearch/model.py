@@ -333,11 +333,13 @@ class LoadedModel:
     def check_featurizer(self, identity: str) -> None:
         """Refuse features made by a featurizer other than the one the model was trained on."""
         if identity != self.featurizer_identity:
+            from soundsearch.features import index_options
+
             raise FeaturizerMismatchError(
                 f"model '{self.name}' was trained on features {self.featurizer_identity!r}, "
-                f"but these were made with {identity!r}: index with the model's featurizer "
-                f"(--featurizer {self.featurizer_spec.get('name', '?')} and the same parameters) "
-                "or use a model trained on this store's features"
+                f"but these were made with {identity!r}: re-index your library into a new store "
+                f"with `soundsearch index PATH --store NEW-STORE {index_options(self.featurizer_identity)}`, "
+                "or pick a model made for this store's features (`soundsearch models` lists them)"
             )
 
     @torch.no_grad()

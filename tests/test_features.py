@@ -329,3 +329,13 @@ def test_item_stats_without_declared_stats_take_mean_and_max_over_steps():
     feats = np.random.default_rng(0).normal(size=(4, 10, 6)).astype(np.float32)
     got = Featurizer().item_stats(feats)
     np.testing.assert_allclose(got, np.concatenate([feats.mean(1), feats.max(1)], axis=1), rtol=1e-6)
+
+
+def test_index_options_name_what_departs_from_the_defaults():
+    from soundsearch.features import departures, index_options
+
+    plain = get_featurizer("logmel").identity
+    assert index_options(plain) == "--featurizer logmel"
+    paper = get_featurizer("logmel", stats="mean").identity
+    assert departures(paper) == ("logmel", ["stats=mean"])
+    assert index_options(paper) == "--featurizer logmel -p stats=mean"

@@ -58,22 +58,13 @@ def models(json_out: JsonOption = False) -> None:
 
 
 def _features(m) -> str:
-    """The featurizer's name and the parameters where it departs from that featurizer's defaults.
+    """The featurizer's name and the parameters where it departs from that featurizer's defaults."""
+    from soundsearch.features import departures
 
-    A store must match a model's featurizer exactly, so `logmel stats=mean` (the paper's steps)
-    and plain `logmel` must not look alike in the table.
-    """
-    from soundsearch.errors import SoundsearchError
-    from soundsearch.features import get_featurizer
-
-    _, _, params_json = m.featurizer_identity.partition(":")
-    try:
-        params = json.loads(params_json)
-        defaults = get_featurizer(m.featurizer).params
-    except (ValueError, SoundsearchError):
+    if not m.featurizer_identity:
         return m.featurizer
-    changed = [f"{k}={v}" for k, v in sorted(params.items()) if defaults.get(k) != v]
-    return " ".join([m.featurizer, *changed])
+    name, changed = departures(m.featurizer_identity)
+    return " ".join([name, *changed])
 
 
 def _short(variant: str) -> str:

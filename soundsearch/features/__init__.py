@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from soundsearch.errors import AudioError, AudioWarning, FeaturizerError
+from soundsearch.errors import AudioError, AudioWarning, FeaturizerError, SoundsearchError
 
 DEFAULT_FEATURIZER = "logmel"
 
@@ -192,6 +192,29 @@ def get_featurizer(name: str | None = None, **params: Any) -> Featurizer:
         raise FeaturizerError(f"bad parameters for featurizer {name!r}: {e}") from None
 
 
+def departures(identity: str) -> tuple[str, list[str]]:
+    """(name, ["key=value", ...]) of a featurizer identity: the parameters where it departs from
+    that featurizer's defaults (all of them when the defaults cannot be built here), so a store
+    or model made with `logmel stats=mean` never looks like plain `logmel`."""
+    head, _, params_json = identity.partition(":")
+    name = head.split("/")[0]
+    try:
+        params = json.loads(params_json)
+    except ValueError:
+        return name, []
+    try:
+        defaults = get_featurizer(name).params
+    except SoundsearchError:
+        defaults = {}
+    return name, [f"{k}={v}" for k, v in sorted(params.items()) if defaults.get(k) != v]
+
+
+def index_options(identity: str) -> str:
+    """The `soundsearch index` options that make features with this identity."""
+    name, changed = departures(identity)
+    return " ".join([f"--featurizer {name}", *(f"-p {c}" for c in changed)])
+
+
 def featurizer_from_spec(spec: dict[str, Any]) -> Featurizer:
     """Rebuild a featurizer from `Featurizer.spec()` (as recorded by a store or a model)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -258,7 +281,9 @@ __all__ = [
     "available_featurizers",
     "featurize_file",
     "featurizer_from_spec",
+    "departures",
     "get_featurizer",
+    "index_options",
     "parse_stats",
     "pool_steps",
 ]
