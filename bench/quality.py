@@ -298,6 +298,25 @@ def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
     return res
 
 
+def one_shot_tags(model, feats: np.ndarray, labels: np.ndarray) -> dict:
+    """What the model says a held-out one-shot contains (its pair with itself, both vs neither
+    renormalised, as `query` shows for the query's own row): per category, how many one-shots
+    hold it, the share of those it finds (recall) and the share of the others it claims (false
+    alarms). The brief's failure case: every short dry one-shot read as "engine"."""
+    s = model.score_pairs(feats, feats)
+    p = s.probs[..., 0] / np.maximum(s.probs[..., 0] + s.probs[..., 1], 1e-12)
+    said = p > 0.5
+    out = {}
+    for ci, cat in enumerate(CATS):
+        has = labels[:, ci] == 1
+        out[cat] = {
+            "n": int(has.sum()),
+            "recall": float(said[has, ci].mean()) if has.any() else None,
+            "false_alarm": float(said[~has, ci].mean()) if (~has).any() else None,
+        }
+    return out
+
+
 def train_model(fz, draw: Draw, recipe: dict, seed: int):
     from soundsearch.train import TrainConfig, fit
 
@@ -361,11 +380,24 @@ def main(argv=None) -> int:
             qf, ql = draw.sets[q]
             df, dl = draw.sets[d]
             out[name] = evaluate_setting(fz, model, qf, ql, df, dl, groups=groups)
+        if model is not None:
+            shots = [draw.sets["shot_db"], draw.sets["shot_q"]]
+            out["one_shot_tags"] = one_shot_tags(model, np.concatenate([x[0] for x in shots]),
+                                                 np.concatenate([x[1] for x in shots]))
         report["draws"].append(out)
         print(json.dumps({k: v for k, v in out.items() if k != "val_figures"}, indent=1), file=sys.stderr)
     summary = summarise(report)
     report["summary"] = summary
     print_table(summary)
+    tags = [d["one_shot_tags"] for d in report["draws"] if "one_shot_tags" in d]
+    if tags:
+        print("\nheld-out one-shots: what the model finds in them (mean over draws)")
+        print(f"{'category':22s}{'one-shots':>10s}{'recall':>9s}{'false alarms':>14s}")
+        for cat in CATS:
+            rec = [t[cat]["recall"] for t in tags if t[cat]["recall"] is not None]
+            fa = [t[cat]["false_alarm"] for t in tags if t[cat]["false_alarm"] is not None]
+            n = sum(t[cat]["n"] for t in tags)
+            print(f"{cat:22s}{n:>10d}{np.mean(rec) if rec else float('nan'):>9.2f}{np.mean(fa):>14.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
