@@ -355,3 +355,28 @@ def test_index_with_openl3_features(weight_files, tmp_path, store_dir, monkeypat
     from soundsearch.features import featurize_file
 
     np.testing.assert_allclose(tone_row, featurize_file(lib / "tone.wav", fz).features[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_train_and_query_on_openl3_features(weight_files, tmp_path, store_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from soundsearch.cli import app
+    from test_train_cli import synth_dataset
+
+    def invoke(*args):
+        r = CliRunner().invoke(app, list(args))
+        assert r.exit_code == 0, r.output
+        return r
+
+    monkeypatch.setenv(W.WEIGHTS_ENV, str(weight_files["mel128"]))
+    labels = synth_dataset(tmp_path / "data", n=18, seed=1)  # both states of every category in training
+    model = tmp_path / "openl3-model.safetensors"
+    fz_args = ["--featurizer", "openl3", "-p", "input_repr=mel128"]
+    doc = json.loads(invoke("train", "--dataset", str(labels), *fz_args, "--epochs", "1", "--seed", "1", "--jobs", "1", "--out", str(model), "--json").stdout)
+    assert doc["featurizer"].startswith("openl3/2:") and "weights_sha" in doc["featurizer"]
+    invoke("index", str(tmp_path / "data"), *fz_args, "--jobs", "1", "--quiet")
+    out = json.loads(invoke("query", str(tmp_path / "data" / "clip00.wav"), "--model", str(model), "-k", "3", "--json").stdout)
+    assert out["featurizer"]["identity"] == doc["featurizer"] and out["items_searched"] == 18
+    assert out["results"][0]["path"].endswith("clip00.wav") and out["results"][0]["is_query"]
+    assert len(out["results"]) == 3 and set(out["results"][1]["categories"]) == {"tone", "noise", "chirp"}
