@@ -1,21 +1,26 @@
 """Write the OpenL3 parity goldens from the reference implementation (openl3 0.4.2 on TensorFlow).
 
 Not run by the test suite (tests never write their own goldens). Run it by hand in a separate
-environment that has TensorFlow, openl3 0.4.2 and kapre 0.3.6, plus the kapre 0.1.4 source:
+environment (never the project's venv, never committed) that has TensorFlow, openl3 0.4.2 and
+kapre 0.3.6, plus the kapre 0.1.4 source. What worked here (Python 3.11, PyPI only):
 
-    python3.11 -m venv /tmp/tf-venv
-    /tmp/tf-venv/bin/pip install tensorflow==2.15.1 kapre==0.3.6 'numpy<2' 'resampy<0.3' \
+    python3.11 -m venv /work/tf-venv
+    # `tensorflow`, not `tensorflow-cpu`: kapre depends on the former by name. kapre 0.3.6, not
+    # 0.3.7, which wants numpy >= 2 while TensorFlow 2.15 (the last with Keras 2) wants < 2.
+    /work/tf-venv/bin/pip install tensorflow==2.15.1 kapre==0.3.6 'numpy<2' 'resampy<0.3' \
         soundfile scipy h5py 'librosa<0.11' scikit-learn moviepy scikit-image
     # openl3's setup.py downloads the real weights from GitHub unless the .h5 files already sit
-    # beside it; the goldens never use them, so empty placeholders let it install offline:
-    pip download --no-deps --no-binary :all: openl3==0.4.2   # or fetch the sdist by hand
-    tar xzf openl3-0.4.2.tar.gz && cd openl3-0.4.2
+    # beside it, so `pip download openl3==0.4.2` fails offline too (it runs setup.py). Fetch
+    # openl3-0.4.2.tar.gz and kapre-0.1.4.tar.gz from the projects' file listings on PyPI and
+    # unpack them. The goldens never use the
+    # real weights, so empty placeholders let openl3 install:
+    cd openl3-0.4.2
     for m in audio image; do for r in linear mel128 mel256; do for c in music env; do
         : > openl3/openl3_${m}_${r}_${c}.h5; done; done; done
-    /tmp/tf-venv/bin/pip install --no-deps .
-    # kapre 0.1.4 (the version the weights were trained with) as source, not installed:
-    tar xzf kapre-0.1.4.tar.gz      # from PyPI
-    /tmp/tf-venv/bin/python tests/data/openl3/make_goldens.py --kapre014 kapre-0.1.4/kapre
+    /work/tf-venv/bin/pip install --no-deps .
+    cd - && /work/tf-venv/bin/python tests/data/openl3/make_goldens.py --kapre014 /path/to/kapre-0.1.4/kapre
+
+It takes ~30 s on two cores and is deterministic: a second run writes identical arrays.
 
 What it does, with the seeded random weights and signals of `reference_inputs.py`:
 
