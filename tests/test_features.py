@@ -234,12 +234,17 @@ def test_bad_specs_raise_featurizer_error(spec, match):
         featurizer_from_spec(spec)
 
 
-def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch):
+def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch, tmp_path):
+    from soundsearch.features import openl3_weights
+
     assert available_featurizers() == ["logmel", "aisfx", "openl3"]
-    monkeypatch.setitem(sys.modules, "openl3", None)  # as if the optional package were absent
+    # As if no weights had been fetched: no env var, no openl3 package, an empty data folder.
+    monkeypatch.delenv(openl3_weights.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.setattr(openl3_weights, "_openl3_package_dir", lambda: None)
     with pytest.raises(FeaturizerError) as ei:
         get_featurizer("openl3")
-    assert "pip install 'soundsearch[openl3]'" in str(ei.value)
+    assert "soundsearch models fetch openl3 --content-type env --input-repr mel256" in str(ei.value)
     assert "--featurizer logmel" in str(ei.value)
     assert get_featurizer(stats="mean")(tone(seconds=0.5)).shape == (10, 128)  # everything else still works
 

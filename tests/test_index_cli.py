@@ -343,5 +343,5 @@ def test_unavailable_featurizer_fails_before_creating_a_store(library, store_dir
     lib, _ = library
     result = run("index", str(lib), "--featurizer", "openl3", "--jobs", "1")
     assert result.exit_code == 1
-    assert "openl3" in result.stderr and "pip install" in result.stderr
+    assert "soundsearch models fetch openl3" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not store_dir.exists()

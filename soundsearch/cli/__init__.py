@@ -47,7 +47,7 @@ register(app, index.status, "status")
 register(app, query.query, "query")
 register(app, train.train, "train")
 register(app, evaluate.eval_, "eval")
-register(app, models.models, "models")
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:
