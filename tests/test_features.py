@@ -241,7 +241,7 @@ def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch, tmp_path):
     # As if no weights had been fetched: no env var, no openl3 package, an empty data folder.
     monkeypatch.delenv(openl3_weights.WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    monkeypatch.setattr(openl3_weights, "_openl3_package_dir", lambda: None)
+    monkeypatch.setattr(openl3_weights, "_openl3_package_file", lambda name: None)
     with pytest.raises(FeaturizerError) as ei:
         get_featurizer("openl3")
     assert "soundsearch models fetch openl3 --content-type env --input-repr mel256" in str(ei.value)

@@ -75,7 +75,7 @@ def no_user_weights(tmp_path, monkeypatch):
     """Nothing but what a test puts there: no env var, no openl3 package, an empty data dir."""
     monkeypatch.delenv(W.WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(W, "_openl3_package_dir", lambda: None)
+    monkeypatch.setattr(W, "_openl3_package_file", lambda name: None)
 
 
 def worst(got: np.ndarray, want: np.ndarray) -> float:

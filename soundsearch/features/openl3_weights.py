@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -61,25 +60,22 @@ def weight_filename(input_repr: str, content_type: str) -> str:
 
 
 def user_weights_dir() -> Path:
-    """Where `soundsearch models fetch openl3` stores the weights (the per-user data folder)."""
+    """Where `soundsearch models fetch openl3` stores the weights: the folder of every
+    pretrained featurizer's weights (paths.user_weights_dir), under openl3/."""
     from soundsearch import paths
 
-    return paths.user_data_dir() / "weights" / "openl3"
+    return paths.user_weights_dir() / "openl3"
 
 
 def fetch_command(input_repr: str, content_type: str) -> str:
     return f"soundsearch models fetch openl3 --content-type {content_type} --input-repr {input_repr}"
 
 
-def _openl3_package_dir() -> Path | None:
-    # find_spec locates the package without importing it (importing openl3 imports TensorFlow).
-    try:
-        spec = importlib.util.find_spec("openl3")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
+def _openl3_package_file(name: str) -> Path | None:
+    # Located without importing the package (importing openl3 imports TensorFlow).
+    from soundsearch.features.weights import package_file
+
+    return package_file("openl3", name)
 
 
 def find_weights(input_repr: str, content_type: str, weights: str | os.PathLike | None = None) -> Path:
@@ -100,13 +96,8 @@ def find_weights(input_repr: str, content_type: str, weights: str | os.PathLike 
                 f"`{fetch_command(input_repr, content_type)}` or point {what} at the .h5 file"
             )
         return p
-    candidates = []
-    pkg = _openl3_package_dir()
-    if pkg is not None:
-        candidates.append(pkg / name)
-    candidates.append(user_weights_dir() / name)
-    for c in candidates:
-        if c.is_file():
+    for c in (_openl3_package_file(name), user_weights_dir() / name):
+        if c is not None and c.is_file():
             return c
     raise FeaturizerError(
         f"openl3 weights {name} not found (looked in ${WEIGHTS_ENV}, an installed openl3 package and "
