@@ -147,7 +147,7 @@ class SearchResults:
     # itself: p_both / (p_both + p_neither)); tells which side a "differs" state points to.
     query_presence: np.ndarray | None = None
     # Items each filter removes on its own: {"require": {cat: n}, "exclude": {cat: n},
-    # "min_level": n or None}, so a filter that removes nothing or everything can say why.
+    # "min_level": n or None, "others": items that are not the query's own}, so a filter that removes nothing or everything can say why.
     filter_effects: dict = field(default_factory=dict)
     self_hidden: int = 0  # the query's own items left out of `results` (include_self=False)
 
@@ -704,7 +704,7 @@ class SearchEngine:
         if self_rows is not None:
             is_self[self_rows] = True
         keep = np.ones(n, dtype=bool)
-        effects: dict = {"require": {}, "exclude": {}, "min_level": None}
+        effects: dict = {"require": {}, "exclude": {}, "min_level": None, "others": int(n - is_self.sum())}
         for name, j in zip(require, req_idx):
             mask = states[:, j] == BOTH
             effects["require"][name] = int(np.count_nonzero(~mask & ~is_self))
