@@ -37,7 +37,7 @@ h1 small { font-weight: 400; color: var(--muted); font-size: 14px; }
   background: #eceefe; color: var(--accent); margin-left: 6px; vertical-align: 1px; }
 .player { display: flex; align-items: center; gap: 10px; margin: 6px 0 4px; flex-wrap: wrap; }
 .player audio { height: 34px; width: 300px; max-width: 100%; }
-svg.wave { flex: 1 1 200px; min-width: 120px; height: 40px; color: #8a94aa; }
+.wave { flex: 1 1 200px; min-width: 120px; width: 200px; height: 40px; color: #8a94aa; }
 svg.wave polygon { fill: currentColor; } svg.wave line { stroke: currentColor; stroke-width: .5; opacity: .5; }
 .nowave { flex: 1 1 200px; height: 40px; border: 1px dashed var(--line); border-radius: 4px; }
 .chips { display: flex; flex-wrap: wrap; gap: 5px; margin-top: 4px; }
@@ -60,7 +60,12 @@ form.search { background: var(--card); border: 1px solid var(--line); border-rad
 .filters { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: end; font-size: 13px; }
 .filters label { display: flex; flex-direction: column; gap: 3px; color: var(--muted); }
 .filters select, .filters input[type=number] { font: inherit; padding: 4px 6px; border: 1px solid #c9cfdb; border-radius: 6px; background: #fff; color: var(--fg); }
-.filters select[multiple] { height: 5.6em; min-width: 11em; }
+.cats { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; margin: 0 0 8px; font-size: 13px; color: var(--muted); }
+.cats .what { width: 5.5em; }
+.pick { font-size: 12px; padding: 2px 9px; border-radius: 11px; border: 1px solid #c9cfdb; color: var(--fg); cursor: pointer; user-select: none; background: #fff; }
+.pick input { display: none; }
+.pick:has(input:checked) { background: var(--accent); border-color: var(--accent); color: #fff; }
+.cats.exc .pick:has(input:checked) { background: #c92a2a; border-color: #c92a2a; }
 button { font: inherit; font-weight: 600; padding: 6px 14px; border-radius: 6px; border: 0; background: var(--accent); color: #fff; cursor: pointer; }
 .links { font-size: 13px; margin: 2px 0 10px; } .links a { color: var(--accent); margin-right: 12px; }
 footer { color: var(--muted); font-size: 12px; margin-top: 24px; }
@@ -169,9 +174,11 @@ def _form(doc: dict | None, categories: list[str], ctx: AppContext) -> str:
     f = ctx.form
     req, exc = set(f.get("require") or []), set(f.get("exclude") or [])
 
-    def options(chosen: set[str]) -> str:
+    def picks(name: str, chosen: set[str]) -> str:
         return "".join(
-            f'<option value="{escape(c)}"{" selected" if c in chosen else ""}>{escape(c)}</option>' for c in categories
+            f'<label class="pick"><input type="checkbox" name="{name}" value="{escape(c)}"'
+            f'{" checked" if c in chosen else ""}>{escape(c)}</label>'
+            for c in categories
         )
 
     modes = '<option value="">model default</option>' + "".join(
@@ -184,10 +191,10 @@ def _form(doc: dict | None, categories: list[str], ctx: AppContext) -> str:
   <div class="drop"><label>Drop a recording here, or <input type="file" name="file" accept="audio/*,.m4a,.aif,.aiff,.flac,.ogg,.opus,.wav,.mp3"></label>
   <div class="sub">searches by example; up to {ctx.max_upload_mb} MB</div></div>
   {hidden}
+  <div class="cats req"><span class="what">require</span>{picks("require", req)}</div>
+  <div class="cats exc"><span class="what">exclude</span>{picks("exclude", exc)}</div>
   <div class="filters">
     <label>results <input type="number" name="k" min="1" max="500" value="{int(f.get('k', 10))}" style="width:5em"></label>
-    <label>require <select name="require" multiple>{options(req)}</select></label>
-    <label>exclude <select name="exclude" multiple>{options(exc)}</select></label>
     <label>min level <input type="number" name="min_level" min="0" max="{len(categories)}" value="{level}" style="width:5em"></label>
     <label>rank by <select name="mode">{modes}</select></label>
     <label style="flex-direction:row;align-items:center;gap:6px"><input type="checkbox" name="include_self" value="1"{" checked" if f.get("include_self") else ""}> show the query's own items</label>
