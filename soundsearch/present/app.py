@@ -126,9 +126,10 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
         if self.store is not None:
-            self.store.close()
+            # On the worker thread: the SQLite connection belongs to the thread that opened it.
+            self.pool.submit(self.store.close).result()
+        self.pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.uploads_dir, ignore_errors=True)
 
     # ---- work done on the worker thread
@@ -299,6 +300,7 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
         elif doc["query"]["path"]:
             q = doc["query"]
             windowed = bool(q["items"]) and svc.engine.store.items()[source["row"]].file_duration > q["items"][-1]["end"] - q["items"][0]["start"] + 1e-6
+            q["windowed"] = windowed  # the query is one window of a long recording
             query_src = audio_url({"path": q["path"], "windowed": windowed,
                                    "start": q["items"][0]["start"], "end": q["items"][-1]["end"]})
         thumbs = {r["rank"]: thumb_tag(r) for r in doc["results"]}

@@ -262,7 +262,8 @@ def render_page(
         body.append(
             f'<section class="card query" aria-label="query"><div><div class="title">{escape(q["path"] or "")}'
             f'<span class="badge">query</span></div><div class="sub">{span}</div>'
-            f'{_player(query_src, 0, 0, False, query_thumb)}'
+            + _player(query_src, q["items"][0]["start"] if q["items"] else 0, q["items"][-1]["end"] if q["items"] else 0,
+                      bool(q.get("windowed")), query_thumb)
             + (_chips(heard) if heard else "")
             + '</div><div class="scores">the model hears<br>in the query:<br><b>'
             + (escape(", ".join(c for c, s in heard.items() if s == "both")) or "none of its categories")
@@ -308,7 +309,8 @@ def render_page(
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
+        # An empty inline icon: browsers otherwise ask every page's server for /favicon.ico.
+        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head><body><main>'
         + "\n".join(body)
         + f"</main>{data}<script>{JS}</script></body></html>"
     )
