@@ -177,12 +177,14 @@ def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
     try:
         f = sf.SoundFile(bpath)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        reason = _diagnose(bpath, e)
+        if not reason.startswith("not decodable"):
+            raise AudioError(as_path(bpath), reason) from None  # missing, unreadable, empty...
         av_file = _open_av(bpath)
         if av_file is not None:
             return av_file, as_path(bpath)
-        reason = _diagnose(bpath, e)
         ext = os.path.splitext(os.fsdecode(bpath))[1].lower()
-        if reason.startswith("not decodable") and ext in AV_EXTENSIONS:
+        if ext in AV_EXTENSIONS:
             from soundsearch.avdecode import INSTALL_HINT, available
 
             if not available():

@@ -403,6 +403,15 @@ class SearchEngine:
         self.prepare()
         return acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std, aggregate)
 
+    def acoustic_matrix(self) -> np.ndarray:
+        """(N, D') float32 unit acoustic vectors of every stored item, from the cache."""
+        self.prepare()
+        off = 2 * self.head.steps * self.head.width + self.embed_width
+        part = self._cache[: self.n_items, off:]
+        if part.dtype == np.uint16:
+            return self._as_tensor(part).float().numpy()
+        return np.asarray(part, dtype=np.float32)
+
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
         store_part = _sha(self.store.fingerprint(), 12)

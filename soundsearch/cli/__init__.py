@@ -14,7 +14,7 @@ import typer
 
 from soundsearch import __version__
 from soundsearch.cli._common import register
-from soundsearch.cli import evaluate, index, models, query, serve, train
+from soundsearch.cli import duplicates, evaluate, index, models, query, serve, train
 
 app = typer.Typer(
     name="soundsearch",
@@ -49,6 +49,7 @@ register(app, train.train, "train")
 register(app, evaluate.eval_, "eval")
 register(app, models.models, "models")
 register(app, serve.serve, "serve")
+register(app, duplicates.duplicates, "duplicates")
 
 
 def main() -> None:
