@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from soundsearch.avdecode import AV_EXTENSIONS
 from soundsearch.errors import AudioError, AudioWarning
 
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -36,7 +37,7 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
         ".mp3",
         ".au", ".snd", ".caf",
     }
-)
+) | AV_EXTENSIONS  # read through PyAV when installed, else named as needing it
 
 # Below -100 dBFS a file holds no usable sound (a 16-bit LSB is about -90 dBFS).
 SILENCE_PEAK = 1e-5
@@ -176,8 +177,46 @@ def _open(path: PathLike) -> tuple[sf.SoundFile, Path]:
     try:
         f = sf.SoundFile(bpath)
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        raise AudioError(as_path(bpath), _diagnose(bpath, e)) from None
+        reason = _diagnose(bpath, e)
+        if not reason.startswith("not decodable"):
+            raise AudioError(as_path(bpath), reason) from None  # missing, unreadable, empty...
+        av_file = _open_av(bpath)
+        if av_file is not None:
+            return av_file, as_path(bpath)
+        ext = os.path.splitext(os.fsdecode(bpath))[1].lower()
+        if ext in AV_EXTENSIONS:
+            from soundsearch.avdecode import INSTALL_HINT, available
+
+            if not available():
+                reason = f"{ext} is not a format libsndfile reads; {INSTALL_HINT}"
+        raise AudioError(as_path(bpath), reason) from None
     return f, as_path(bpath)
+
+
+def _open_av(bpath: bytes):
+    """The file through PyAV, or None (PyAV absent, or it cannot decode the file either)."""
+    from soundsearch.avdecode import AVFile, available
+
+    if not available() or not_regular_reason(bpath) is not None:
+        return None
+    try:
+        return AVFile(bpath)
+    except Exception:  # noqa: BLE001 - any FFmpeg failure means "not decodable", diagnosed above
+        return None
+
+
+def read_seconds(path: PathLike, start: float, end: float) -> tuple[np.ndarray, int]:
+    """Mono float32 samples of [start, end) seconds at the file's own rate, and that rate.
+    Seeks, so a window of a long file costs the window, not the file."""
+    f, p = _open(path)
+    with f:
+        info = _info_of(f, p)
+        first = max(0, int(start * info.samplerate))
+        if first:
+            f.seek(first)
+        n = max(0, int((end - start) * info.samplerate))
+        data = f.read(n, dtype="float32", always_2d=True)
+    return _mix_to_mono(data), info.samplerate
 
 
 def _info_of(f: sf.SoundFile, path: Path) -> AudioInfo:

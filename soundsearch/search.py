@@ -143,6 +143,21 @@ class SearchResults:
     filters: dict = field(default_factory=dict)
     mode: str = "presence"  # the ranking mode used (ranking.MODES)
     weight: float | None = None  # the blend weight, in blend mode
+    # (C,) the model's probability that the query holds each category (the query paired with
+    # itself: p_both / (p_both + p_neither)); tells which side a "differs" state points to.
+    query_presence: np.ndarray | None = None
+    # Items each filter removes on its own: {"require": {cat: n}, "exclude": {cat: n},
+    # "min_level": n or None, "others": items that are not the query's own}, so a filter that removes nothing or everything can say why.
+    filter_effects: dict = field(default_factory=dict)
+    self_hidden: int = 0  # the query's own items left out of `results` (include_self=False)
+
+
+@dataclass(frozen=True)
+class StoredQuery:
+    """A query made of stored items (store rows), e.g. "more like this" on a result: their
+    stored features are the query, and they count as the query's own items."""
+
+    rows: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +402,15 @@ class SearchEngine:
 
         self.prepare()
         return acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std, aggregate)
+
+    def acoustic_matrix(self) -> np.ndarray:
+        """(N, D') float32 unit acoustic vectors of every stored item, from the cache."""
+        self.prepare()
+        off = 2 * self.head.steps * self.head.width + self.embed_width
+        part = self._cache[: self.n_items, off:]
+        if part.dtype == np.uint16:
+            return self._as_tensor(part).float().numpy()
+        return np.asarray(part, dtype=np.float32)
 
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
@@ -641,11 +665,14 @@ class SearchEngine:
         exclude: Iterable[str] = (),
         min_level: int | None = None,
         mode: "str | RankingMode | None" = None,
+        include_self: bool = True,
     ) -> SearchResults:
-        """The k best items for a query file (or raw (T, D) / (Q, T, D) features).
+        """The k best items for a query file (or raw (T, D) / (Q, T, D) features, or a
+        StoredQuery).
 
         `mode` (ranking.MODES) defaults to the one the model file records (presence when it
-        records none)."""
+        records none). With include_self=False the query's own stored items are left out and
+        the k results are the best other items."""
         from soundsearch.ranking import order_items, resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
@@ -666,6 +693,7 @@ class SearchEngine:
             raise StoreError(f"the store at {self.store.path} holds no items: run `soundsearch index PATH` first")
         query_path, segments, feats, self_rows = self._query_features(query)
         scores = self.score_all(feats, probs=True, aggregate=True)
+        query_presence = self.self_presence(feats)
         level, expected, closeness = scores.level[0], scores.expected[0], scores.closeness[0]
         acoustic = scores.acoustic[0]
         probs = scores.probs[0]
@@ -681,17 +709,27 @@ class SearchEngine:
             expected[self_rows] = float(c)
         states = probs.argmax(-1)  # (N, C)
 
-        keep = np.ones(n, dtype=bool)
-        for j in req_idx:
-            keep &= states[:, j] == BOTH
-        for j in exc_idx:
-            keep &= states[:, j] != BOTH
-        if min_level is not None:
-            keep &= level >= min_level
-        cand = np.flatnonzero(keep)
         is_self = np.zeros(n, dtype=bool)
         if self_rows is not None:
             is_self[self_rows] = True
+        keep = np.ones(n, dtype=bool)
+        effects: dict = {"require": {}, "exclude": {}, "min_level": None, "others": int(n - is_self.sum())}
+        for name, j in zip(require, req_idx):
+            mask = states[:, j] == BOTH
+            effects["require"][name] = int(np.count_nonzero(~mask & ~is_self))
+            keep &= mask
+        for name, j in zip(exclude, exc_idx):
+            mask = states[:, j] != BOTH
+            effects["exclude"][name] = int(np.count_nonzero(~mask & ~is_self))
+            keep &= mask
+        if min_level is not None:
+            mask = level >= min_level
+            effects["min_level"] = int(np.count_nonzero(~mask & ~is_self))
+            keep &= mask
+        n_self = int(np.count_nonzero(keep & is_self))
+        if not include_self:
+            keep &= ~is_self
+        cand = np.flatnonzero(keep)
         # The query recording itself comes first whatever the model says (its presence matrix
         # with itself has no "differs" by construction), then its near-duplicates.
         ordered = order_items(
@@ -731,7 +769,30 @@ class SearchEngine:
             filters={"require": require, "exclude": exclude, "min_level": min_level},
             mode=ranking.mode.value,
             weight=ranking.weight,
+            query_presence=query_presence,
+            filter_effects=effects,
+            self_hidden=0 if include_self else n_self,
         )
+
+    @torch.no_grad()
+    def self_presence(self, feats_raw: np.ndarray) -> np.ndarray:
+        """(C,) the model's probability that a recording (its (Q, T, D) items) holds each
+        category: each item paired with itself, averaged, p_both / (p_both + p_neither)."""
+        q = np.asarray(feats_raw, dtype=np.float32)
+        if q.ndim == 2:
+            q = q[None]
+        self.prepare()
+        t, k = self.head.steps, self.head.width
+        rows = self._database_rows(q)
+        halves = rows[:, : 2 * t * k].reshape(q.shape[0], 2, t, k)
+        qa, qb, _ = self._sides(q)
+        qpair = torch.stack([qa, qb], dim=1)
+        block = _Block(self.head, 1, 1)
+        with _torch_threads(1):
+            y = torch.stack([block.pool(block.logits(halves[j : j + 1], qpair[j]), 1)[0] for j in range(q.shape[0])])
+        y = y.mean(0)  # (3, C)
+        both, neither = y[BOTH].double(), y[NEITHER].double()
+        return (both / (both + neither).clamp_min(1e-12)).float().numpy()
 
     def _category_indices(self, names: Sequence[str]) -> list[int]:
         unknown = [name for name in names if name not in self.taxonomy]
@@ -747,6 +808,17 @@ class SearchEngine:
         if isinstance(query, np.ndarray):
             feats = query[None] if query.ndim == 2 else query
             return None, [], feats, None
+        if isinstance(query, StoredQuery):
+            rows = np.array(sorted(set(query.rows)), dtype=np.int64)
+            n = self.n_items
+            if rows.size == 0 or rows.min() < 0 or rows.max() >= n:
+                raise SearchError(f"stored query rows must lie in 0..{n - 1}")
+            items = self.store.items()
+            chosen = [items[r] for r in rows.tolist()]
+            if len({str(i.path) for i in chosen}) != 1:
+                raise SearchError("a stored query is items of one recording")
+            segments = [(i.start, i.end) for i in chosen]
+            return chosen[0].path, segments, np.asarray(self.store.features()[rows]), rows
         from soundsearch.features import featurize_file
 
         path = Path(query).expanduser().absolute()
@@ -917,6 +989,7 @@ __all__ = [
     "ScoreMatrix",
     "SearchEngine",
     "SearchResults",
+    "StoredQuery",
     "model_key",
     "open_engine",
     "rank",

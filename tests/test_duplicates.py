@@ -168,7 +168,7 @@ def test_cli_json_marks_duplicates(library, monkeypatch):
 
     original = next(iter(library["copies"]))
     st = library["stores"][True]
-    result = CliRunner().invoke(app, ["query", original, "--store", str(st.path), "--mode", "acoustic", "-k", "10", "--json"])
+    result = CliRunner().invoke(app, ["query", original, "--store", str(st.path), "--mode", "acoustic", "-k", "10", "--json", "--include-self"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["mode"] == "acoustic" and doc["weight"] is None

@@ -69,26 +69,69 @@ def run_json(*args: str) -> dict:
 
 def test_table_fits_80_columns_and_the_query_ranks_itself_first(env):
     query = env["lib"] / "tones" / "tone-330.wav"
-    result = run(str(query), "--model", "tiny")
+    result = run(str(query), "--model", "tiny", "--include-self")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     rows = [line for line in lines if re.match(r"^\s*\d+\s+\d/8\s", line)]
     assert len(rows) == 10  # one line per result: nothing wrapped
-    assert rows[0].split()[0] == "1" and "tones/tone-330.wav (query)" in rows[0]
+    # Cut from the left at 80 columns (8 headed category columns take 27): the name stays.
+    assert rows[0].split()[0] == "1" and "330.wav (query)" in rows[0]
     # The long recording's windows carry time ranges, its long path is cut from the left.
     windowed = [line for line in rows if "–" in line]
     assert windowed and all("…" in line and ".wav" in line for line in windowed)
+    # One headed column per category, one glyph each, saying who has the sound.
+    header = next(line for line in lines if line.lstrip().startswith("#"))
+    assert header.split()[-8:] == ["eng", "mi", "nmi", "ps", "as", "mus", "hv", "dog"]
     for line in rows:
-        glyphs = line.split()[-1]
-        assert len(glyphs) == 8 and set(glyphs) <= set("●·✕")
+        glyphs = line.split()[-8:]
+        assert all(len(g) == 1 for g in glyphs) and set(glyphs) <= set("●·◐◑")
     assert "eng=engine" in result.stdout and "dog=dog" in result.stdout
-    assert "● both have it" in result.stdout
+    assert "● both have it" in result.stdout and "◐ only the query has it" in result.stdout
+
+
+def test_the_query_itself_is_hidden_by_default_and_pipes_keep_full_paths(env, monkeypatch):
+    query = env["lib"] / "tones" / "tone-330.wav"
+    monkeypatch.delenv("COLUMNS")
+    result = run(str(query), "--model", "tiny", "-k", "50")
+    assert result.exit_code == 0, result.output
+    assert "(query)" not in result.stdout and "query's own item hidden" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if re.match(r"^\s*\d+\s+\d/8\s", line)]
+    assert len(rows) == env["items"] - 1  # every item but the query's own
+    # Not a terminal and no COLUMNS: nothing cut, the deep path is whole.
+    assert any("a rather long folder name for a session/take 3/street-ambience-with-a-long-descriptive-file-name.wav" in r for r in rows)
+    assert "…" not in result.stdout
+    paths = run(str(query), "--model", "tiny", "-k", "50", "--paths").stdout.splitlines()
+    assert str(query) not in paths and str(env["long"]) in paths and len(paths) == len(set(paths))
+
+
+def test_exports_and_filter_notes(env, tmp_path):
+    query = env["lib"] / "tones" / "tone-330.wav"
+    result = run(str(query), "--model", "tiny", "-k", "6", "--csv", str(tmp_path / "r.csv"),
+                 "--m3u", str(tmp_path / "r.m3u"), "--html", str(tmp_path / "r.html"))
+    assert result.exit_code == 0, result.output
+    doc = run_json(str(query), "--model", "tiny", "-k", "6")
+    csv_lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[1].split(",")[1] == doc["results"][0]["path"]
+    m3u = (tmp_path / "r.m3u").read_text().splitlines()
+    assert m3u[0] == "#EXTM3U" and [l for l in m3u if not l.startswith("#")] == [r["path"] for r in doc["results"]]
+    windowed = [r for r in doc["results"] if r["windowed"]]
+    if windowed:
+        assert f"#EXTVLCOPT:start-time={windowed[0]['start']:.3f}" in m3u
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('class="card result"') == 6 and "https://" not in page
+    # A filter that removes nothing says why.
+    qp = doc["query"]["presence"]
+    absent = next(c for c in CATS if qp[c] < 0.5 and all(r["categories"][c]["state"] != "both" for r in doc["results"]))
+    doc2 = run_json(str(query), "--model", "tiny", "-k", "6", "--exclude", absent)
+    if doc2["filter_effects"]["exclude"][absent] == 0:
+        out = run(str(query), "--model", "tiny", "-k", "6", "--exclude", absent).stdout
+        assert f"--exclude {absent} removed nothing: the model finds no {absent.replace('-', ' ')} in the query" in out
 
 
 def test_json_is_one_document_with_probabilities(env):
     query = env["lib"] / "noise" / "bursts-1.flac"
-    doc = run_json(str(query), "--model", "tiny", "-k", "4")
+    doc = run_json(str(query), "--model", "tiny", "-k", "4", "--include-self")
     assert doc["query"]["path"] == str(query) and doc["query"]["in_store"] is True
     assert doc["model"]["name"] == "tiny" and doc["store"] == str(env["store"])
     assert doc["featurizer"]["name"] == "logmel" and doc["categories"] == CATS
@@ -126,7 +169,7 @@ def test_json_is_one_document_with_probabilities(env):
 
 
 def test_long_query_scores_all_its_items(env):
-    doc = run_json(str(env["long"]), "--model", "tiny", "-k", "3")
+    doc = run_json(str(env["long"]), "--model", "tiny", "-k", "3", "--include-self")
     assert len(doc["query"]["items"]) == 3
     assert doc["query"]["items"][0] == {"start": 0.0, "end": 10.0}
     # All three windows of the query recording come first, as the query itself.

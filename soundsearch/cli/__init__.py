@@ -14,7 +14,7 @@ import typer
 
 from soundsearch import __version__
 from soundsearch.cli._common import register
-from soundsearch.cli import evaluate, index, models, query, train
+from soundsearch.cli import duplicates, evaluate, index, models, query, serve, train
 
 app = typer.Typer(
     name="soundsearch",
@@ -48,6 +48,8 @@ register(app, query.query, "query")
 register(app, train.train, "train")
 register(app, evaluate.eval_, "eval")
 app.add_typer(models.app, name="models")
+register(app, serve.serve, "serve")
+register(app, duplicates.duplicates, "duplicates")
 
 
 def main() -> None:

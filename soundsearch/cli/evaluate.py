@@ -28,7 +28,7 @@ def eval_(
         bool, typer.Option("--variants", help="Also train and evaluate the paper's 8 variants (Siamese or not x single or per-category x attention or not), one seed.")
     ] = False,
     k: Annotated[
-        Optional[list[str]], typer.Option("--k", metavar="K", help="Cut-offs K (repeat, or comma-separated). Default: 1,5,10,30,50,100.", show_default=False)
+        Optional[list[str]], typer.Option("--k", "-k", metavar="K", help="Cut-offs K (repeat, or comma-separated). Default: 1,5,10,30,50,100.", show_default=False)
     ] = None,
     thresholds: Annotated[
         Optional[list[str]],

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
     from soundsearch.search import SearchResults
 
-# One glyph per category and state, so the breakdown of 8 categories takes 8 columns.
-GLYPHS = {"both": ("●", "bold green"), "neither": ("·", "dim"), "differs": ("✕", "red")}
-LEGEND = "● both have it  · neither has it  ✕ only one has it"
+# One glyph per category: who has the sound ("differs" resolved by the query's own presence).
+GLYPHS = {"both": ("●", "bold green"), "neither": ("·", "dim"), "query": ("◐", "yellow"), "result": ("◑", "cyan")}
+LEGEND = "● both have it  · neither has it  ◐ only the query has it  ◑ only the result has it"
 
 
 def _complete_category(incomplete: str) -> list[str]:
@@ -59,6 +59,23 @@ def query(
         typer.Option("--min-level", min=0, help="Drop results whose similarity level (categories in agreement) is below this.", show_default=False),
     ] = None,
     mode: ModeOption = None,
+    include_self: Annotated[
+        bool, typer.Option("--include-self", help="Also list the query's own items when it is in the store (hidden by default).")
+    ] = False,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", metavar="PATH", help="Write the results as a self-contained page with players and waveforms.", show_default=False),
+    ] = None,
+    csv_out: Annotated[
+        Optional[Path], typer.Option("--csv", metavar="PATH", help="Write the results as CSV ('-': stdout).", show_default=False)
+    ] = None,
+    m3u: Annotated[
+        Optional[Path],
+        typer.Option("--m3u", metavar="PATH", help="Write the results as an M3U playlist ('-': stdout).", show_default=False),
+    ] = None,
+    paths_out: Annotated[
+        bool, typer.Option("--paths", help="Print one full path per line (each file once) instead of the table.")
+    ] = False,
 ) -> None:
     """Find the recordings most similar to FILE: same sound events present, same absent.
 
@@ -70,7 +87,10 @@ def query(
     after the query itself, marked "copy". The breakdown shows, per category, whether both
     have it (●), neither (·) or only one (✕), as the model predicts.
 
-    Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog
+    The query's own items are hidden unless --include-self. --html writes a page to listen to
+    every result; --csv, --m3u and --paths export them.
+
+    Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog --html dog.html
     """
     from soundsearch.errors import AudioError
     from soundsearch.model import load_model, resolve_model
@@ -103,13 +123,55 @@ def query(
                 highlight=False, soft_wrap=True,
             )
         results = engine.search(
-            path, k=k, require=require or (), exclude=exclude or (), min_level=min_level, mode=mode
+            path, k=k, require=require or (), exclude=exclude or (), min_level=min_level, mode=mode,
+            include_self=include_self,
         )
         roots = st.roots()
+        doc = to_json(results, st, loaded, roots)
+        text = json_document(doc, loaded.name)  # refuses non-finite scores before any output
+        from soundsearch.present.explain import filter_notes
+
+        notes = filter_notes(doc)
+        written = _write_exports(doc, html, csv_out, m3u, notes)
         if json_out:
-            typer.echo(json_document(to_json(results, st, loaded), loaded.name))
-            return
-        render(results, roots, loaded.name)
+            typer.echo(text)
+        elif paths_out:
+            from soundsearch.present.export import to_paths
+
+            typer.echo(to_paths(doc["results"]), nl=False)
+        elif not any(p is not None and str(p) == "-" for p in (csv_out, m3u)):
+            render(results, roots, loaded.name, notes)
+        for what, where in written:
+            err.print(f"wrote {what} to {_shown(where)}", highlight=False, soft_wrap=True)
+
+
+def _write_exports(doc: dict, html, csv_out, m3u, notes: list[str]) -> list[tuple[str, Path]]:
+    """Write the requested files ('-' is stdout); [(what, path)] of the files written."""
+    from soundsearch.errors import SoundsearchError
+    from soundsearch.present.export import query_export
+
+    jobs = []
+    if csv_out is not None:
+        jobs.append(("CSV", csv_out, lambda: query_export(doc, "csv")))
+    if m3u is not None:
+        jobs.append(("playlist", m3u, lambda: query_export(doc, "m3u")))
+    if html is not None:
+        from soundsearch.present.html import static_page
+
+        jobs.append(("page", html, lambda: static_page(doc, notes)))
+    written = []
+    for what, where, make in jobs:
+        text = make()
+        if str(where) == "-":
+            typer.echo(text, nl=False)
+            continue
+        target = where.expanduser()
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise SoundsearchError(f"cannot write {what} to {_shown(target)}: {exc.strerror or exc}") from None
+        written.append((what, target))
+    return written
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,12 +239,13 @@ def _fit_left(text: str, width: int) -> str:
     return "…" + text[len(text) - width + 1 :] if width > 1 else "…"
 
 
-def build_table(results: "SearchResults", roots: list[Path], width: int) -> "Table":
+def build_table(results: "SearchResults", roots: list[Path], width: int | None) -> "Table":
+    """The results table; `width` None: nothing cut (output that is not a terminal)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    from soundsearch.presence import STATES
+    from soundsearch.present.document import sides
 
     rows = results.results
     names = display_paths([r.item.path for r in rows], roots)
@@ -191,6 +254,7 @@ def build_table(results: "SearchResults", roots: list[Path], width: int) -> "Tab
         for r in rows
     ]
     c = len(results.taxonomy)
+    codes = short_codes(list(results.taxonomy.categories))
     cells = {
         "#": [str(r.rank) for r in rows],
         "level": [f"{r.level}/{c}" for r in rows],
@@ -201,40 +265,52 @@ def build_table(results: "SearchResults", roots: list[Path], width: int) -> "Tab
     fixed = {name: max([len(name)] + [len(v) for v in vals]) for name, vals in cells.items()}
     if not any(times):
         fixed.pop("time")
-    presence_w = max(c, len("presence"))
-    # Seven columns, one space between neighbours: the file column gets what is left.
-    n_cols = len(fixed) + 2
-    file_w = max(8, width - sum(fixed.values()) - presence_w - (n_cols - 1))
+    # One column per category, headed by its short code (legend below the table).
+    presence_w = sum(len(code) for code in codes) + len(codes) - 1
+    n_cols = len(fixed) + 1 + len(codes)
+    labels = [
+        name + (" (query)" if r.is_query else " (copy)" if r.duplicate else "") for r, name in zip(rows, names)
+    ]
+    if width is None:
+        file_w = max([len("file")] + [len(x) for x in labels])
+    else:
+        file_w = max(8, width - sum(fixed.values()) - presence_w - (n_cols - len(codes)))
 
     # No padding: SIMPLE_HEAD's column dividers are one space each, counted above.
     table = Table(box=box.SIMPLE_HEAD, padding=0, show_edge=False)
     for name, justify in (("#", "right"), ("level", "right"), ("score", "right")):
         table.add_column(name, justify=justify, no_wrap=True, min_width=fixed[name])
-    table.add_column("file", no_wrap=True, overflow="ellipsis", max_width=file_w)
+    table.add_column("file", no_wrap=True, overflow="ellipsis" if width is not None else "fold", max_width=file_w)
     if "time" in fixed:
         table.add_column("time", no_wrap=True, min_width=fixed["time"])
     table.add_column("length", justify="right", no_wrap=True, min_width=fixed["length"])
-    table.add_column("presence", no_wrap=True, min_width=presence_w)
-    for r, name, t in zip(rows, names, times):
-        label = Text(_fit_left(name + (" (query)" if r.is_query else " (copy)" if r.duplicate else ""), file_w))
+    for code in codes:
+        table.add_column(code, justify="center", no_wrap=True, min_width=len(code))
+    for r, label_text, t in zip(rows, labels, times):
+        label = Text(_fit_left(label_text, file_w))
         if r.is_query:
             label.stylize("italic")
-        glyphs = Text()
-        for s in r.states.tolist():
-            glyph, style = GLYPHS[STATES[s]]
-            glyphs.append(glyph, style=style)
         cols = [cells["#"][r.rank - 1], cells["level"][r.rank - 1], cells["score"][r.rank - 1], label]
         if "time" in fixed:
             cols.append(t)
-        cols += [cells["length"][r.rank - 1], glyphs]
+        cols.append(cells["length"][r.rank - 1])
+        for side in sides(r.states, results.query_presence):
+            glyph, style = GLYPHS[side]
+            cols.append(Text(glyph, style=style))
         table.add_row(*cols)
     return table
 
 
-def render(results: "SearchResults", roots: list[Path], model_name: str) -> None:
+def _fits_terminal() -> bool:
+    """Cut to the terminal's width only for a terminal, or when COLUMNS asks for a width:
+    piped output keeps every path whole for grep and xargs."""
+    return out.is_terminal or bool(os.environ.get("COLUMNS"))
+
+
+def render(results: "SearchResults", roots: list[Path], model_name: str, notes: list[str] | None = None) -> None:
     from rich.text import Text
 
-    width = out.width
+    width = out.width if _fits_terminal() else None
     q = results.query
     n_seg = len(results.query_segments)
     head = Text(f"{_shown(q.name) if q else 'query'}", style="bold")
@@ -244,16 +320,29 @@ def render(results: "SearchResults", roots: list[Path], model_name: str) -> None
     f = results.filters
     if f.get("require") or f.get("exclude") or f.get("min_level") is not None:
         head.append(f", {results.matches:,} pass the filters", style="dim")
-    out.print(head)
+    if results.self_hidden:
+        n = results.self_hidden
+        head.append(f", the query's own item{'s' if n != 1 else ''} hidden (--include-self shows {'them' if n != 1 else 'it'})", style="dim")
+    out.print(head, soft_wrap=width is None)
+    for note in notes or []:
+        out.print(Text(note, style="yellow"), soft_wrap=True)
     if not results.results:
         out.print("no results: no stored item passes the filters", style="yellow", highlight=False)
         return
-    out.print(build_table(results, roots, width))
+    if width is None:
+        from rich.console import Console
+
+        # A console as wide as the table: nothing wrapped or cut in a pipe or a file.
+        Console(file=out.file, width=100_000, soft_wrap=True, color_system=None).print(
+            build_table(results, roots, None), crop=False
+        )
+    else:
+        out.print(build_table(results, roots, width))
     codes = short_codes(list(results.taxonomy.categories))
-    legend = Text("presence, left to right: ", style="dim")
+    legend = Text("columns: ", style="dim")
     legend.append(" ".join(f"{code}={name}" for code, name in zip(codes, results.taxonomy.categories)))
-    out.print(legend, highlight=False)
-    out.print(Text(LEGEND, style="dim"), highlight=False)
+    out.print(legend, highlight=False, soft_wrap=width is None)
+    out.print(Text(LEGEND, style="dim"), highlight=False, soft_wrap=width is None)
 
 
 def json_document(doc: dict, model_name: str) -> str:
@@ -268,47 +357,7 @@ def json_document(doc: dict, model_name: str) -> str:
         ) from None
 
 
-def to_json(results: "SearchResults", store, model) -> dict:
-    from soundsearch.presence import STATES
+def to_json(results: "SearchResults", store, model, roots: list[Path] | None = None) -> dict:
+    from soundsearch.present.document import results_document
 
-    cats = list(results.taxonomy.categories)
-    return {
-        "query": {
-            "path": _shown(results.query) if results.query else None,
-            "items": [{"start": round(s, 3), "end": round(e, 3)} for s, e in results.query_segments],
-            "in_store": results.query_in_store,
-        },
-        "model": {"name": model.name, "path": _shown(model.path) if model.path else None, "variant": model.variant},
-        "store": _shown(store.path),
-        "featurizer": {"identity": store.featurizer_identity, **store.featurizer_spec},
-        "categories": cats,
-        "filters": results.filters,
-        "mode": results.mode,
-        "weight": results.weight,
-        "items_searched": results.items_searched,
-        "matches": results.matches,
-        "results": [
-            {
-                "rank": r.rank,
-                "path": _shown(r.item.path),
-                "start": round(r.item.start, 3),
-                "end": round(r.item.end, 3),
-                "file_duration": round(r.item.file_duration, 3),
-                "level": r.level,
-                "score": round(r.score, 6),
-                "closeness": round(r.closeness, 6),
-                "is_query": r.is_query,
-                "acoustic": round(r.acoustic, 6),
-                "rank_score": round(r.rank_score, 6),
-                "duplicate": r.duplicate,
-                "categories": {
-                    cat: {
-                        **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},
-                        "state": STATES[int(r.states[j])],
-                    }
-                    for j, cat in enumerate(cats)
-                },
-            }
-            for r in results.results
-        ],
-    }
+    return results_document(results, store, model, roots)

@@ -1,0 +1,129 @@
+"""The results document: everything `query --json`, the HTML page, the exports and the web
+app show, built once from SearchResults so they cannot disagree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from soundsearch.search import SearchResults
+
+# Which recording holds a category, per result: the model's three states, with "differs"
+# resolved to a side by the query's own presence (the query paired with itself).
+SIDES = ("both", "neither", "query", "result")
+SIDE_TEXT = {
+    "both": "both have it",
+    "neither": "neither has it",
+    "query": "only the query has it",
+    "result": "only the result has it",
+}
+
+
+def shown(path) -> str:
+    """Printable form of a path whose name need not be valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def display_paths(paths: list[Path], roots: list[Path]) -> list[str]:
+    """Each path relative to the indexed folder holding it, else to the results' common folder."""
+    roots = sorted((Path(r) for r in roots), key=lambda r: len(r.parts), reverse=True)
+    out: list[str | None] = []
+    for p in paths:
+        rel = None
+        for r in roots:
+            if r != p and p.is_relative_to(r):
+                rel = p.relative_to(r)
+                break
+        out.append(shown(rel) if rel is not None else None)
+    rest = [p for p, s in zip(paths, out) if s is None]
+    if rest:
+        try:
+            common = Path(os.path.commonpath([str(p.parent) for p in rest]))
+        except ValueError:
+            common = None
+        for i, (p, s) in enumerate(zip(paths, out)):
+            if s is None:
+                out[i] = shown(p.relative_to(common)) if common is not None and p != common else shown(p)
+    return [s or "" for s in out]
+
+
+def sides(states, query_presence) -> list[str]:
+    """Per category: both / neither / query / result (who has the sound)."""
+    from soundsearch.presence import STATES
+
+    names = []
+    for j, s in enumerate(states.tolist()):
+        state = STATES[int(s)]
+        if state == "differs":
+            has = query_presence is not None and float(query_presence[j]) >= 0.5
+            state = "query" if has else "result"
+        names.append(state)
+    return names
+
+
+def is_windowed(start: float, end: float, file_duration: float) -> bool:
+    return end - start < file_duration - 1e-6
+
+
+def results_document(results: "SearchResults", store, model, roots: list[Path] | None = None) -> dict:
+    """The --json document. Keys older than the page (everything but `display`, `side`,
+    `presence`, `self_hidden`, `filter_effects`, `row`, `windowed`) keep their meaning."""
+    from soundsearch.presence import STATES
+
+    cats = list(results.taxonomy.categories)
+    roots = list(roots) if roots is not None else store.roots()
+    rows = results.results
+    display = display_paths([r.item.path for r in rows], roots)
+    qp = results.query_presence
+    return {
+        "query": {
+            "path": shown(results.query) if results.query else None,
+            "name": shown(results.query.name) if results.query else None,
+            "items": [{"start": round(s, 3), "end": round(e, 3)} for s, e in results.query_segments],
+            "in_store": results.query_in_store,
+            "self_hidden": results.self_hidden,
+            # The model's probability that the query holds each category.
+            "presence": {c: round(float(qp[j]), 6) for j, c in enumerate(cats)} if qp is not None else None,
+        },
+        "model": {"name": model.name, "path": shown(model.path) if model.path else None, "variant": model.variant},
+        "store": shown(store.path),
+        "roots": [shown(r) for r in roots],
+        "featurizer": {"identity": store.featurizer_identity, **store.featurizer_spec},
+        "categories": cats,
+        "filters": results.filters,
+        "filter_effects": results.filter_effects,
+        "mode": results.mode,
+        "weight": results.weight,
+        "items_searched": results.items_searched,
+        "matches": results.matches,
+        "results": [
+            {
+                "rank": r.rank,
+                "path": shown(r.item.path),
+                "display": name,
+                "row": r.item.row,
+                "start": round(r.item.start, 3),
+                "end": round(r.item.end, 3),
+                "file_duration": round(r.item.file_duration, 3),
+                "windowed": is_windowed(r.item.start, r.item.end, r.item.file_duration),
+                "level": r.level,
+                "score": round(r.score, 6),
+                "closeness": round(r.closeness, 6),
+                "is_query": r.is_query,
+                "acoustic": round(r.acoustic, 6),
+                "rank_score": round(r.rank_score, 6),
+                "duplicate": r.duplicate,
+                "categories": {
+                    cat: {
+                        **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},
+                        "state": STATES[int(r.states[j])],
+                        "side": side,
+                    }
+                    for j, (cat, side) in enumerate(zip(cats, sides(r.states, qp)))
+                },
+            }
+            for r, name in zip(rows, display)
+        ],
+    }
