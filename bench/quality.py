@@ -299,7 +299,8 @@ def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
 
 
 def train_model(fz, draw: Draw, recipe: dict, seed: int):
-    from soundsearch.train import TrainConfig, fit
+    from soundsearch.train import fit
+    from soundsearch.train_config import TrainConfig
 
     parts = [draw.sets[n] for n in ("train_scenes", "train_shots", "train_beds")]
     feats = np.concatenate([p[0] for p in parts])

@@ -30,7 +30,7 @@ import math
 import os
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from soundsearch import __version__, paths
+from soundsearch.architecture import ModelConfig
 from soundsearch.errors import FeaturizerMismatchError, ModelError
 from soundsearch.presence import DIFFERS, STATES
 from soundsearch.taxonomy import Taxonomy
@@ -50,83 +51,6 @@ FORMAT_VERSION = 1
 HEADER_KEY = "soundsearch"
 MODEL_SUFFIX = ".safetensors"
 DEFAULT_MODEL_NAME = "default"
-
-CONTEXTS = ("none", "stats")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture and variant. Defaults are the paper's network."""
-
-    steps: int  # T: frame embeddings per item
-    dim: int  # D: values per frame embedding
-    n_categories: int  # C
-    siamese: bool = True
-    per_category: bool = False
-    attention: bool = True
-    tower: tuple[int, ...] = (128, 128, 128)
-    head: tuple[int, ...] = (256, 128)
-    dropout: float = 0.5
-    # Recipe fields beyond the paper (defaults keep the paper's behaviour):
-    # "stats" lets every step also see its item's mean, std and max over T (item-only
-    # context, so it stays inside embed()).
-    context: str = "none"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tower", tuple(int(u) for u in self.tower))
-        object.__setattr__(self, "head", tuple(int(u) for u in self.head))
-        if self.steps < 1 or self.dim < 1 or self.n_categories < 1:
-            raise ValueError("steps, dim and n_categories must be positive")
-        if self.siamese and not self.tower:
-            raise ValueError("a siamese model needs at least one tower layer")
-        if not self.head:
-            raise ValueError("the pair head needs at least one layer")
-        if any(u < 1 for u in self.tower + self.head):
-            raise ValueError("layer widths must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
-        if self.context not in CONTEXTS:
-            raise ValueError(f"context must be one of {CONTEXTS}, not {self.context!r}")
-
-    @property
-    def groups(self) -> int:
-        """Number of sub-models: C with per_category, else 1."""
-        return self.n_categories if self.per_category else 1
-
-    @property
-    def outputs_per_group(self) -> int:
-        return 1 if self.per_category else self.n_categories
-
-    @property
-    def input_dim(self) -> int:
-        """Values per step entering the tower (D, or 4 D with context statistics)."""
-        return self.dim * (4 if self.context == "stats" else 1)
-
-    @property
-    def variant(self) -> str:
-        parts = [
-            "siamese" if self.siamese else "no-siamese",
-            "per-category" if self.per_category else "single",
-            "attention" if self.attention else "mean-pool",
-        ]
-        if self.context != "none":
-            parts.append(f"context-{self.context}")
-        return "+".join(parts)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            # An unknown field may change the architecture: refusing beats a silently wrong net.
-            raise ModelError(
-                f"model architecture fields {unknown} are unknown to soundsearch {__version__}; "
-                "the model was made by a newer version"
-            )
-        return cls(**data)
 
 
 class GroupedLinear(nn.Module):

@@ -53,7 +53,8 @@ def make_model(path: Path, categories=CATS, seed: int = 0) -> Path:
     import torch
 
     from soundsearch.features import get_featurizer
-    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.architecture import ModelConfig
+    from soundsearch.model import PresenceNet, save_model
     from soundsearch.taxonomy import Taxonomy
 
     fz = get_featurizer("logmel")
@@ -241,7 +242,7 @@ def test_plot_without_matplotlib(small, tmp_path, monkeypatch):
 
 
 def test_variants_are_trained_and_reported(tmp_path, store_dir):
-    from soundsearch.train import TrainConfig
+    from soundsearch.train_config import TrainConfig
 
     csv = make_dataset(tmp_path / "ds", n=40)
     small = TrainConfig(seed=0, epochs=1, refit=False, pairs_per_side=2, tower=(8,), head=(8, 8), threads=1)
@@ -305,7 +306,8 @@ def corpus_labels(corpus: Path, out: Path, per_category: int = 40) -> Path:
 def test_trained_model_beats_random_on_corpus(corpus, tmp_path, store_dir):
     from soundsearch.datasets import check_trainable, dataset_features, load_dataset
     from soundsearch.features import get_featurizer
-    from soundsearch.train import TrainConfig, fit
+    from soundsearch.train import fit
+    from soundsearch.train_config import TrainConfig
 
     labels = corpus_labels(corpus, tmp_path / "corpus.csv")
     ds = load_dataset(str(labels), seed=0)

@@ -103,7 +103,8 @@ def test_permission_denied_is_named_not_a_traceback(tmp_path, lib, store_dir, mo
 def _tiny_model(path: Path):
     import torch
 
-    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.architecture import ModelConfig
+    from soundsearch.model import PresenceNet, save_model
     from soundsearch.taxonomy import Taxonomy
 
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ import torch
 
 from soundsearch import model as M
 from soundsearch.errors import FeaturizerMismatchError, ModelError
-from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, load_model
+from soundsearch.architecture import ModelConfig
+from soundsearch.model import LoadedModel, PresenceNet, load_model
 from soundsearch.taxonomy import Taxonomy
 
 T, D, C = 5, 12, 8

@@ -9,7 +9,8 @@ import torch
 from soundsearch.errors import DatasetError
 from soundsearch.model import load_model
 from soundsearch.taxonomy import Taxonomy
-from soundsearch.train import TrainConfig, evaluate_pairs, fit, split_holdout
+from soundsearch.train import evaluate_pairs, fit, split_holdout
+from soundsearch.train_config import TrainConfig
 
 T, D = 4, 8
 TAX = Taxonomy(("horn", "bark", "drill"))

@@ -220,7 +220,8 @@ def test_models_table_names_featurizer_parameters_off_the_default(tmp_path, stor
 
     from soundsearch import paths
     from soundsearch.features import get_featurizer
-    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.architecture import ModelConfig
+    from soundsearch.model import PresenceNet, save_model
     from soundsearch.taxonomy import Taxonomy
 
     monkeypatch.setattr(paths, "shipped_models_dirs", lambda: [])
@@ -235,3 +236,42 @@ def test_models_table_names_featurizer_parameters_off_the_default(tmp_path, stor
     rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip().startswith(("paper", "plain"))}
     assert "logmel stats=mean " in rows["paper"]
     assert "stats=" not in rows["plain"] and "logmel" in rows["plain"]
+
+
+def test_cli_defaults_are_the_library_defaults():
+    # One source: every `train` option's default is TrainConfig's (and so the architecture's).
+    import typer
+
+    from soundsearch.cli import app
+    from soundsearch.train_config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    defaults = {p.name: p.default for p in command.params if p.param_type_name == "option"}
+    cfg = TrainConfig()
+    negated = {"no_siamese": "siamese", "no_attention": "attention", "no_refit": "refit"}
+    renamed = {"mix": "mix_prob"}
+    checked = 0
+    for name, value in defaults.items():
+        if name in negated:
+            assert value is (not getattr(cfg, negated[name])), name
+        elif name != "epochs" and renamed.get(name, name) in TrainConfig.__dataclass_fields__ and value is not None:
+            expected = getattr(cfg, renamed.get(name, name))
+            assert (value.value if hasattr(value, "value") else value) == expected, name
+        else:
+            continue
+        checked += 1
+    assert checked >= 20
+    assert defaults["epochs"] == "auto" and cfg.epochs is None
+    assert defaults["tower"] is None and defaults["head"] is None and defaults["state_weights"] is None
+    # and the choices are the library's
+    from soundsearch.architecture import CONTEXTS
+    from soundsearch.cli import train as cli_train
+    from soundsearch.pairs import SCHEMES
+    from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES
+
+    def values(enum) -> tuple:
+        return tuple(m.value for m in enum)
+
+    assert values(cli_train.OptimizerName) == OPTIMIZERS and values(cli_train.Batching) == BATCHINGS
+    assert values(cli_train.LrSchedule) == LR_SCHEDULES and values(cli_train.PairBalance) == PAIR_BALANCES
+    assert values(cli_train.PairScheme) == SCHEMES and values(cli_train.ContextName) == CONTEXTS

@@ -13,42 +13,28 @@ import typer
 from rich.markup import escape
 
 from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
+from soundsearch.architecture import CONTEXTS
 from soundsearch.cli.index import FeaturizerName, _parse_params, _shown
+from soundsearch.pairs import SCHEMES
+from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
 
 SHOW_SKIPPED = 5
 
 
-class OptimizerName(str, Enum):
-    rmsprop = "rmsprop"
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice enum of the library's own tuple of names (one source for both)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class PairScheme(str, Enum):
-    shared = "shared"
-    independent = "independent"
+OptimizerName = _choices("OptimizerName", OPTIMIZERS)
+PairScheme = _choices("PairScheme", SCHEMES)
+Batching = _choices("Batching", BATCHINGS)
+PairBalance = _choices("PairBalance", PAIR_BALANCES)
+LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
+ContextName = _choices("ContextName", CONTEXTS)
 
-
-class Batching(str, Enum):
-    random = "random"
-    blocked = "blocked"
-    items = "items"
-
-
-class PairBalance(str, Enum):
-    partner = "partner"
-    category = "category"
-
-
-class LrSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-class ContextName(str, Enum):
-    none = "none"
-    stats = "stats"
+# The library's defaults: every option below takes its default from here.
+D = TrainConfig()
 
 
 def _epochs(value: str) -> int | None:
@@ -122,36 +108,36 @@ def train(
         Optional[Path],
         typer.Option("--out", "-o", help="Model file to write. Default: a new file in the user models folder ($SOUNDSEARCH_MODELS).", show_default=False),
     ] = None,
-    no_siamese: Annotated[bool, typer.Option("--no-siamese", help="Variant: no towers, the raw frames of the pair go into the pair head.")] = False,
-    per_category: Annotated[bool, typer.Option("--per-category", help="Variant: one sub-model per category instead of one for all.")] = False,
-    no_attention: Annotated[bool, typer.Option("--no-attention", help="Variant: mean over time instead of attention pooling.")] = False,
+    no_siamese: Annotated[bool, typer.Option("--no-siamese", help="Variant: no towers, the raw frames of the pair go into the pair head.")] = not D.siamese,
+    per_category: Annotated[bool, typer.Option("--per-category", help="Variant: one sub-model per category instead of one for all.")] = D.per_category,
+    no_attention: Annotated[bool, typer.Option("--no-attention", help="Variant: mean over time instead of attention pooling.")] = not D.attention,
     epochs: Annotated[str, typer.Option("--epochs", "-e", help="Epochs, or 'auto': choose by validation loss with early stopping.", metavar="N|auto")] = "auto",
-    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="Upper bound for --epochs auto.")] = 30,
-    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without a better validation loss before stopping.")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = 0,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = 128,
-    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching.random,
-    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName.rmsprop,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = 0.0,
-    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = 0.0,
-    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout between layers in training.")] = 0.5,
-    context: Annotated[ContextName, typer.Option("--context", help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName.none,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="Upper bound for --epochs auto.")] = D.max_epochs,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without a better validation loss before stopping.")] = D.patience,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = D.seed,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = D.lr,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = D.batch_size,
+    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching(D.batching),
+    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName(D.optimizer),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = D.weight_decay,
+    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = D.input_noise,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout between layers in training.")] = D.dropout,
+    context: Annotated[ContextName, typer.Option("--context", help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName(D.context),
     tower: Annotated[Optional[str], typer.Option("--tower", help="Tower layer widths.", metavar="W,W,...")] = None,
     head: Annotated[Optional[str], typer.Option("--head", help="Pair-head layer widths.", metavar="W,W,...")] = None,
-    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, help="Partners per target, category and situation.")] = 30,
-    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme.shared,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = 0.1,
+    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, help="Partners per target, category and situation.")] = D.pairs_per_side,
+    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme(D.pair_scheme),
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = D.val_fraction,
     val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
-    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = False,
+    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = not D.refit,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes computing features. Default: all cores.", show_default=False)] = None,
-    batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = 256,
-    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = 0.0,
-    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = 0.0,
+    batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = D.batch_items,
+    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = D.tag_weight,
+    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = D.mix_prob,
     state_weights: Annotated[Optional[str], typer.Option("--state-weights", help="Loss weights of the states both,neither,differs (default 1,1,1).", metavar="B,N,D")] = None,
-    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance.partner,
-    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule.constant,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = 1,
+    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance(D.pair_balance),
+    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule(D.lr_schedule),
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = D.threads,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -170,7 +156,8 @@ def train(
     from soundsearch.datasets import check_trainable, dataset_features, load_dataset
     from soundsearch.errors import DatasetError
     from soundsearch.features import get_featurizer
-    from soundsearch.train import TrainConfig, fit
+    from soundsearch.train import fit
+    from soundsearch.train_config import TrainConfig
 
     n_epochs = _epochs(epochs)
     tower_w = _widths(tower, "--tower")
