@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from soundsearch import __version__, paths
 from soundsearch.architecture import ModelConfig
 from soundsearch.errors import FeaturizerMismatchError, ModelError
-from soundsearch.presence import DIFFERS, STATES
+from soundsearch.presence import STATES, level_from_states
 from soundsearch.taxonomy import Taxonomy
 
 FORMAT = "soundsearch-model"
@@ -80,13 +80,6 @@ class GroupedLinear(nn.Module):
         y = torch.bmm(x.view(rows, g, self.fin).transpose(0, 1), self.weight)  # (g, rows, fout)
         y = y.transpose(0, 1).reshape(rows, g * self.fout)
         return y + self.bias if self.bias is not None else y
-
-    def dense_weight(self) -> torch.Tensor:
-        """The equivalent (G*fin or fin, G*fout) dense matrix (block diagonal for G > 1)."""
-        g = self.groups
-        if g == 1 or self.shared_input:
-            return self.weight[0] if g == 1 else self.weight.permute(1, 0, 2).reshape(self.fin, g * self.fout)
-        return torch.block_diag(*self.weight.unbind(0))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -225,7 +218,7 @@ class PairScores:
 def scores_from_probs(probs: np.ndarray) -> PairScores:
     probs = np.asarray(probs, dtype=np.float32)
     states = probs.argmax(-1)
-    level = (states != DIFFERS).sum(-1).astype(np.int64)
+    level = np.asarray(level_from_states(states), dtype=np.int64)
     expected = (probs[..., 0] + probs[..., 1]).sum(-1).astype(np.float32)
     return PairScores(probs=probs, level=level, expected=expected)
 

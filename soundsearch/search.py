@@ -906,11 +906,6 @@ class _Block:
         return (ex[:, :, : ns * c].view(m, t, ns, c) * w.unsqueeze(2)).sum(1)
 
 
-def open_engine(store: "Store", model: "LoadedModel", **kwargs) -> SearchEngine:
-    """A ready engine (database side loaded or computed)."""
-    return SearchEngine(store, model, **kwargs).prepare()
-
-
 __all__ = [
     "CACHE_DTYPES",
     "Result",
@@ -918,6 +913,5 @@ __all__ = [
     "SearchEngine",
     "SearchResults",
     "model_key",
-    "open_engine",
     "rank",
 ]

@@ -151,8 +151,6 @@ def train(
     """
     import dataclasses
 
-    import numpy as np
-
     from soundsearch.datasets import check_trainable, dataset_features, load_dataset
     from soundsearch.errors import DatasetError
     from soundsearch.features import get_featurizer
@@ -259,7 +257,7 @@ def train(
     if quiet:
         out.print(_shown(saved), highlight=False, soft_wrap=True)
         return
-    _render(saved, data, fz, result, np)
+    _render(saved, data, fz, result)
     out.print(
         f"saved model [bold]{escape(saved.name)}[/] to {_shown(saved)}\n"
         f"validation: loss {v.loss:.4f}, presence-state accuracy {v.accuracy:.3f} "
@@ -276,7 +274,7 @@ def _list_skipped(what: str, entries) -> None:
         err.print(f"  ... and {len(entries) - SHOW_SKIPPED} more", highlight=False, soft_wrap=True)
 
 
-def _render(saved: Path, data, fz, result, np) -> None:
+def _render(saved: Path, data, fz, result) -> None:
     from rich.table import Table
 
     report, model = result.report, result.model
