@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from soundsearch import __version__
-from soundsearch.errors import ModelError
+from soundsearch.errors import ConfigError, ModelError
 
 CONTEXTS = ("none", "stats")
 
@@ -34,15 +34,15 @@ class Architecture:
         object.__setattr__(self, "tower", tuple(int(u) for u in self.tower))
         object.__setattr__(self, "head", tuple(int(u) for u in self.head))
         if self.siamese and not self.tower:
-            raise ValueError("a siamese model needs at least one tower layer")
+            raise ConfigError("a siamese model needs at least one tower layer")
         if not self.head:
-            raise ValueError("the pair head needs at least one layer")
+            raise ConfigError("the pair head needs at least one layer")
         if any(u < 1 for u in self.tower + self.head):
-            raise ValueError("layer widths must be positive")
+            raise ConfigError("layer widths must be positive")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
+            raise ConfigError("dropout must be in [0, 1)")
         if self.context not in CONTEXTS:
-            raise ValueError(f"context must be one of {CONTEXTS}, not {self.context!r}")
+            raise ConfigError(f"context must be one of {CONTEXTS}, not {self.context!r}")
 
     def architecture(self) -> "Architecture":
         """Just the architecture fields (of a ModelConfig or TrainConfig too)."""
@@ -70,7 +70,7 @@ class ModelConfig(Architecture):
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.dim < 1 or self.n_categories < 1:
-            raise ValueError("steps, dim and n_categories must be positive")
+            raise ConfigError("steps, dim and n_categories must be positive")
         super().__post_init__()
 
     @property

@@ -59,12 +59,23 @@ class FeaturizerMismatchError(StoreError):
     """Features made by one featurizer would be mixed with, or compared to, another's."""
 
 
+class ConfigError(SoundsearchError, ValueError):
+    """A configuration that cannot be built: an unknown choice or an out-of-range value.
+
+    Also a ValueError, as a bad argument value is; the CLI prints it as one line.
+    """
+
+
 class ModelError(SoundsearchError):
     """A model file that is missing, unreadable, or does not fit the store or dataset."""
 
 
 class DatasetError(SoundsearchError):
     """A dataset that is missing, malformed, or unusable for training or evaluation."""
+
+
+class TrainingError(SoundsearchError):
+    """A training run that cannot go on (its loss diverged)."""
 
 
 class DownloadError(SoundsearchError):

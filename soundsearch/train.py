@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from soundsearch.errors import DatasetError
+from soundsearch.errors import DatasetError, TrainingError
 from soundsearch.model import LoadedModel, PresenceNet, library_versions
 from soundsearch.pairs import make_pairs, summarise_pairs
 from soundsearch.presence import STATES
@@ -230,7 +230,7 @@ class _Trainer:
         self.opt.step()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+            raise TrainingError("training diverged (loss is not finite): try a smaller --lr")
         return value
 
     def _loss(self, logp: torch.Tensor, target: torch.Tensor, h: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from soundsearch.architecture import Architecture, ModelConfig
+from soundsearch.errors import ConfigError
 from soundsearch.pairs import SCHEMES
 from soundsearch.presence import STATES
 
@@ -76,33 +77,33 @@ class TrainConfig(Architecture):
         object.__setattr__(self, "state_weights", tuple(float(w) for w in self.state_weights))
         super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
         if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("lr must be positive and batch_size at least 1")
+            raise ConfigError("lr must be positive and batch_size at least 1")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError("epochs must be at least 1 (or None to choose by validation)")
+            raise ConfigError("epochs must be at least 1 (or None to choose by validation)")
         if self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("max_epochs and patience must be at least 1")
+            raise ConfigError("max_epochs and patience must be at least 1")
         if not 0.0 < self.val_fraction < 0.5:
-            raise ValueError("val_fraction must be in (0, 0.5)")
+            raise ConfigError("val_fraction must be in (0, 0.5)")
         if self.batching not in BATCHINGS:
-            raise ValueError(f"batching must be one of {BATCHINGS}, not {self.batching!r}")
+            raise ConfigError(f"batching must be one of {BATCHINGS}, not {self.batching!r}")
         if self.pair_scheme not in SCHEMES:
-            raise ValueError(f"pair_scheme must be one of {SCHEMES}, not {self.pair_scheme!r}")
+            raise ConfigError(f"pair_scheme must be one of {SCHEMES}, not {self.pair_scheme!r}")
         if self.input_noise < 0 or self.weight_decay < 0:
-            raise ValueError("input_noise and weight_decay must not be negative")
+            raise ConfigError("input_noise and weight_decay must not be negative")
         if self.batch_items < 2:
-            raise ValueError("batch_items must be at least 2")
+            raise ConfigError("batch_items must be at least 2")
         if self.tag_weight < 0:
-            raise ValueError("tag_weight must not be negative")
+            raise ConfigError("tag_weight must not be negative")
         if not 0.0 <= self.mix_prob <= 1.0:
-            raise ValueError("mix_prob must be in [0, 1]")
+            raise ConfigError("mix_prob must be in [0, 1]")
         if len(self.state_weights) != len(STATES) or any(not (w > 0 and math.isfinite(w)) for w in self.state_weights):
-            raise ValueError(f"state_weights must be {len(STATES)} positive numbers (both, neither, differs)")
+            raise ConfigError(f"state_weights must be {len(STATES)} positive numbers (both, neither, differs)")
         if self.pair_balance not in PAIR_BALANCES:
-            raise ValueError(f"pair_balance must be one of {PAIR_BALANCES}, not {self.pair_balance!r}")
+            raise ConfigError(f"pair_balance must be one of {PAIR_BALANCES}, not {self.pair_balance!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
 
     def model_config(self, steps: int, dim: int, n_categories: int) -> ModelConfig:
         return ModelConfig(steps=steps, dim=dim, n_categories=n_categories, **asdict(self.architecture()))

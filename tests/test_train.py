@@ -175,3 +175,21 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
     distinct = [len(torch.unique(p[a:b])) / (b - a) for a, b in zip(bounds, bounds[1:])]
     assert np.mean(distinct) < 0.8  # random batches touch ~2 items per pair
     assert not torch.equal(order, trainer._blocked_order()[0])  # new blocks every epoch
+
+
+def test_configuration_and_divergence_errors_are_typed():
+    # Configuration errors are the project's (one CLI line) and still ValueErrors.
+    from soundsearch.architecture import ModelConfig
+    from soundsearch.errors import ConfigError, SoundsearchError, TrainingError
+
+    for bad in (dict(optimizer="lbfgs"), dict(context="nope"), dict(dropout=1.0), dict(tower=(0,))):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+    with pytest.raises(ConfigError):
+        ModelConfig(steps=0, dim=1, n_categories=1)
+    assert issubclass(ConfigError, ValueError) and issubclass(TrainingError, SoundsearchError)
+    # A diverged run is a training error, not a dataset error.
+    feats, labels = separable(60)
+    with pytest.raises(TrainingError, match="diverged"):
+        fit(feats, labels, TAX, {"name": "synthetic", "params": {}}, "synthetic/1:{}",
+            TrainConfig(**(SMALL | dict(lr=1e30, epochs=1, refit=False))))
