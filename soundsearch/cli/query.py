@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
+from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -114,11 +115,6 @@ def query(
 
 # --------------------------------------------------------------------------------------------
 # Rendering
-
-
-def _shown(path) -> str:
-    """Printable form of a path whose name need not be valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def short_codes(names: list[str]) -> list[str]:

@@ -12,13 +12,13 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
 from soundsearch.architecture import CONTEXTS
-from soundsearch.cli.index import FeaturizerName, _parse_params, _shown
+from soundsearch.cli._common import (
+    DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
+    featurizer_option, out, parse_params, print_some, progress, shown,
+)
 from soundsearch.pairs import SCHEMES
 from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
-
-SHOW_SKIPPED = 5
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -35,6 +35,8 @@ ContextName = _choices("ContextName", CONTEXTS)
 
 # The library's defaults: every option below takes its default from here.
 D = TrainConfig()
+
+TrainFeaturizerOption = featurizer_option("Features to train on (the store you query must use the same). Default: logmel.")
 
 
 def _epochs(value: str) -> int | None:
@@ -90,20 +92,11 @@ def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
 
 
 def train(
-    dataset: Annotated[
-        str,
-        typer.Option("--dataset", "-d", help="'sonyc-ust', or a labels CSV: a path column plus one 0/1 column per category (or a labels column)."),
-    ] = "sonyc-ust",
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Option("--data-dir", help="Where the SONYC-UST release lives. Default: $SOUNDSEARCH_DATA/sonyc-ust or a per-user data folder.", show_default=False),
-    ] = None,
+    dataset: DatasetOption = "sonyc-ust",
+    data_dir: DataDirOption = None,
     download: Annotated[bool, typer.Option("--download", help="Fetch SONYC-UST first (about 10 GB, resumable).")] = False,
-    featurizer: Annotated[FeaturizerName, typer.Option("--featurizer", "-f", help="Features to train on (the store you query must use the same).")] = FeaturizerName.logmel,
-    param: Annotated[
-        Optional[list[str]],
-        typer.Option("--param", "-p", help="Featurizer parameter KEY=VALUE, repeatable (e.g. stats=mean,std,max).", metavar="KEY=VALUE"),
-    ] = None,
+    featurizer: TrainFeaturizerOption = FeaturizerName.logmel,
+    param: ParamOption = None,
     out_path: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Model file to write. Default: a new file in the user models folder ($SOUNDSEARCH_MODELS).", show_default=False),
@@ -130,7 +123,7 @@ def train(
     val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = D.val_fraction,
     val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
     no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = not D.refit,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes computing features. Default: all cores.", show_default=False)] = None,
+    jobs: JobsOption = None,
     batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = D.batch_items,
     tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = D.tag_weight,
     mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = D.mix_prob,
@@ -160,7 +153,7 @@ def train(
     n_epochs = _epochs(epochs)
     tower_w = _widths(tower, "--tower")
     head_w = _widths(head, "--head")
-    params = _parse_params(param or [])
+    params = parse_params(param)
     if lr <= 0:
         raise typer.BadParameter("the learning rate must be positive", param_hint="--lr")
     config = TrainConfig(
@@ -255,11 +248,11 @@ def train(
         return
     v = report.validation
     if quiet:
-        out.print(_shown(saved), highlight=False, soft_wrap=True)
+        out.print(shown(saved), highlight=False, soft_wrap=True)
         return
     _render(saved, data, fz, result)
     out.print(
-        f"saved model [bold]{escape(saved.name)}[/] to {_shown(saved)}\n"
+        f"saved model [bold]{escape(saved.name)}[/] to {shown(saved)}\n"
         f"validation: loss {v.loss:.4f}, presence-state accuracy {v.accuracy:.3f} "
         f"(majority rate {v.majority:.3f}) on {v.recordings} held-out recordings, {v.pairs} pairs",
         highlight=False, soft_wrap=True,
@@ -268,10 +261,7 @@ def train(
 
 def _list_skipped(what: str, entries) -> None:
     err.print(f"[yellow]{len(entries)} file(s) {what}, skipped:[/]", highlight=False, soft_wrap=True)
-    for p, reason in entries[:SHOW_SKIPPED]:
-        err.print(f"  {_shown(p)}: {escape(str(reason))}", highlight=False, soft_wrap=True)
-    if len(entries) > SHOW_SKIPPED:
-        err.print(f"  ... and {len(entries) - SHOW_SKIPPED} more", highlight=False, soft_wrap=True)
+    print_some(err, [f"  {shown(p)}: {escape(str(reason))}" for p, reason in entries])
 
 
 def _render(saved: Path, data, fz, result) -> None:
@@ -283,7 +273,7 @@ def _render(saved: Path, data, fz, result) -> None:
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("model", _shown(saved)),
+        ("model", shown(saved)),
         ("dataset", escape(data.name)),
         ("featurizer", escape(fz.name)),
         ("variant", model.config.variant),
