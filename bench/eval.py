@@ -23,8 +23,8 @@ import torch
 from soundsearch import metrics
 from soundsearch.evaluate import cosine_scores, feature_norm, model_order, pooled, top_order
 from soundsearch.features import get_featurizer
-from soundsearch.architecture import ModelConfig
-from soundsearch.model import PresenceNet, load_model, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.network import PresenceNet, load_model, save_model
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy
 

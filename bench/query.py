@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from soundsearch.features import get_featurizer
-from soundsearch.architecture import ModelConfig
-from soundsearch.model import LoadedModel, PresenceNet, load_model, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.network import LoadedModel, PresenceNet, load_model, save_model
 from soundsearch.search import SearchEngine, rank
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy

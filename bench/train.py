@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from soundsearch.architecture import ModelConfig
-from soundsearch.model import PresenceNet
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.network import PresenceNet
 from soundsearch.pairs import make_pairs
 from soundsearch.train import _Trainer, norm_stats
 from soundsearch.train_config import TrainConfig

@@ -74,7 +74,7 @@ from soundsearch.errors import SearchError, StoreError
 from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
 
 if TYPE_CHECKING:
-    from soundsearch.model import LoadedModel
+    from soundsearch.model.network import LoadedModel
     from soundsearch.ranking import RankingMode
     from soundsearch.store import ItemRecord, Store
     from soundsearch.taxonomy import Taxonomy

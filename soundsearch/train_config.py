@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from soundsearch.architecture import Architecture, ModelConfig
+from soundsearch.model.config import Architecture, ModelConfig
 from soundsearch.errors import ConfigError
 from soundsearch.pairs import SCHEMES
 from soundsearch.presence import STATES

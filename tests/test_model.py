@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from soundsearch import model as M
+from soundsearch.model import network as M
 from soundsearch.errors import FeaturizerMismatchError, ModelError
-from soundsearch.architecture import ModelConfig
-from soundsearch.model import LoadedModel, PresenceNet, load_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.network import LoadedModel, PresenceNet, load_model
 from soundsearch.taxonomy import Taxonomy
 
 T, D, C = 5, 12, 8

@@ -11,8 +11,8 @@ import torch
 
 from soundsearch.errors import FeaturizerMismatchError, SearchError, StoreError
 from soundsearch.features import get_featurizer
-from soundsearch.architecture import ModelConfig
-from soundsearch.model import LoadedModel, PresenceNet, load_model, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.network import LoadedModel, PresenceNet, load_model, save_model
 from soundsearch.presence import BOTH, DIFFERS
 from soundsearch.search import SearchEngine, rank
 from soundsearch.store import FileEntry, Store

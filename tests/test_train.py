@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from soundsearch.errors import DatasetError
-from soundsearch.model import load_model
+from soundsearch.model.network import load_model
 from soundsearch.taxonomy import Taxonomy
 from soundsearch.train import evaluate_pairs, fit, split_holdout
 from soundsearch.train_config import TrainConfig
@@ -162,7 +162,7 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
     pairs = make_pairs(labels, seed=0)
     cfg = TrainConfig(**(SMALL | dict(batching="blocked", batch_size=64)))
     net = TrainConfig(**SMALL).model_config(T, D, len(TAX))
-    from soundsearch.model import PresenceNet
+    from soundsearch.model.network import PresenceNet
 
     trainer = _Trainer(PresenceNet(net), torch.zeros(400, T, D), torch.from_numpy(labels.astype(bool)),
                        pairs, cfg, torch.Generator().manual_seed(0))
@@ -179,7 +179,7 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
 
 def test_configuration_and_divergence_errors_are_typed():
     # Configuration errors are the project's (one CLI line) and still ValueErrors.
-    from soundsearch.architecture import ModelConfig
+    from soundsearch.model.config import ModelConfig
     from soundsearch.errors import ConfigError, SoundsearchError, TrainingError
 
     for bad in (dict(optimizer="lbfgs"), dict(context="nope"), dict(dropout=1.0), dict(tower=(0,))):

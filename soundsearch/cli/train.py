@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from soundsearch.architecture import CONTEXTS
+from soundsearch.model.config import CONTEXTS
 from soundsearch.cli._common import (
     DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
     featurizer_option, out, parse_params, print_some, progress, shown,
@@ -74,7 +74,7 @@ def _state_weights(value: str) -> tuple[float, ...]:
 
 
 def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
-    from soundsearch.model import MODEL_SUFFIX
+    from soundsearch.model.network import MODEL_SUFFIX
     from soundsearch.paths import user_models_dir
 
     if out_opt is None:

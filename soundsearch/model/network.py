@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from soundsearch import __version__, paths
-from soundsearch.architecture import ModelConfig
+from soundsearch.model.config import ModelConfig
 from soundsearch.errors import FeaturizerMismatchError, ModelError
 from soundsearch.presence import STATES, level_from_states
 from soundsearch.taxonomy import Taxonomy
