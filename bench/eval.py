@@ -24,7 +24,8 @@ from soundsearch import metrics
 from soundsearch.evaluate import cosine_scores, feature_norm, model_order, pooled, top_order
 from soundsearch.features import get_featurizer
 from soundsearch.model.config import ModelConfig
-from soundsearch.model.network import PresenceNet, load_model, save_model
+from soundsearch.model.checkpoint import load_model, save_model
+from soundsearch.model.network import PresenceNet
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy
 

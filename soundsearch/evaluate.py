@@ -273,7 +273,8 @@ def evaluate(
     """
     from soundsearch.datasets import dataset_features, load_dataset
     from soundsearch.features import featurizer_from_spec, get_featurizer
-    from soundsearch.model.network import load_model, resolve_model
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
 
     say = on_status or (lambda _m: None)
     loaded = []

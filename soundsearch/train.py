@@ -26,7 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from soundsearch.errors import DatasetError, TrainingError
-from soundsearch.model.network import LoadedModel, PresenceNet, library_versions
+from soundsearch.model.checkpoint import library_versions
+from soundsearch.model.network import LoadedModel, PresenceNet
 from soundsearch.pairs import make_pairs, summarise_pairs
 from soundsearch.presence import STATES
 from soundsearch.taxonomy import Taxonomy

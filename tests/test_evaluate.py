@@ -53,7 +53,8 @@ def make_model(path: Path, categories=CATS, seed: int = 0) -> Path:
 
     from soundsearch.features import get_featurizer
     from soundsearch.model.config import ModelConfig
-    from soundsearch.model.network import PresenceNet, save_model
+    from soundsearch.model.checkpoint import save_model
+    from soundsearch.model.network import PresenceNet
     from soundsearch.taxonomy import Taxonomy
 
     fz = get_featurizer("logmel")
@@ -144,7 +145,7 @@ def _reference_cosine_map(feats_q, feats_d, q_labels, d_labels, idx, s, k):
 def test_evaluate_small_dataset(small, monkeypatch):
     from soundsearch.datasets import dataset_features, feature_cache_dir, load_dataset
     from soundsearch.features import get_featurizer
-    from soundsearch.model.network import load_model
+    from soundsearch.model.checkpoint import load_model
 
     monkeypatch.setenv("SOUNDSEARCH_DATA", str(small["root"] / "data"))
     csv, model, report = small["csv"], small["model"], small["report"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from soundsearch.model.network import load_model
+from soundsearch.model.checkpoint import load_model
 from soundsearch.train import _batch_pairs, fit
 from soundsearch.train_config import TrainConfig
 from tests.test_train import SMALL, TAX, separable

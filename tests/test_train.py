@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from soundsearch.errors import DatasetError
-from soundsearch.model.network import load_model
+from soundsearch.model.checkpoint import load_model
 from soundsearch.taxonomy import Taxonomy
 from soundsearch.train import evaluate_pairs, fit, split_holdout
 from soundsearch.train_config import TrainConfig

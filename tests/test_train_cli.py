@@ -46,7 +46,7 @@ def invoke(args):
 
 
 def test_train_end_to_end_on_a_csv_dataset(tmp_path, store_dir):
-    from soundsearch.model.network import load_model
+    from soundsearch.model.checkpoint import load_model
     from soundsearch.paths import user_models_dir
 
     labels = synth_dataset(tmp_path / "data")
@@ -94,7 +94,7 @@ def test_variant_flags_and_human_output(tmp_path, store_dir):
     assert res.exit_code == 0, res.output
     assert "training summary" in res.stdout and "no-siamese+per-category+mean-pool" in res.stdout
     assert "presence-state accuracy" in res.stdout and "per category" in res.stdout
-    from soundsearch.model.network import load_model
+    from soundsearch.model.checkpoint import load_model
 
     m = load_model(out.with_suffix(".safetensors"))  # the suffix is added when missing
     assert (m.config.siamese, m.config.per_category, m.config.attention) == (False, True, False)
@@ -184,7 +184,7 @@ def test_training_on_real_recordings_learns(corpus, tmp_path, store_dir):
     """Unheard real recordings: presence states predicted well above the majority rate."""
     from soundsearch.datasets import dataset_features, load_dataset
     from soundsearch.features import featurizer_from_spec
-    from soundsearch.model.network import load_model
+    from soundsearch.model.checkpoint import load_model
     from soundsearch.presence import presence_targets
 
     labels = corpus_csv(corpus, tmp_path / "corpus.csv")
@@ -221,7 +221,8 @@ def test_models_table_names_featurizer_parameters_off_the_default(tmp_path, stor
     from soundsearch import paths
     from soundsearch.features import get_featurizer
     from soundsearch.model.config import ModelConfig
-    from soundsearch.model.network import PresenceNet, save_model
+    from soundsearch.model.checkpoint import save_model
+    from soundsearch.model.network import PresenceNet
     from soundsearch.taxonomy import Taxonomy
 
     monkeypatch.setattr(paths, "shipped_models_dirs", lambda: [])

@@ -19,7 +19,7 @@ def models(json_out: JsonOption = False) -> None:
 
     Example:  soundsearch models --json
     """
-    from soundsearch.model.network import list_models
+    from soundsearch.model.registry import list_models
 
     found = list_models()
     if json_out:

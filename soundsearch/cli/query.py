@@ -74,7 +74,8 @@ def query(
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog
     """
     from soundsearch.errors import AudioError
-    from soundsearch.model.network import load_model, resolve_model
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
     from soundsearch.search import SearchEngine
     from soundsearch.store import Store

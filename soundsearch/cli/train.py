@@ -74,7 +74,7 @@ def _state_weights(value: str) -> tuple[float, ...]:
 
 
 def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
-    from soundsearch.model.network import MODEL_SUFFIX
+    from soundsearch.model.registry import MODEL_SUFFIX
     from soundsearch.paths import user_models_dir
 
     if out_opt is None:
