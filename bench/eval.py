@@ -23,7 +23,9 @@ import torch
 from soundsearch import metrics
 from soundsearch.evaluate import cosine_scores, feature_norm, model_order, pooled, top_order
 from soundsearch.features import get_featurizer
-from soundsearch.model import ModelConfig, PresenceNet, load_model, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.checkpoint import load_model, save_model
+from soundsearch.model.network import PresenceNet
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy
 

@@ -43,7 +43,9 @@ import numpy as np
 import torch
 
 from soundsearch.features import get_featurizer
-from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, load_model, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.checkpoint import load_model, save_model
+from soundsearch.model.network import LoadedModel, PresenceNet
 from soundsearch.search import SearchEngine, rank
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy

@@ -22,9 +22,11 @@ import time
 import numpy as np
 import torch
 
-from soundsearch.model import ModelConfig, PresenceNet
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.network import PresenceNet
 from soundsearch.pairs import make_pairs
-from soundsearch.train import TrainConfig, _Trainer, norm_stats
+from soundsearch.train import _Trainer, norm_stats
+from soundsearch.train_config import TrainConfig
 
 # Rough SONYC-UST v2 coarse prevalences in the train split (crowd "any annotator" labels).
 PREVALENCE = np.array([0.62, 0.18, 0.25, 0.08, 0.33, 0.13, 0.47, 0.08])

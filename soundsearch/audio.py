@@ -93,15 +93,6 @@ def as_path(path: PathLike) -> Path:
     return Path(os.fsdecode(path))
 
 
-def display_path(path: PathLike) -> str:
-    """The path as printable text: bytes that are not UTF-8 become \\x.. escapes.
-
-    A name with undecodable bytes holds lone surrogates as a str, and writing those to a
-    UTF-8 terminal raises; use this for anything shown to a person.
-    """
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
 def _diagnose(bpath: bytes, exc: Exception) -> str:
     """A plain reason for a failed open: the OS reason if there is one, else the decoder's."""
     try:

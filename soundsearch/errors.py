@@ -15,7 +15,8 @@ class SoundsearchError(Exception):
     """Root of every error the CLI reports as a user error (exit code 1)."""
 
 
-def _printable(path: Path | str) -> str:
+def printable(path: Path | str) -> str:
+    """A path as text that always prints (the one helper for it; the CLI escapes markup on top)."""
     # A name that is not valid UTF-8 holds lone surrogates as a str; printing those raises, so
     # messages carry \xNN escapes while .path keeps the real, round-tripping name.
     return os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -27,7 +28,7 @@ class AudioError(SoundsearchError):
     def __init__(self, path: Path | str, reason: str):
         self.path = Path(path) if not isinstance(path, Path) else path
         self.reason = reason
-        super().__init__(f"{_printable(path)}: {reason}")
+        super().__init__(f"{printable(path)}: {reason}")
 
 
 class AudioWarning(UserWarning):
@@ -36,7 +37,7 @@ class AudioWarning(UserWarning):
     def __init__(self, path: Path | str, reason: str):
         self.path = Path(path) if not isinstance(path, Path) else path
         self.reason = reason
-        super().__init__(f"{_printable(path)}: {reason}")
+        super().__init__(f"{printable(path)}: {reason}")
 
 
 class FeaturizerError(SoundsearchError):
@@ -59,12 +60,23 @@ class FeaturizerMismatchError(StoreError):
     """Features made by one featurizer would be mixed with, or compared to, another's."""
 
 
+class ConfigError(SoundsearchError, ValueError):
+    """A configuration that cannot be built: an unknown choice or an out-of-range value.
+
+    Also a ValueError, as a bad argument value is; the CLI prints it as one line.
+    """
+
+
 class ModelError(SoundsearchError):
     """A model file that is missing, unreadable, or does not fit the store or dataset."""
 
 
 class DatasetError(SoundsearchError):
     """A dataset that is missing, malformed, or unusable for training or evaluation."""
+
+
+class TrainingError(SoundsearchError):
+    """A training run that cannot go on (its loss diverged)."""
 
 
 class DownloadError(SoundsearchError):

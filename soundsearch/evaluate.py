@@ -273,7 +273,8 @@ def evaluate(
     """
     from soundsearch.datasets import dataset_features, load_dataset
     from soundsearch.features import featurizer_from_spec, get_featurizer
-    from soundsearch.model import load_model, resolve_model
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
 
     say = on_status or (lambda _m: None)
     loaded = []
@@ -435,7 +436,8 @@ def _train_variants(dataset, feats, fz, seed, epochs, say, base_config=None):
     from dataclasses import replace
 
     from soundsearch.datasets import check_trainable
-    from soundsearch.train import TrainConfig, fit
+    from soundsearch.train import fit
+    from soundsearch.train_config import TrainConfig
 
     check_trainable(dataset)
     base = base_config or TrainConfig(seed=seed)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from soundsearch.errors import AudioError, FeaturizerError, SoundsearchError, StoreError, StoreMissingError
-from soundsearch.store import STATUS_FAILED, STATUS_OK, FileEntry, Store, StoreWriter, _display
+from soundsearch.errors import AudioError, FeaturizerError, SoundsearchError, StoreError, StoreMissingError, printable
+from soundsearch.store import STATUS_FAILED, STATUS_OK, FileEntry, Store, StoreWriter
 
 
 @dataclass
@@ -53,18 +53,18 @@ class IndexReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "store": _display(self.store),
+            "store": printable(self.store),
             "featurizer": self.featurizer_identity,
             "added": self.added,
             "updated": self.updated,
             "unchanged": self.unchanged,
-            "removed": [_display(p) for p in self.removed],
-            "failed": [{"path": _display(p), "reason": r} for p, r in self.failed],
-            "still_failed": [{"path": _display(p), "reason": r} for p, r in self.still_failed],
-            "warnings": [{"path": _display(p), "reason": r} for p, r in self.warnings],
-            "skipped": [{"path": _display(p), "reason": r} for p, r in self.skipped],
-            "missing_roots": [_display(p) for p in self.missing_roots],
-            "repaired": [_display(p) for p in self.repaired],
+            "removed": [printable(p) for p in self.removed],
+            "failed": [{"path": printable(p), "reason": r} for p, r in self.failed],
+            "still_failed": [{"path": printable(p), "reason": r} for p, r in self.still_failed],
+            "warnings": [{"path": printable(p), "reason": r} for p, r in self.warnings],
+            "skipped": [{"path": printable(p), "reason": r} for p, r in self.skipped],
+            "missing_roots": [printable(p) for p in self.missing_roots],
+            "repaired": [printable(p) for p in self.repaired],
             "items_added": self.items_added,
             "audio_seconds": round(self.audio_seconds, 3),
             "seconds": round(self.seconds, 3),
@@ -219,15 +219,15 @@ def index_paths(
         try:
             os.stat(r)
         except FileNotFoundError:
-            raise SoundsearchError(f"{_display(r)}: no such file or directory") from None
+            raise SoundsearchError(f"{printable(r)}: no such file or directory") from None
         except PermissionError:
             # os.path.exists says False here, which made a folder we may not enter "no such file".
-            raise SoundsearchError(f"{_display(r)}: permission denied (on it or a folder above it)") from None
+            raise SoundsearchError(f"{printable(r)}: permission denied (on it or a folder above it)") from None
         except OSError as exc:
-            raise SoundsearchError(f"{_display(r)}: cannot read ({exc.strerror or exc})") from None
+            raise SoundsearchError(f"{printable(r)}: cannot read ({exc.strerror or exc})") from None
         if os.path.isfile(r) and not audio.has_audio_extension(r):
             raise SoundsearchError(
-                f"{_display(r)}: not a supported audio file (extensions: {', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
+                f"{printable(r)}: not a supported audio file (extensions: {', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
             )
 
     requested = None
@@ -247,7 +247,7 @@ def index_paths(
         fz = requested or featurizer_from_spec(spec)  # fails early, e.g. for missing weights
         if fz.identity != identity:
             raise StoreError(
-                f"the store at {_display(store_dir)} was made by {identity!r}, which this soundsearch "
+                f"the store at {printable(store_dir)} was made by {identity!r}, which this soundsearch "
                 f"rebuilds as {fz.identity!r}: index into a new store"
             )
         report = IndexReport(store=store_dir, featurizer_identity=identity)
@@ -272,7 +272,7 @@ def _ensure_store(store_dir: Path, requested, item_seconds: float | None, have_r
     if exists():
         return
     if not have_roots:
-        raise StoreMissingError(f"no store at {_display(store_dir)}: give the folders to index")
+        raise StoreMissingError(f"no store at {printable(store_dir)}: give the folders to index")
     _check_foreign(store_dir)  # before the lock file lands in someone else's folder
     # Under the lock, and asking again there, so two first runs do not both create it.
     with store_lock(store_dir, wait=wait):

@@ -30,20 +30,6 @@ def presence_targets(a, b) -> np.ndarray:
     return np.where(both, BOTH, np.where(neither, NEITHER, DIFFERS)).astype(np.int64)
 
 
-def presence_matrix(a, b) -> np.ndarray:
-    """(..., C, 3) float32 one-hot presence matrix, columns in STATES order."""
-    targets = presence_targets(a, b)
-    return np.eye(len(STATES), dtype=np.float32)[targets]
-
-
-def similarity_level(a, b) -> np.ndarray | int:
-    """Number of categories on which a and b agree (the paper's r), 0..C."""
-    a = _binary(a, "a")
-    b = _binary(b, "b")
-    level = (a == b).sum(axis=-1)
-    return int(level) if np.ndim(level) == 0 else level.astype(np.int64)
-
-
 def level_from_states(states) -> np.ndarray | int:
     """Level from predicted (..., C) state indices: categories predicted both or neither."""
     states = np.asarray(states)

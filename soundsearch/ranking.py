@@ -40,7 +40,7 @@ from soundsearch.errors import DatasetError, ModelError, SearchError
 
 if TYPE_CHECKING:
     from soundsearch.features import Featurizer
-    from soundsearch.model import LoadedModel
+    from soundsearch.model.network import LoadedModel
 
 
 class RankingMode(str, Enum):
@@ -259,7 +259,8 @@ def set_ranking(model_path: Path | str, mode: str | RankingMode, weight: float |
     """Record the ranking in a model file's header, rewriting the file atomically; returns the entry."""
     from safetensors.torch import load_file, save_file
 
-    from soundsearch.model import HEADER_KEY, _jsonable, read_header
+    from soundsearch.model.checkpoint import _jsonable
+    from soundsearch.model.registry import HEADER_KEY, read_header
 
     path = Path(model_path)
     entry = ranking_entry(mode, weight, note, **extra)

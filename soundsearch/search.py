@@ -74,7 +74,7 @@ from soundsearch.errors import SearchError, StoreError
 from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
 
 if TYPE_CHECKING:
-    from soundsearch.model import LoadedModel
+    from soundsearch.model.network import LoadedModel
     from soundsearch.ranking import RankingMode
     from soundsearch.store import ItemRecord, Store
     from soundsearch.taxonomy import Taxonomy
@@ -978,11 +978,6 @@ class _Block:
         return (ex[:, :, : ns * c].view(m, t, ns, c) * w.unsqueeze(2)).sum(1)
 
 
-def open_engine(store: "Store", model: "LoadedModel", **kwargs) -> SearchEngine:
-    """A ready engine (database side loaded or computed)."""
-    return SearchEngine(store, model, **kwargs).prepare()
-
-
 __all__ = [
     "CACHE_DTYPES",
     "Result",
@@ -991,6 +986,5 @@ __all__ = [
     "SearchResults",
     "StoredQuery",
     "model_key",
-    "open_engine",
     "rank",
 ]

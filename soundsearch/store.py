@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
-from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedError, StoreMissingError
+from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedError, StoreMissingError, printable
 
 if TYPE_CHECKING:
     from soundsearch.features import Featurizer
@@ -134,7 +134,7 @@ class StoreStats:
 
     def to_json(self) -> dict:
         return {
-            "store": _display(self.path),
+            "store": printable(self.path),
             "featurizer": {
                 "name": self.featurizer_name,
                 "identity": self.featurizer_identity,
@@ -146,7 +146,7 @@ class StoreStats:
             "duration_seconds": round(self.duration, 3),
             "failures": self.failures,
             "bytes_on_disk": self.bytes_on_disk,
-            "roots": [_display(r) for r in self.roots],
+            "roots": [printable(r) for r in self.roots],
             "schema_version": self.schema_version,
         }
 
@@ -166,11 +166,6 @@ class FileEntry:
     warnings: list[str] = field(default_factory=list)
     segments: list[tuple[float, float]] = field(default_factory=list)
     features: np.ndarray | None = None
-
-
-def _display(path: Path | str) -> str:
-    """A printable form of a path, even one whose name is not valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,20 +232,20 @@ def _friendly(exc: sqlite3.Error, where: Path) -> StoreError:
     msg = str(exc)
     low = msg.lower()
     if "readonly" in low or "read-only" in low:
-        return StoreError(f"the store at {_display(where)} is read-only: check permissions on it")
+        return StoreError(f"the store at {printable(where)} is read-only: check permissions on it")
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return StoreError(
-            f"the store catalog {_display(where / CATALOG)} is corrupt ({msg}): "
+            f"the store catalog {printable(where / CATALOG)} is corrupt ({msg}): "
             "move the store folder away and index again"
         )
     if "locked" in low or "busy" in low:
-        return StoreLockedError(f"the store at {_display(where)} is busy ({msg}): try again")
+        return StoreLockedError(f"the store at {printable(where)} is busy ({msg}): try again")
     if "full" in low or ("disk i/o error" in low and _disk_full(where)):
         # SQLite reports ENOSPC while writing its WAL as a vague "disk I/O error".
-        return StoreError(f"disk full: no space left for the store at {_display(where)}")
+        return StoreError(f"disk full: no space left for the store at {printable(where)}")
     if "unable to open" in low:
-        return StoreError(f"cannot open the store catalog in {_display(where)}: check that the folder is accessible")
-    return StoreError(f"store at {_display(where)}: {msg}")
+        return StoreError(f"cannot open the store catalog in {printable(where)}: check that the folder is accessible")
+    return StoreError(f"store at {printable(where)}: {msg}")
 
 
 def _disk_full(where: Path) -> bool:
@@ -269,9 +264,9 @@ def _check_store_path(path: Path) -> None:
             os.stat(path)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise StoreError(f"{_display(path)} is a symbolic link loop, not a store folder: fix the link or use another --store") from None
+                raise StoreError(f"{printable(path)} is a symbolic link loop, not a store folder: fix the link or use another --store") from None
         raise StoreError(
-            f"{_display(path)} is a broken symbolic link (to {_display(os.readlink(path))}), not a store folder: "
+            f"{printable(path)} is a broken symbolic link (to {printable(os.readlink(path))}), not a store folder: "
             "create its target or use another --store"
         )
 
@@ -298,8 +293,8 @@ def _os_errors(where: Path, doing: str) -> Iterator[None]:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.errno == errno.ENOSPC:
-            raise StoreError(f"disk full: no space left for the store at {_display(where)} ({doing} failed: {reason})") from exc
-        raise StoreError(f"store at {_display(where)}: {doing} failed: {reason}") from exc
+            raise StoreError(f"disk full: no space left for the store at {printable(where)} ({doing} failed: {reason})") from exc
+        raise StoreError(f"store at {printable(where)}: {doing} failed: {reason}") from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -392,10 +387,10 @@ class Store:
         _check_store_path(path)
         catalog = path / CATALOG
         if path.exists() and not path.is_dir():
-            raise StoreError(f"{_display(path)} is a file, not a store folder")
+            raise StoreError(f"{printable(path)} is a file, not a store folder")
         if not catalog.exists():
             if not create:
-                raise StoreMissingError(f"no store at {_display(path)}: run `soundsearch index PATH` first")
+                raise StoreMissingError(f"no store at {printable(path)}: run `soundsearch index PATH` first")
             _check_foreign(path)
             with _os_errors(path, "creating the store folder"):
                 (path / ARRAYS).mkdir(parents=True, exist_ok=True)
@@ -410,9 +405,9 @@ class Store:
                 if not has_meta or not db.execute("SELECT count(*) FROM meta").fetchone()[0]:
                     # A catalog without meta is a creation that was killed before it committed.
                     if not create:
-                        raise StoreMissingError(f"no store at {_display(path)}: run `soundsearch index PATH` first")
+                        raise StoreMissingError(f"no store at {printable(path)}: run `soundsearch index PATH` first")
                     if readonly:
-                        raise StoreError(f"the store at {_display(path)} is read-only: check permissions on it")
+                        raise StoreError(f"the store at {printable(path)} is read-only: check permissions on it")
                     _create(db, path, featurizer, item_seconds)
                 else:
                     _migrate(db, path, version, readonly)
@@ -430,13 +425,13 @@ class Store:
     def _check_request(self, featurizer: Featurizer | None, item_seconds: float | None) -> None:
         if featurizer is not None and featurizer.identity != self.featurizer_identity:
             raise FeaturizerMismatchError(
-                f"the store at {_display(self.path)} holds features made by {self.featurizer_identity!r}, "
+                f"the store at {printable(self.path)} holds features made by {self.featurizer_identity!r}, "
                 f"not {featurizer.identity!r}; featurizers cannot be mixed in one store: "
                 "index into another store (--store DIR) or keep the store's featurizer"
             )
         if item_seconds is not None and abs(float(item_seconds) - self.item_seconds) > 1e-9:
             raise FeaturizerMismatchError(
-                f"the store at {_display(self.path)} cuts recordings into {self.item_seconds:g} s items, "
+                f"the store at {printable(self.path)} cuts recordings into {self.item_seconds:g} s items, "
                 f"not {float(item_seconds):g} s: use another store for another item length"
             )
 
@@ -466,7 +461,7 @@ class Store:
 
     def _bad_meta(self, key: str, what: str) -> StoreError:
         return StoreError(
-            f"the store catalog {_display(self.path / CATALOG)} is damaged: meta row {key!r} {what}; "
+            f"the store catalog {printable(self.path / CATALOG)} is damaged: meta row {key!r} {what}; "
             "it was changed outside soundsearch: move the store folder away and index again"
         )
 
@@ -501,7 +496,7 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Store({_display(self.path)!r}, featurizer={self.featurizer_identity!r})"
+        return f"Store({printable(self.path)!r}, featurizer={self.featurizer_identity!r})"
 
     # ---- reading
 
@@ -514,7 +509,7 @@ class Store:
             if fz.identity != self.featurizer_identity:
                 raise FeaturizerMismatchError(
                     f"this soundsearch builds {fz.identity!r} from the store's featurizer spec, but the "
-                    f"store at {_display(self.path)} was made by {self.featurizer_identity!r}: "
+                    f"store at {printable(self.path)} was made by {self.featurizer_identity!r}: "
                     "re-index into a new store"
                 )
             self._featurizer = fz
@@ -685,7 +680,7 @@ class Store:
     def writer(self, wait: bool = False) -> Iterator[StoreWriter]:
         """Take the store's write lock (or raise StoreLockedError) and yield the writer."""
         if self.readonly:
-            raise StoreError(f"the store at {_display(self.path)} is read-only: check permissions on it")
+            raise StoreError(f"the store at {printable(self.path)} is read-only: check permissions on it")
         with store_lock(self.path, wait=wait):
             w = StoreWriter(self)
             w._recover()
@@ -716,7 +711,7 @@ class Store:
                 except FileNotFoundError:
                     if attempt == 4:
                         raise StoreError(
-                            f"the store at {_display(self.path)} lost its feature array: "
+                            f"the store at {printable(self.path)} lost its feature array: "
                             "move the store folder away and index again"
                         ) from None
                     time.sleep(0.05)
@@ -740,7 +735,7 @@ class Store:
         slots = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if len(slots) and (slots[0] < 0 or slots[-1] >= n_slots):
             raise StoreError(
-                f"the store at {_display(self.path)} is inconsistent (items beyond the feature array): "
+                f"the store at {printable(self.path)} is inconsistent (items beyond the feature array): "
                 "move the store folder away and index again"
             )
         if len(slots) == n_slots:
@@ -770,7 +765,7 @@ class Store:
             raise
         except (OSError, ValueError) as exc:
             raise StoreError(
-                f"the feature array {_display(path)} is unreadable ({exc}): move the store folder away and index again"
+                f"the feature array {printable(path)} is unreadable ({exc}): move the store folder away and index again"
             ) from exc
         row_bytes = self.steps * self.dim * 4
         if (
@@ -780,7 +775,7 @@ class Store:
             or os.path.getsize(path) < offset + n_slots * row_bytes
         ):
             raise StoreError(
-                f"the feature array {_display(path)} has shape {shape} ({dtype}), the catalog expects "
+                f"the feature array {printable(path)} has shape {shape} ({dtype}), the catalog expects "
                 f"{n_slots} rows of ({self.steps}, {self.dim}) float32: move the store folder away and index again"
             )
         if n_slots == 0:
@@ -815,7 +810,7 @@ def _check_foreign(path: Path) -> None:
         foreign = [n for n in os.listdir(path) if n not in _OWN_NAMES]
         if foreign:
             raise StoreError(
-                f"{_display(path)} is not empty and holds no soundsearch store "
+                f"{printable(path)} is not empty and holds no soundsearch store "
                 f"(found {foreign[0]!r}): choose an empty or new folder for --store"
             )
 
@@ -864,14 +859,14 @@ def _migrate(db: sqlite3.Connection, path: Path, version: int, readonly: bool) -
         return
     if version > SCHEMA_VERSION:
         raise StoreError(
-            f"the store at {_display(path)} was made by a newer soundsearch (schema {version}, this one "
+            f"the store at {printable(path)} was made by a newer soundsearch (schema {version}, this one "
             f"reads up to {SCHEMA_VERSION}): upgrade soundsearch"
         )
     if version < 1 or any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
-        raise StoreError(f"the store at {_display(path)} has unknown schema version {version}")
+        raise StoreError(f"the store at {printable(path)} has unknown schema version {version}")
     if readonly:
         raise StoreError(
-            f"the store at {_display(path)} uses schema {version} and needs an upgrade, but it is read-only: "
+            f"the store at {printable(path)} uses schema {version} and needs an upgrade, but it is read-only: "
             "check permissions on it"
         )
     db.execute("BEGIN IMMEDIATE")
@@ -911,7 +906,7 @@ def store_lock(path: Path | str, wait: bool = False) -> Iterator[None]:
             except OSError:
                 pass
             raise StoreLockedError(
-                f"the store at {_display(path)} is being updated by another soundsearch process{holder}: "
+                f"the store at {printable(path)} is being updated by another soundsearch process{holder}: "
                 "wait for it to finish, or pass --wait to queue behind it"
             ) from None
         # The pid is only for the message above; the flock itself is the lock.
@@ -967,22 +962,22 @@ class StoreWriter:
             path = arrays / current
             if not path.is_file():
                 raise StoreError(
-                    f"the feature array {_display(path)} that the catalog names is missing: "
+                    f"the feature array {printable(path)} that the catalog names is missing: "
                     "move the store folder away and index again"
                 )
             try:
                 shape, dtype, offset = _read_npy_header(path)
             except ValueError as exc:
                 raise StoreError(
-                    f"the feature array {_display(path)} is unreadable ({exc}): "
+                    f"the feature array {printable(path)} is unreadable ({exc}): "
                     "move the store folder away and index again"
                 ) from exc
             if offset != _HEADER_BYTES:
-                raise StoreError(f"the feature array {_display(path)} has an unexpected header")
+                raise StoreError(f"the feature array {printable(path)} has an unexpected header")
             if dtype != np.dtype("<f4") or len(shape) != 3 or tuple(shape[1:]) != (store.steps, store.dim):
                 raise StoreError(
-                    f"the store catalog {_display(store.path / CATALOG)} says items of shape "
-                    f"({store.steps}, {store.dim}) float32, but {_display(path)} holds {tuple(shape[1:])} {dtype}: "
+                    f"the store catalog {printable(store.path / CATALOG)} says items of shape "
+                    f"({store.steps}, {store.dim}) float32, but {printable(path)} holds {tuple(shape[1:])} {dtype}: "
                     "the catalog's meta rows 'steps'/'dim' were changed outside soundsearch; nothing was "
                     f"changed: set them back to {shape[1:] if len(shape) == 3 else '?'} or move the store "
                     "folder away and index again"
@@ -992,7 +987,7 @@ class StoreWriter:
                 top = self._db.execute("SELECT max(array_row) FROM items").fetchone()[0]
             if top is not None and top >= n_slots:
                 raise StoreError(
-                    f"the store catalog {_display(store.path / CATALOG)} says {n_slots} feature rows, but its "
+                    f"the store catalog {printable(store.path / CATALOG)} says {n_slots} feature rows, but its "
                     f"items use row {top}: meta row 'n_slots' was changed outside soundsearch; nothing was "
                     "changed: move the store folder away and index again"
                 )
@@ -1000,7 +995,7 @@ class StoreWriter:
             if os.path.getsize(path) < want or shape[0] < n_slots:
                 # Committed rows are missing: damage from outside, not a killed run. Never pad.
                 raise StoreError(
-                    f"the feature array {_display(path)} is shorter than the catalog says: "
+                    f"the feature array {printable(path)} is shorter than the catalog says: "
                     "move the store folder away and index again"
                 )
             # Only now, with the current array known good, are other files in arrays/ leftovers.
@@ -1055,7 +1050,7 @@ class StoreWriter:
             f = e.features
             if f is None or f.ndim != 3 or f.shape[1:] != (store.steps, store.dim) or len(f) != len(e.segments) or not len(f):
                 raise StoreError(
-                    f"internal error: features for {_display(e.path)} have shape "
+                    f"internal error: features for {printable(e.path)} have shape "
                     f"{None if f is None else f.shape} for {len(e.segments)} segments"
                 )
             blocks.append(f)

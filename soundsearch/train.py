@@ -18,131 +18,20 @@ import copy
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from soundsearch.errors import DatasetError
-from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, library_versions
-from soundsearch.pairs import SCHEMES, make_pairs, summarise_pairs
+from soundsearch.errors import DatasetError, TrainingError
+from soundsearch.model.checkpoint import library_versions
+from soundsearch.model.network import LoadedModel, PresenceNet
+from soundsearch.pairs import make_pairs, summarise_pairs
 from soundsearch.presence import STATES
 from soundsearch.taxonomy import Taxonomy
-
-OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
-BATCHINGS = ("random", "blocked", "items")
-LR_SCHEDULES = ("constant", "cosine")
-PAIR_BALANCES = ("partner", "category")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; recorded in the checkpoint. Defaults = the paper."""
-
-    # architecture / variant (see ModelConfig)
-    siamese: bool = True
-    per_category: bool = False
-    attention: bool = True
-    tower: tuple[int, ...] = (128, 128, 128)
-    head: tuple[int, ...] = (256, 128)
-    dropout: float = 0.5
-    context: str = "none"
-    # optimisation
-    optimizer: str = "rmsprop"
-    lr: float = 1e-3
-    batch_size: int = 128
-    # "random": pairs shuffled (the paper). "blocked": each epoch items fall into random blocks
-    # and a batch holds the pairs between two blocks, so the tower runs on ~4x fewer items.
-    batching: str = "random"
-    weight_decay: float = 0.0
-    input_noise: float = 0.0  # std of Gaussian noise added to standardised features in training
-    # pairs (see soundsearch.pairs: "shared" reproduces the paper's pair count)
-    pairs_per_side: int = 30
-    pair_scheme: str = "shared"
-    # epochs: None = choose by validation loss with early stopping
-    epochs: int | None = None
-    max_epochs: int = 30
-    patience: int = 3
-    val_fraction: float = 0.1
-    refit: bool = True
-    seed: int = 0
-    # torch threads for this run (None leaves torch's setting). One by default: a seed then
-    # reproduces a run whatever the machine's core count (reduction order depends on threads),
-    # and the matrices are small enough that on a busy 2-core machine two threads trained
-    # ~5x slower than one (OpenMP threads waiting on each other).
-    threads: int | None = 1
-    # Recipe levers beyond the paper, for generalising to unheard recordings (defaults keep the
-    # paper's training; see models/README.md for the measured effect of each).
-    # With batching="items" a batch is `batch_items` random items and `batch_size` pairs drawn
-    # among them, balanced per category (half same situation, half opposite): every item is
-    # seen once per epoch under fresh noise and mixing, and the tower runs once per item.
-    batch_items: int = 256
-    # Weight of an auxiliary per-item tagging loss (a linear tagger on the tower output, pooled
-    # mean+max over time; used in training only, not saved): it makes the tower encode which
-    # categories an item holds, which is what the pair head compares.
-    tag_weight: float = 0.0
-    # Share of training items replaced, per batch, by a mix of two items: the elementwise max of
-    # their standardised features (for log-Mel, the louder source dominates each band, as in a
-    # real mixture) with the union of their labels. Teaches detection of overlapping events.
-    mix_prob: float = 0.0
-    # Loss weights of the states (both, neither, differs). Raising "both" trades some precision
-    # for recall of co-present categories, which exact matches of multi-label queries need.
-    state_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
-    lr_schedule: str = "constant"  # "cosine": decay to 0 over the planned epochs of each phase
-    # With batching="items": "partner" balances each pair's partner (the paper's scheme);
-    # "category" also draws the first item holding the pair's category half of the time.
-    pair_balance: str = "partner"
-
-    def __post_init__(self) -> None:
-        self.state_weights = tuple(float(w) for w in self.state_weights)
-        self.tower = tuple(int(u) for u in self.tower)
-        self.head = tuple(int(u) for u in self.head)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
-        if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("lr must be positive and batch_size at least 1")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError("epochs must be at least 1 (or None to choose by validation)")
-        if self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("max_epochs and patience must be at least 1")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ValueError("val_fraction must be in (0, 0.5)")
-        if self.batching not in BATCHINGS:
-            raise ValueError(f"batching must be one of {BATCHINGS}, not {self.batching!r}")
-        if self.pair_scheme not in SCHEMES:
-            raise ValueError(f"pair_scheme must be one of {SCHEMES}, not {self.pair_scheme!r}")
-        if self.input_noise < 0 or self.weight_decay < 0:
-            raise ValueError("input_noise and weight_decay must not be negative")
-        if self.batch_items < 2:
-            raise ValueError("batch_items must be at least 2")
-        if self.tag_weight < 0:
-            raise ValueError("tag_weight must not be negative")
-        if not 0.0 <= self.mix_prob <= 1.0:
-            raise ValueError("mix_prob must be in [0, 1]")
-        if len(self.state_weights) != len(STATES) or any(not (w > 0 and math.isfinite(w)) for w in self.state_weights):
-            raise ValueError(f"state_weights must be {len(STATES)} positive numbers (both, neither, differs)")
-        if self.pair_balance not in PAIR_BALANCES:
-            raise ValueError(f"pair_balance must be one of {PAIR_BALANCES}, not {self.pair_balance!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
-
-    def model_config(self, steps: int, dim: int, n_categories: int) -> ModelConfig:
-        return ModelConfig(
-            steps=steps, dim=dim, n_categories=n_categories, siamese=self.siamese,
-            per_category=self.per_category, attention=self.attention, tower=self.tower,
-            head=self.head, dropout=self.dropout, context=self.context,
-        )
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
+from soundsearch.train_config import TrainConfig
 
 @dataclass
 class EpochInfo:
@@ -342,7 +231,7 @@ class _Trainer:
         self.opt.step()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise DatasetError("training diverged (loss is not finite): try a smaller --lr")
+            raise TrainingError("training diverged (loss is not finite): try a smaller --lr")
         return value
 
     def _loss(self, logp: torch.Tensor, target: torch.Tensor, h: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import soundfile as sf
 from conftest import chirp, noise_bursts, tone, write_audio
 from soundsearch import audio
 from soundsearch.audio import AUDIO_EXTENSIONS, iter_items, load, probe, scan, split_items
-from soundsearch.errors import AudioError, AudioWarning
+from soundsearch.errors import AudioError, AudioWarning, printable
 
 SR = 22050
 
@@ -111,7 +111,7 @@ def _assert_audio_error(path, *words):
     with pytest.raises(AudioError) as ei:
         load(path, SR)
     msg = str(ei.value)
-    assert audio.display_path(path) in msg
+    assert printable(path) in msg
     for w in words:
         assert w in ei.value.reason
     return ei.value
@@ -236,7 +236,7 @@ def test_non_utf8_file_name_round_trips(tmp_path):
     assert got.signal.size == int(0.2 * SR)
     assert os.fsencode(got.info.path) == raw
     assert load(raw, SR).signal.size == got.signal.size  # bytes paths work too
-    shown = audio.display_path(found[0])
+    shown = printable(found[0])
     shown.encode("utf-8")  # printable: lone surrogates would raise here
     assert "\\xe9" in shown and "\\xff" in shown
 

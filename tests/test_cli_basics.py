@@ -45,3 +45,20 @@ def test_version_and_short_help():
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, args
         assert "--help" in result.output and "Usage" in result.output
+
+
+def test_models_command_does_not_import_torch(tmp_path):
+    # The registry reads model headers only: listing models must not pay for torch.
+    code = (
+        "import sys, json\n"
+        "from typer.testing import CliRunner\n"
+        "from soundsearch.cli import app\n"
+        "r = CliRunner().invoke(app, ['models', '--json'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(json.dumps(['torch' in sys.modules, len(json.loads(r.output))]))\n"
+    )
+    env = dict(__import__("os").environ, SOUNDSEARCH_MODELS=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    torch_loaded, listed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert listed >= 1  # the shipped default model, read from its header
+    assert torch_loaded is False

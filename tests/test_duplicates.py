@@ -138,7 +138,8 @@ def _trials(library, model, mode=None):
 
 
 def test_altered_copies_rank_right_after_the_query(library, one_torch_thread):
-    from soundsearch.model import load_model, resolve_model
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
 
     model = load_model(resolve_model(None))
     acoustic = _trials(library, model, mode="acoustic")

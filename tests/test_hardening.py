@@ -103,7 +103,9 @@ def test_permission_denied_is_named_not_a_traceback(tmp_path, lib, store_dir, mo
 def _tiny_model(path: Path):
     import torch
 
-    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.model.config import ModelConfig
+    from soundsearch.model.checkpoint import save_model
+    from soundsearch.model.network import PresenceNet
     from soundsearch.taxonomy import Taxonomy
 
     torch.manual_seed(0)
@@ -149,7 +151,7 @@ def _config(**kw):
 )
 def test_bad_model_headers_and_weights_are_refused_by_name(tmp_path, header_edit, tensor_edit, message):
     from soundsearch.errors import ModelError
-    from soundsearch.model import load_model
+    from soundsearch.model.checkpoint import load_model
 
     path = _tamper(_tiny_model(tmp_path / "m.safetensors"), header_edit, tensor_edit)
     with pytest.raises(ModelError) as exc:

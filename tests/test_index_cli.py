@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from conftest import chirp, noise_bursts, tone, write_audio
 from soundsearch.cli import app
-from soundsearch.cli.index import FeaturizerName
+from soundsearch.cli._common import FeaturizerName
 from soundsearch.features import available_featurizers, featurize_file, get_featurizer
 from soundsearch.indexing import index_paths
 from soundsearch.store import Store, store_lock

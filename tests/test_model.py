@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from soundsearch import model as M
+from soundsearch.model import network as M
+from soundsearch.model import registry
 from soundsearch.errors import FeaturizerMismatchError, ModelError
-from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, load_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.checkpoint import load_model
+from soundsearch.model.network import LoadedModel, PresenceNet
 from soundsearch.taxonomy import Taxonomy
 
 T, D, C = 5, 12, 8
@@ -235,21 +238,21 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
 
 def test_resolve_and_list_models(tmp_path, monkeypatch, store_dir):
     shipped = tmp_path / "shipped"
-    monkeypatch.setattr(M.paths, "shipped_models_dirs", lambda: [shipped])
+    monkeypatch.setattr(registry.paths, "shipped_models_dirs", lambda: [shipped])
     with pytest.raises(ModelError, match="no default model is installed"):
-        M.resolve_model(None)
+        registry.resolve_model(None)
     loaded(make_net()).save(shipped / "default.safetensors")
-    user = M.paths.user_models_dir()
+    user = registry.paths.user_models_dir()
     loaded(make_net(per_category=True)).save(user / "mine.safetensors")
     (user / "broken.safetensors").write_bytes(b"garbage")
-    assert M.resolve_model(None) == shipped / "default.safetensors"
-    assert M.resolve_model("mine") == user / "mine.safetensors"
-    assert M.resolve_model(str(user / "mine.safetensors")) == user / "mine.safetensors"
+    assert registry.resolve_model(None) == shipped / "default.safetensors"
+    assert registry.resolve_model("mine") == user / "mine.safetensors"
+    assert registry.resolve_model(str(user / "mine.safetensors")) == user / "mine.safetensors"
     with pytest.raises(ModelError, match=r"no model named 'nope'; available: broken, default, mine"):
-        M.resolve_model("nope")
+        registry.resolve_model("nope")
     with pytest.raises(ModelError, match="no model file at"):
-        M.resolve_model(str(tmp_path / "nope.safetensors"))
-    infos = {m.name: m for m in M.list_models()}
+        registry.resolve_model(str(tmp_path / "nope.safetensors"))
+    infos = {m.name: m for m in registry.list_models()}
     assert infos["mine"].source == "user" and infos["default"].source == "shipped"
     assert infos["mine"].variant == "siamese+per-category+attention"
     assert infos["default"].val_accuracy == 0.8 and infos["default"].featurizer == "logmel"

@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from soundsearch.presence import (
-    BOTH, DIFFERS, NEITHER, STATES, level_from_states, presence_matrix, presence_targets,
-    similarity_level,
-)
+from soundsearch.metrics import agreement
+from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES, level_from_states, presence_targets
 from soundsearch.taxonomy import SONYC_UST_COARSE, Taxonomy
+
+
+def similarity_level(a, b):
+    """The paper's r for label vectors, as the library computes it (metrics.agreement)."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    levels = agreement(a, b).diagonal()  # row i of a against row i of b
+    return levels if len(levels) > 1 else int(levels[0])
 
 
 def test_presence_matrix_hand_case():
     # engine in both, dog in a only, music in b only, the rest in neither.
     a = Taxonomy.default().labels(["engine", "dog"])
     b = Taxonomy.default().labels(["engine", "music"])
-    m = presence_matrix(a, b)
+    m = np.eye(len(STATES), dtype=np.float32)[presence_targets(a, b)]
     assert m.shape == (8, 3) and m.dtype == np.float32
     expected = np.zeros((8, 3), np.float32)
     expected[:, NEITHER] = 1
@@ -35,7 +40,7 @@ def test_presence_is_symmetric_and_batched():
     np.testing.assert_array_equal(presence_targets(a, b), presence_targets(b, a))
     t = presence_targets(a, b)
     # Columns 1 + 2 of the matrix (both, neither) count the agreements: the paper's level.
-    np.testing.assert_array_equal(presence_matrix(a, b)[..., :2].sum((-1, -2)), similarity_level(a, b))
+    np.testing.assert_array_equal(np.eye(len(STATES))[t][..., :2].sum((-1, -2)), similarity_level(a, b))
     np.testing.assert_array_equal(level_from_states(t), similarity_level(a, b))
     # Broadcasting one query against many.
     np.testing.assert_array_equal(presence_targets(a[0], b), presence_targets(np.repeat(a[:1], 50, 0), b))

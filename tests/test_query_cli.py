@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 from conftest import chirp, noise_bursts, tone, write_audio
 from soundsearch.cli import app
 from soundsearch.indexing import index_paths
-from soundsearch.model import ModelConfig, PresenceNet, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.checkpoint import save_model
+from soundsearch.model.network import PresenceNet
 from soundsearch.presence import STATES
 from soundsearch.store import Store
 from soundsearch.taxonomy import Taxonomy

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from soundsearch.model import load_model
-from soundsearch.train import TrainConfig, _batch_pairs, fit
+from soundsearch.model.checkpoint import load_model
+from soundsearch.train import _batch_pairs, fit
+from soundsearch.train_config import TrainConfig
 from tests.test_train import SMALL, TAX, separable
 
 RECIPE = dict(batching="items", batch_items=32, batch_size=256, tag_weight=1.0, mix_prob=0.3,
@@ -38,6 +39,10 @@ def test_item_batching_recipe_learns_and_is_seeded(tmp_path):
     select = [h for h in res.report.history if h.phase == "select"]
     assert select[-1].train_loss < select[0].train_loss
     # pairs per epoch = batches x batch_size, reported as such
+    train_items = len(feats) - v.recordings  # one recording per item here
+    per_epoch = (train_items // RECIPE["batch_items"]) * RECIPE["batch_size"]
+    for h in select:
+        assert h.pairs_per_s * h.seconds == pytest.approx(per_epoch, rel=1e-6)
     assert res.report.pairs_per_s > 0
     again = run(feats, labels, epochs=30, refit=False)
     for k, v1 in res.model.net.state_dict().items():

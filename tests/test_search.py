@@ -11,7 +11,9 @@ import torch
 
 from soundsearch.errors import FeaturizerMismatchError, SearchError, StoreError
 from soundsearch.features import get_featurizer
-from soundsearch.model import LoadedModel, ModelConfig, PresenceNet, load_model, save_model
+from soundsearch.model.config import ModelConfig
+from soundsearch.model.checkpoint import load_model, save_model
+from soundsearch.model.network import LoadedModel, PresenceNet
 from soundsearch.presence import BOTH, DIFFERS
 from soundsearch.search import SearchEngine, rank
 from soundsearch.store import FileEntry, Store

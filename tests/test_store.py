@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedError
+from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreLockedError, printable
 from soundsearch.features import get_featurizer
 from soundsearch.store import (
     ARRAYS,
@@ -20,7 +20,6 @@ from soundsearch.store import (
     STATUS_FAILED,
     FileEntry,
     Store,
-    _display,
     store_lock,
 )
 
@@ -171,7 +170,7 @@ def test_undecodable_file_names_round_trip(tmp_path, fz):
             w.write_files([entry(weird, 1, 1)])
         assert os.fsencode(st.items()[0].path) == b"/lib/caf\xe9 [take 1].wav"
         assert len(st.items_for_path(weird)) == 1
-        assert _display(st.items()[0].path) == "/lib/caf\\xe9 [take 1].wav"
+        assert printable(st.items()[0].path) == "/lib/caf\\xe9 [take 1].wav"
         assert list(st.files()) == [weird]
 
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from soundsearch.errors import DatasetError
-from soundsearch.model import load_model
+from soundsearch.model.checkpoint import load_model
 from soundsearch.taxonomy import Taxonomy
-from soundsearch.train import TrainConfig, evaluate_pairs, fit, split_holdout
+from soundsearch.train import evaluate_pairs, fit, split_holdout
+from soundsearch.train_config import TrainConfig
 
 T, D = 4, 8
 TAX = Taxonomy(("horn", "bark", "drill"))
@@ -161,7 +162,7 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
     pairs = make_pairs(labels, seed=0)
     cfg = TrainConfig(**(SMALL | dict(batching="blocked", batch_size=64)))
     net = TrainConfig(**SMALL).model_config(T, D, len(TAX))
-    from soundsearch.model import PresenceNet
+    from soundsearch.model.network import PresenceNet
 
     trainer = _Trainer(PresenceNet(net), torch.zeros(400, T, D), torch.from_numpy(labels.astype(bool)),
                        pairs, cfg, torch.Generator().manual_seed(0))
@@ -174,3 +175,21 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
     distinct = [len(torch.unique(p[a:b])) / (b - a) for a, b in zip(bounds, bounds[1:])]
     assert np.mean(distinct) < 0.8  # random batches touch ~2 items per pair
     assert not torch.equal(order, trainer._blocked_order()[0])  # new blocks every epoch
+
+
+def test_configuration_and_divergence_errors_are_typed():
+    # Configuration errors are the project's (one CLI line) and still ValueErrors.
+    from soundsearch.model.config import ModelConfig
+    from soundsearch.errors import ConfigError, SoundsearchError, TrainingError
+
+    for bad in (dict(optimizer="lbfgs"), dict(context="nope"), dict(dropout=1.0), dict(tower=(0,))):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+    with pytest.raises(ConfigError):
+        ModelConfig(steps=0, dim=1, n_categories=1)
+    assert issubclass(ConfigError, ValueError) and issubclass(TrainingError, SoundsearchError)
+    # A diverged run is a training error, not a dataset error.
+    feats, labels = separable(60)
+    with pytest.raises(TrainingError, match="diverged"):
+        fit(feats, labels, TAX, {"name": "synthetic", "params": {}}, "synthetic/1:{}",
+            TrainConfig(**(SMALL | dict(lr=1e30, epochs=1, refit=False))))

@@ -46,7 +46,7 @@ def invoke(args):
 
 
 def test_train_end_to_end_on_a_csv_dataset(tmp_path, store_dir):
-    from soundsearch.model import load_model
+    from soundsearch.model.checkpoint import load_model
     from soundsearch.paths import user_models_dir
 
     labels = synth_dataset(tmp_path / "data")
@@ -94,7 +94,7 @@ def test_variant_flags_and_human_output(tmp_path, store_dir):
     assert res.exit_code == 0, res.output
     assert "training summary" in res.stdout and "no-siamese+per-category+mean-pool" in res.stdout
     assert "presence-state accuracy" in res.stdout and "per category" in res.stdout
-    from soundsearch.model import load_model
+    from soundsearch.model.checkpoint import load_model
 
     m = load_model(out.with_suffix(".safetensors"))  # the suffix is added when missing
     assert (m.config.siamese, m.config.per_category, m.config.attention) == (False, True, False)
@@ -184,7 +184,7 @@ def test_training_on_real_recordings_learns(corpus, tmp_path, store_dir):
     """Unheard real recordings: presence states predicted well above the majority rate."""
     from soundsearch.datasets import dataset_features, load_dataset
     from soundsearch.features import featurizer_from_spec
-    from soundsearch.model import load_model
+    from soundsearch.model.checkpoint import load_model
     from soundsearch.presence import presence_targets
 
     labels = corpus_csv(corpus, tmp_path / "corpus.csv")
@@ -220,7 +220,9 @@ def test_models_table_names_featurizer_parameters_off_the_default(tmp_path, stor
 
     from soundsearch import paths
     from soundsearch.features import get_featurizer
-    from soundsearch.model import ModelConfig, PresenceNet, save_model
+    from soundsearch.model.config import ModelConfig
+    from soundsearch.model.checkpoint import save_model
+    from soundsearch.model.network import PresenceNet
     from soundsearch.taxonomy import Taxonomy
 
     monkeypatch.setattr(paths, "shipped_models_dirs", lambda: [])
@@ -235,3 +237,42 @@ def test_models_table_names_featurizer_parameters_off_the_default(tmp_path, stor
     rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip().startswith(("paper", "plain"))}
     assert "logmel stats=mean " in rows["paper"]
     assert "stats=" not in rows["plain"] and "logmel" in rows["plain"]
+
+
+def test_cli_defaults_are_the_library_defaults():
+    # One source: every `train` option's default is TrainConfig's (and so the architecture's).
+    import typer
+
+    from soundsearch.cli import app
+    from soundsearch.train_config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    defaults = {p.name: p.default for p in command.params if p.param_type_name == "option"}
+    cfg = TrainConfig()
+    negated = {"no_siamese": "siamese", "no_attention": "attention", "no_refit": "refit"}
+    renamed = {"mix": "mix_prob"}
+    checked = 0
+    for name, value in defaults.items():
+        if name in negated:
+            assert value is (not getattr(cfg, negated[name])), name
+        elif name != "epochs" and renamed.get(name, name) in TrainConfig.__dataclass_fields__ and value is not None:
+            expected = getattr(cfg, renamed.get(name, name))
+            assert (value.value if hasattr(value, "value") else value) == expected, name
+        else:
+            continue
+        checked += 1
+    assert checked >= 20
+    assert defaults["epochs"] == "auto" and cfg.epochs is None
+    assert defaults["tower"] is None and defaults["head"] is None and defaults["state_weights"] is None
+    # and the choices are the library's
+    from soundsearch.model.config import CONTEXTS
+    from soundsearch.cli import train as cli_train
+    from soundsearch.pairs import SCHEMES
+    from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES
+
+    def values(enum) -> tuple:
+        return tuple(m.value for m in enum)
+
+    assert values(cli_train.OptimizerName) == OPTIMIZERS and values(cli_train.Batching) == BATCHINGS
+    assert values(cli_train.LrSchedule) == LR_SCHEDULES and values(cli_train.PairBalance) == PAIR_BALANCES
+    assert values(cli_train.PairScheme) == SCHEMES and values(cli_train.ContextName) == CONTEXTS

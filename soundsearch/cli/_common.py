@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
+import json
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from soundsearch.errors import SoundsearchError
+from soundsearch.errors import SoundsearchError, printable
 
 # Data goes to stdout, everything meant for a person to stderr, so `--json` output pipes cleanly.
 out = Console(soft_wrap=False)
@@ -27,6 +29,67 @@ StoreOption = Annotated[
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+# Mirrors soundsearch.features' registry (tests check they agree); spelled out here so that
+# `--help` and completion need not import the featurizers.
+class FeaturizerName(str, Enum):
+    logmel = "logmel"
+    aisfx = "aisfx"
+    openl3 = "openl3"
+
+
+def featurizer_option(help: str) -> Any:
+    """`--featurizer NAME` (one of FeaturizerName) with a command's own help text."""
+    return Annotated[Optional[FeaturizerName], typer.Option("--featurizer", "-f", help=help, show_default=False)]
+
+
+ParamOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--param", "-p", help="Featurizer parameter KEY=VALUE, repeatable (e.g. stats=mean,std,max).", metavar="KEY=VALUE"),
+]
+JobsOption = Annotated[
+    Optional[int],
+    typer.Option("--jobs", "-j", min=1, metavar="N", help="Worker processes computing features. Default: all cores.", show_default=False),
+]
+DatasetOption = Annotated[
+    str,
+    typer.Option("--dataset", "-d", metavar="sonyc-ust|CSV", help="'sonyc-ust', or the path of a labels CSV: a path column plus one 0/1 column per category (or a labels column)."),
+]
+DataDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", metavar="DIR", help="Where the SONYC-UST release lives. Default: $SOUNDSEARCH_DATA/sonyc-ust, else a per-user data folder.", show_default=False),
+]
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """--param KEY=VALUE pairs as a dict; values are JSON where they parse, else strings."""
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value  # plain strings need no quotes: stats=mean,max
+    return params
+
+
+def shown(path: Any) -> str:
+    """Printable, markup-safe path (names need not be UTF-8 and may contain brackets)."""
+    return escape(printable(path))
+
+
+SHOW = 5  # entries a list on the terminal shows before "... and N more"
+
+
+def print_some(console: Console, lines: Sequence[str], more: str = "", limit: int = SHOW) -> None:
+    """Print the first `limit` lines, then "  ... and N more<more>" for the rest."""
+    for line in lines[:limit]:
+        console.print(line, highlight=False, soft_wrap=True)
+    if len(lines) > limit:
+        console.print(f"  ... and {len(lines) - limit} more{more}", highlight=False, soft_wrap=True)
 
 
 def _mode_help() -> str:

@@ -35,7 +35,8 @@ def duplicates(
     Example:  soundsearch duplicates --store ~/sound-store --paths
     """
     from soundsearch.duplicates import find_duplicates, groups_document
-    from soundsearch.model import load_model, resolve_model
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
     from soundsearch.present.document import display_paths
     from soundsearch.present.export import to_csv, to_m3u

@@ -8,18 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from soundsearch.cli._common import JsonOption, ModeOption, QuietOption, err, out, progress
+from soundsearch.cli._common import (
+    DataDirOption, DatasetOption, JobsOption, JsonOption, ModeOption, QuietOption, err, featurizer_option, out, progress,
+)
+
+VariantsFeaturizerOption = featurizer_option("Features for --variants when no --model is given (default logmel).")
 
 
 def eval_(
-    dataset: Annotated[
-        str,
-        typer.Option("--dataset", "-d", metavar="sonyc-ust|CSV", help="'sonyc-ust' or the path of a labels CSV (path + one 0/1 column per category, or a labels column)."),
-    ] = "sonyc-ust",
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Option("--data-dir", metavar="DIR", help="Where SONYC-UST lives. Default: $SOUNDSEARCH_DATA/sonyc-ust, else a per-user data folder.", show_default=False),
-    ] = None,
+    dataset: DatasetOption = "sonyc-ust",
+    data_dir: DataDirOption = None,
     model: Annotated[
         Optional[list[str]],
         typer.Option("--model", "-m", metavar="NAME|PATH", help="Model name or file; repeat to compare several. Default: the shipped default model.", show_default=False),
@@ -35,14 +33,12 @@ def eval_(
         typer.Option("--thresholds", "-s", metavar="S", help="Agreement thresholds s (repeat, or comma-separated). Default: C and C-1.", show_default=False),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed for a CSV's split and the variants' training.")] = 0,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", metavar="N", help="Feature extraction processes (default: all cores).", show_default=False)] = None,
+    jobs: JobsOption = None,
     plot: Annotated[
         Optional[Path], typer.Option("--plot", metavar="PNG", help="Write the mAP-vs-K figure (one panel per query group x threshold) to this PNG.", show_default=False)
     ] = None,
     download: Annotated[bool, typer.Option("--download", help="Fetch SONYC-UST from Zenodo first (resumes, checks md5).")] = False,
-    featurizer: Annotated[
-        Optional[str], typer.Option("--featurizer", metavar="NAME", help="Features for --variants when no --model is given (default logmel).", show_default=False)
-    ] = None,
+    featurizer: VariantsFeaturizerOption = None,
     epochs: Annotated[
         Optional[int], typer.Option("--epochs", metavar="N", help="Epochs for each --variants model (default: chosen on a validation split).", show_default=False)
     ] = None,
@@ -98,7 +94,7 @@ def eval_(
             seed=seed,
             jobs=jobs,
             download=download,
-            featurizer=featurizer,
+            featurizer=featurizer.value if featurizer is not None else None,
             variant_epochs=epochs,
             store_dir=store,
             mode=mode,

@@ -3,45 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import ExitStack
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from soundsearch.cli._common import JsonOption, QuietOption, StoreOption, err, out, progress
+from soundsearch.cli._common import (
+    SHOW, JobsOption, JsonOption, ParamOption, QuietOption, StoreOption, err, featurizer_option, out, parse_params,
+    print_some, progress, shown,
+)
+from soundsearch.errors import printable
 
 
-# Mirrors soundsearch.features' registry (tests check they agree); spelled out here so that
-# `--help` and completion need not import the featurizers.
-class FeaturizerName(str, Enum):
-    logmel = "logmel"
-    aisfx = "aisfx"
-    openl3 = "openl3"
-
-
-SHOW_FAILED = 5
-
-
-def _shown(path: Any) -> str:
-    """Printable, markup-safe path (names need not be UTF-8 and may contain brackets)."""
-    return escape(os.fsencode(path).decode("utf-8", "backslashreplace"))
-
-
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value  # plain strings need no quotes: stats=mean,max
-    return params
+NewStoreFeaturizerOption = featurizer_option("Featurizer for a new store (default logmel); an existing store keeps its own.")
 
 
 def _human_bytes(n: int) -> str:
@@ -73,17 +49,9 @@ def index(
         ),
     ] = None,
     store: StoreOption = None,
-    featurizer: Annotated[
-        Optional[FeaturizerName],
-        typer.Option("--featurizer", "-f", help="Featurizer for a new store (default logmel); an existing store keeps its own."),
-    ] = None,
-    param: Annotated[
-        Optional[list[str]],
-        typer.Option("--param", "-p", help="Featurizer parameter KEY=VALUE, repeatable (e.g. stats=mean,std,max).", metavar="KEY=VALUE"),
-    ] = None,
-    jobs: Annotated[
-        Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes. Default: all cores.", show_default=False)
-    ] = None,
+    featurizer: NewStoreFeaturizerOption = None,
+    param: ParamOption = None,
+    jobs: JobsOption = None,
     item_seconds: Annotated[
         Optional[float],
         typer.Option("--item-seconds", min=0.1, help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
@@ -107,7 +75,7 @@ def index(
     from soundsearch.paths import resolve_store_dir
 
     store_dir = resolve_store_dir(store)
-    params = _parse_params(param or [])
+    params = parse_params(param)
     # The bar starts with the first progress event, i.e. once the store is open and locked, so
     # an early error (missing path, locked store) is the only thing on stderr.
     with ExitStack() as stack:
@@ -195,30 +163,21 @@ def _summary(report) -> None:
     if report.skipped:
         parts.append(f"{len(report.skipped)} skipped")
     err.print(
-        f"{_shown(report.store)}: " + ", ".join(parts)
+        f"{shown(report.store)}: " + ", ".join(parts)
         + f" ({report.items_added} items, {_human_duration(report.audio_seconds)} of audio in {report.seconds:.1f} s)",
         highlight=False,
         soft_wrap=True,
     )
-    for p, reason in report.skipped[:SHOW_FAILED]:
-        err.print(f"  skipped: {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
-    if len(report.skipped) > SHOW_FAILED:
-        err.print(f"  ... and {len(report.skipped) - SHOW_FAILED} more skipped (--json lists all)", highlight=False, soft_wrap=True)
+    print_some(err, [f"  skipped: {shown(p)}: {escape(reason)}" for p, reason in report.skipped], " skipped (--json lists all)")
     for label, paths in (
         ("removed", report.removed),
         ("library folder missing, skipped", report.missing_roots),
         ("damaged features, re-indexed", report.repaired),
     ):
-        for p in paths[:SHOW_FAILED]:
-            err.print(f"  {label}: {_shown(p)}", highlight=False, soft_wrap=True)
-        if len(paths) > SHOW_FAILED:
-            err.print(f"  ... and {len(paths) - SHOW_FAILED} more {label}", highlight=False, soft_wrap=True)
+        print_some(err, [f"  {label}: {shown(p)}" for p in paths], f" {label}")
     if report.failed:
         err.print("[yellow]failed:[/]", highlight=False, soft_wrap=True)
-        for p, reason in report.failed[:SHOW_FAILED]:
-            err.print(f"  {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
-        if len(report.failed) > SHOW_FAILED:
-            err.print(f"  ... and {len(report.failed) - SHOW_FAILED} more (soundsearch status lists them)", highlight=False, soft_wrap=True)
+        print_some(err, [f"  {shown(p)}: {escape(reason)}" for p, reason in report.failed], " (soundsearch status lists them)")
     if report.still_failed:
         err.print(
             f"{len(report.still_failed)} file(s) failed in an earlier run and are unchanged, so were not retried "
@@ -254,22 +213,22 @@ def status(
                 first = sorted(bad)[0]
                 problems.append(
                     f"{sum(bad.values())} items of {len(bad)} files fail their checksum "
-                    f"(first: {os.fsencode(first).decode('utf-8', 'backslashreplace')})"
+                    f"(first: {printable(first)})"
                 )
     if json_out:
         doc = stats.to_json()
         doc["failed_files"] = [
-            {"path": os.fsencode(p).decode("utf-8", "backslashreplace"), "reason": r} for p, r in failures
+            {"path": printable(p), "reason": r} for p, r in failures
         ]
         doc["problems"] = problems
         if verify:
-            doc["damaged_files"] = [os.fsencode(p).decode("utf-8", "backslashreplace") for p in sorted(bad)]
+            doc["damaged_files"] = [printable(p) for p in sorted(bad)]
             doc["unverified_items"] = unverified
         typer.echo(json.dumps(doc, allow_nan=False))
         _damaged(stats.path, problems)
         return
     rows = [
-        ("store", _shown(stats.path)),
+        ("store", shown(stats.path)),
         ("featurizer", f"{escape(stats.featurizer_name)}  [dim]{escape(stats.featurizer_identity)}[/]"),
         ("files", f"{stats.files}"),
         ("items", f"{stats.items} (items of up to {stats.item_seconds:g} s)"),
@@ -278,18 +237,15 @@ def status(
         ("on disk", _human_bytes(stats.bytes_on_disk)),
     ]
     # A dataset cache names thousands of files as its roots: show a few, count the rest.
-    for i, root in enumerate(stats.roots[:SHOW_FAILED]):
-        rows.append(("libraries" if i == 0 else "", _shown(root)))
-    if len(stats.roots) > SHOW_FAILED:
-        rows.append(("", f"... and {len(stats.roots) - SHOW_FAILED} more"))
+    for i, root in enumerate(stats.roots[:SHOW]):
+        rows.append(("libraries" if i == 0 else "", shown(root)))
+    if len(stats.roots) > SHOW:
+        rows.append(("", f"... and {len(stats.roots) - SHOW} more"))
     for key, value in rows:
         out.print(f"[bold]{key:<11}[/]{value}", highlight=False, soft_wrap=True)
     if failures:
         out.print("[yellow]failed files:[/]", highlight=False, soft_wrap=True)
-        for p, reason in failures[:SHOW_FAILED]:
-            out.print(f"  {_shown(p)}: {escape(reason)}", highlight=False, soft_wrap=True)
-        if len(failures) > SHOW_FAILED:
-            out.print(f"  ... and {len(failures) - SHOW_FAILED} more (--json lists all)", highlight=False, soft_wrap=True)
+        print_some(out, [f"  {shown(p)}: {escape(reason)}" for p, reason in failures], " (--json lists all)")
     if verify and unverified:
         out.print(f"{unverified} items stored before checksums existed: `soundsearch index --verify` records them", highlight=False, soft_wrap=True)
     _damaged(stats.path, problems)
@@ -300,6 +256,6 @@ def _damaged(path: Path, problems: list[str]) -> None:
 
     if problems:
         raise StoreError(
-            f"the store at {os.fsencode(path).decode('utf-8', 'backslashreplace')} is damaged: {'; '.join(problems)}: "
+            f"the store at {printable(path)} is damaged: {'; '.join(problems)}: "
             "run `soundsearch index --verify` to re-index damaged items, or move the store folder away and index again"
         )

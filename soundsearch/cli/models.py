@@ -53,7 +53,7 @@ def models(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from soundsearch.model import list_models
+    from soundsearch.model.registry import list_models
 
     found = list_models()
     if json_out:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
+from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -93,7 +94,8 @@ def query(
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog --html dog.html
     """
     from soundsearch.errors import AudioError
-    from soundsearch.model import load_model, resolve_model
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
     from soundsearch.search import SearchEngine
     from soundsearch.store import Store
@@ -176,11 +178,6 @@ def _write_exports(doc: dict, html, csv_out, m3u, notes: list[str]) -> list[tupl
 
 # --------------------------------------------------------------------------------------------
 # Rendering
-
-
-def _shown(path) -> str:
-    """Printable form of a path whose name need not be valid UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def short_codes(names: list[str]) -> list[str]:

@@ -12,43 +12,31 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from soundsearch.cli._common import JsonOption, QuietOption, err, out, progress
-from soundsearch.cli.index import FeaturizerName, _parse_params, _shown
-
-SHOW_SKIPPED = 5
-
-
-class OptimizerName(str, Enum):
-    rmsprop = "rmsprop"
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
+from soundsearch.model.config import CONTEXTS
+from soundsearch.cli._common import (
+    DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
+    featurizer_option, out, parse_params, print_some, progress, shown,
+)
+from soundsearch.pairs import SCHEMES
+from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
 
 
-class PairScheme(str, Enum):
-    shared = "shared"
-    independent = "independent"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice enum of the library's own tuple of names (one source for both)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Batching(str, Enum):
-    random = "random"
-    blocked = "blocked"
-    items = "items"
+OptimizerName = _choices("OptimizerName", OPTIMIZERS)
+PairScheme = _choices("PairScheme", SCHEMES)
+Batching = _choices("Batching", BATCHINGS)
+PairBalance = _choices("PairBalance", PAIR_BALANCES)
+LrSchedule = _choices("LrSchedule", LR_SCHEDULES)
+ContextName = _choices("ContextName", CONTEXTS)
 
+# The library's defaults: every option below takes its default from here.
+D = TrainConfig()
 
-class PairBalance(str, Enum):
-    partner = "partner"
-    category = "category"
-
-
-class LrSchedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-class ContextName(str, Enum):
-    none = "none"
-    stats = "stats"
+TrainFeaturizerOption = featurizer_option("Features to train on (the store you query must use the same). Default: logmel.")
 
 
 def _epochs(value: str) -> int | None:
@@ -86,7 +74,7 @@ def _state_weights(value: str) -> tuple[float, ...]:
 
 
 def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
-    from soundsearch.model import MODEL_SUFFIX
+    from soundsearch.model.registry import MODEL_SUFFIX
     from soundsearch.paths import user_models_dir
 
     if out_opt is None:
@@ -104,54 +92,45 @@ def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
 
 
 def train(
-    dataset: Annotated[
-        str,
-        typer.Option("--dataset", "-d", help="'sonyc-ust', or a labels CSV: a path column plus one 0/1 column per category (or a labels column)."),
-    ] = "sonyc-ust",
-    data_dir: Annotated[
-        Optional[Path],
-        typer.Option("--data-dir", help="Where the SONYC-UST release lives. Default: $SOUNDSEARCH_DATA/sonyc-ust or a per-user data folder.", show_default=False),
-    ] = None,
+    dataset: DatasetOption = "sonyc-ust",
+    data_dir: DataDirOption = None,
     download: Annotated[bool, typer.Option("--download", help="Fetch SONYC-UST first (about 10 GB, resumable).")] = False,
-    featurizer: Annotated[FeaturizerName, typer.Option("--featurizer", "-f", help="Features to train on (the store you query must use the same).")] = FeaturizerName.logmel,
-    param: Annotated[
-        Optional[list[str]],
-        typer.Option("--param", "-p", help="Featurizer parameter KEY=VALUE, repeatable (e.g. stats=mean,std,max).", metavar="KEY=VALUE"),
-    ] = None,
+    featurizer: TrainFeaturizerOption = FeaturizerName.logmel,
+    param: ParamOption = None,
     out_path: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Model file to write. Default: a new file in the user models folder ($SOUNDSEARCH_MODELS).", show_default=False),
     ] = None,
-    no_siamese: Annotated[bool, typer.Option("--no-siamese", help="Variant: no towers, the raw frames of the pair go into the pair head.")] = False,
-    per_category: Annotated[bool, typer.Option("--per-category", help="Variant: one sub-model per category instead of one for all.")] = False,
-    no_attention: Annotated[bool, typer.Option("--no-attention", help="Variant: mean over time instead of attention pooling.")] = False,
+    no_siamese: Annotated[bool, typer.Option("--no-siamese", help="Variant: no towers, the raw frames of the pair go into the pair head.")] = not D.siamese,
+    per_category: Annotated[bool, typer.Option("--per-category", help="Variant: one sub-model per category instead of one for all.")] = D.per_category,
+    no_attention: Annotated[bool, typer.Option("--no-attention", help="Variant: mean over time instead of attention pooling.")] = not D.attention,
     epochs: Annotated[str, typer.Option("--epochs", "-e", help="Epochs, or 'auto': choose by validation loss with early stopping.", metavar="N|auto")] = "auto",
-    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="Upper bound for --epochs auto.")] = 30,
-    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without a better validation loss before stopping.")] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = 0,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = 128,
-    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching.random,
-    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName.rmsprop,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = 0.0,
-    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = 0.0,
-    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout between layers in training.")] = 0.5,
-    context: Annotated[ContextName, typer.Option("--context", help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName.none,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="Upper bound for --epochs auto.")] = D.max_epochs,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without a better validation loss before stopping.")] = D.patience,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = D.seed,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = D.lr,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = D.batch_size,
+    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching(D.batching),
+    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName(D.optimizer),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = D.weight_decay,
+    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = D.input_noise,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout between layers in training.")] = D.dropout,
+    context: Annotated[ContextName, typer.Option("--context", help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName(D.context),
     tower: Annotated[Optional[str], typer.Option("--tower", help="Tower layer widths.", metavar="W,W,...")] = None,
     head: Annotated[Optional[str], typer.Option("--head", help="Pair-head layer widths.", metavar="W,W,...")] = None,
-    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, help="Partners per target, category and situation.")] = 30,
-    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme.shared,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = 0.1,
+    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, help="Partners per target, category and situation.")] = D.pairs_per_side,
+    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme(D.pair_scheme),
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = D.val_fraction,
     val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
-    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes computing features. Default: all cores.", show_default=False)] = None,
-    batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = 256,
-    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = 0.0,
-    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = 0.0,
+    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = not D.refit,
+    jobs: JobsOption = None,
+    batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = D.batch_items,
+    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = D.tag_weight,
+    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = D.mix_prob,
     state_weights: Annotated[Optional[str], typer.Option("--state-weights", help="Loss weights of the states both,neither,differs (default 1,1,1).", metavar="B,N,D")] = None,
-    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance.partner,
-    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule.constant,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = 1,
+    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance(D.pair_balance),
+    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule(D.lr_schedule),
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = D.threads,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -165,17 +144,16 @@ def train(
     """
     import dataclasses
 
-    import numpy as np
-
     from soundsearch.datasets import check_trainable, dataset_features, load_dataset
     from soundsearch.errors import DatasetError
     from soundsearch.features import get_featurizer
-    from soundsearch.train import TrainConfig, fit
+    from soundsearch.train import fit
+    from soundsearch.train_config import TrainConfig
 
     n_epochs = _epochs(epochs)
     tower_w = _widths(tower, "--tower")
     head_w = _widths(head, "--head")
-    params = _parse_params(param or [])
+    params = parse_params(param)
     if lr <= 0:
         raise typer.BadParameter("the learning rate must be positive", param_hint="--lr")
     config = TrainConfig(
@@ -270,11 +248,11 @@ def train(
         return
     v = report.validation
     if quiet:
-        out.print(_shown(saved), highlight=False, soft_wrap=True)
+        out.print(shown(saved), highlight=False, soft_wrap=True)
         return
-    _render(saved, data, fz, result, np)
+    _render(saved, data, fz, result)
     out.print(
-        f"saved model [bold]{escape(saved.name)}[/] to {_shown(saved)}\n"
+        f"saved model [bold]{escape(saved.name)}[/] to {shown(saved)}\n"
         f"validation: loss {v.loss:.4f}, presence-state accuracy {v.accuracy:.3f} "
         f"(majority rate {v.majority:.3f}) on {v.recordings} held-out recordings, {v.pairs} pairs",
         highlight=False, soft_wrap=True,
@@ -283,13 +261,10 @@ def train(
 
 def _list_skipped(what: str, entries) -> None:
     err.print(f"[yellow]{len(entries)} file(s) {what}, skipped:[/]", highlight=False, soft_wrap=True)
-    for p, reason in entries[:SHOW_SKIPPED]:
-        err.print(f"  {_shown(p)}: {escape(str(reason))}", highlight=False, soft_wrap=True)
-    if len(entries) > SHOW_SKIPPED:
-        err.print(f"  ... and {len(entries) - SHOW_SKIPPED} more", highlight=False, soft_wrap=True)
+    print_some(err, [f"  {shown(p)}: {escape(str(reason))}" for p, reason in entries])
 
 
-def _render(saved: Path, data, fz, result, np) -> None:
+def _render(saved: Path, data, fz, result) -> None:
     from rich.table import Table
 
     report, model = result.report, result.model
@@ -298,7 +273,7 @@ def _render(saved: Path, data, fz, result, np) -> None:
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("model", _shown(saved)),
+        ("model", shown(saved)),
         ("dataset", escape(data.name)),
         ("featurizer", escape(fz.name)),
         ("variant", model.config.variant),

@@ -6,7 +6,8 @@ are split into a training part and a held-out part (by recording, stratified by 
 ambiences too) before any scene is drawn, and test scenes are mixed only from held-out
 recordings, so a model evaluated on them has never heard any of their sounds.
 
-Run it as a module:
+It is a module, not a `soundsearch` command (it builds training data, which the product does
+not); run it as one:
 
     python -m soundsearch.datasets.scenes --corpus ../shared/corpus --out scenes \
         --train 3000 --test 300 --seed 0
@@ -191,28 +192,11 @@ class _AudioCache:
     def get(self, path: Path) -> np.ndarray:
         sig = self._cache.get(path)
         if sig is None:
-            sig = _load(path, self.sample_rate)
+            from soundsearch.audio import load  # soundfile and soxr only when mixing
+
+            sig = load(path, self.sample_rate).signal
             self._cache[path] = sig
         return sig
-
-
-def _load(path: Path, sample_rate: int) -> np.ndarray:
-    import soundfile as sf
-    import soxr
-
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as exc:
-        raise AudioError(path, f"cannot decode: {exc}") from exc
-    if data.size == 0:
-        raise AudioError(path, "no audio frames")
-    mono = data.mean(axis=1)
-    if sr != sample_rate:
-        mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
-    mono = np.asarray(mono, dtype=np.float32)
-    if not np.all(np.isfinite(mono)):
-        raise AudioError(path, "non-finite samples")
-    return mono
 
 
 def _rms_db(x: np.ndarray) -> float:

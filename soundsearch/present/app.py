@@ -112,7 +112,8 @@ class Service:
 
     def load(self) -> None:
         """Open the store, load the model, prepare the search cache (on the worker thread)."""
-        from soundsearch.model import load_model, resolve_model
+        from soundsearch.model.checkpoint import load_model
+        from soundsearch.model.registry import resolve_model
         from soundsearch.search import SearchEngine
         from soundsearch.store import Store
 

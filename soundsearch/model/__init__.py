@@ -1,0 +1,1 @@
+"""The presence network: config (torch-free), network, checkpoint format, registry (torch-free)."""
