@@ -376,7 +376,7 @@ def test_train_and_query_on_openl3_features(weight_files, tmp_path, store_dir, m
     doc = json.loads(invoke("train", "--dataset", str(labels), *fz_args, "--epochs", "1", "--seed", "1", "--jobs", "1", "--out", str(model), "--json").stdout)
     assert doc["featurizer"].startswith("openl3/2:") and "weights_sha" in doc["featurizer"]
     invoke("index", str(tmp_path / "data"), *fz_args, "--jobs", "1", "--quiet")
-    out = json.loads(invoke("query", str(tmp_path / "data" / "clip00.wav"), "--model", str(model), "-k", "3", "--json").stdout)
+    out = json.loads(invoke("query", str(tmp_path / "data" / "clip00.wav"), "--model", str(model), "-k", "3", "--include-self", "--json").stdout)
     assert out["featurizer"]["identity"] == doc["featurizer"] and out["items_searched"] == 18
     assert out["results"][0]["path"].endswith("clip00.wav") and out["results"][0]["is_query"]
     assert len(out["results"]) == 3 and set(out["results"][1]["categories"]) == {"tone", "noise", "chirp"}
