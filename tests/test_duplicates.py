@@ -21,6 +21,7 @@ import soxr
 from conftest import CORPUS
 
 from soundsearch.features import featurize_file, get_featurizer
+from soundsearch.ranking import DUPLICATE_COSINE
 from soundsearch.store import FileEntry, Store
 
 N_ORIGINALS = 20
@@ -84,7 +85,7 @@ def library(tmp_path_factory):
 
 
 def build_library(corpus: Path, root: Path) -> dict:
-    fz = get_featurizer()  # the default logmel, as the threshold was chosen on
+    fz = get_featurizer()  # the default aisfx, as the threshold was chosen on
     originals, others = _pick(corpus)
     rng = np.random.default_rng(0)
     entries: dict[str, FileEntry] = {}
@@ -143,21 +144,19 @@ def test_altered_copies_rank_right_after_the_query(library, one_torch_thread):
 
     model = load_model(resolve_model(None))
     acoustic = _trials(library, model, mode="acoustic")
-    presence = _trials(library, model, mode="presence")
-    # Measured (DUPLICATE_COSINE 0.95, 20 originals x held or not = 40 trials, 350 copy items):
-    # 264/350 copies (75%) flagged; every copy before every other recording in 30/40 trials
-    # ranked by acoustic, 10/40 by presence. The 95% is NOT reached: whole-item
-    # statistics move too much under -6 dB gain (a level shift in dB) and +-3% resampling
-    # (spectral shift) of tonal sounds; these assertions guard the measured level.
-    for trials, least in ((acoustic, 30), (presence, 10)):
+    default = _trials(library, model)  # the model's recorded ranking (blend for the default)
+    # Measured (aisfx features, DUPLICATE_COSINE 0.90, 20 originals x held or not = 40 trials,
+    # 350 copy items): every copy before every other recording in 36/40 trials, by acoustic and
+    # by the default blend; 292/350 copies flagged. The 95% of trials is NOT reached:
+    # the misses are noisy copies of one-shots with long silences and +-3% speed changes.
+    for trials, least in ((acoustic, 36), (default, 36)):
         assert sum(t[2] for t in trials) >= least, [(Path(t[1]).name, t[0]) for t in trials if not t[2]]
-    assert sum(t[4] for t in acoustic) >= 264
-    # The false-positive side: other recordings flagged as duplicates. Measured 14 of ~4,900
-    # (query, other) pairs (0.3%), all but one of them related takes (the same truck with and
-    # without its horn, tracks of one game's soundtrack).
+    assert sum(t[4] for t in acoustic) >= 292
+    # The false-positive side: other recordings flagged as duplicates. Measured 8 of ~12,000
+    # (query, other) pairs, the same 8 from 0.85 to 0.95 (related takes of one source).
     false = [(Path(t[1]).name, t[5].results[0].item.path.name, round(r.acoustic, 3)) for t in acoustic for r in t[3]]
     pairs = sum(len(t[5].results) - 1 - t[6] for t in acoustic)
-    assert len(false) <= 14 and len(false) / pairs < 0.005, false
+    assert len(false) <= 8 and len(false) / pairs < 0.001, false
 
 
 def test_cli_json_marks_duplicates(library, monkeypatch):
@@ -177,7 +176,7 @@ def test_cli_json_marks_duplicates(library, monkeypatch):
     assert rows[0]["is_query"] and not rows[0]["duplicate"]
     flagged = [r for r in rows if r["duplicate"]]
     assert flagged and all(r["path"] in library["copies"][original] for r in flagged)
-    assert all(r["acoustic"] >= 0.95 for r in flagged)
+    assert all(r["acoustic"] >= DUPLICATE_COSINE for r in flagged)
     # Duplicates come right after the query's own items, by acoustic cosine.
     n_own = sum(r["is_query"] for r in rows)
     assert [r["duplicate"] for r in rows[n_own : n_own + len(flagged)]] == [True] * len(flagged)

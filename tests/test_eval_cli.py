@@ -127,7 +127,7 @@ def test_missing_and_unreadable_files_are_listed(env):
 
 def test_features_from_the_users_own_store(env, tmp_path):
     store = tmp_path / "my-store"
-    indexed = CliRunner().invoke(app, ["index", str(env["csv"].parent), "--store", str(store), "-j", "1", "-q"])
+    indexed = CliRunner().invoke(app, ["index", str(env["csv"].parent), "--store", str(store), "-f", "logmel", "-j", "1", "-q"])
     assert indexed.exit_code == 0, indexed.output
 
     from_store = run("-d", env["csv"], "-m", env["model"], "--store", store, "--json", "-q", "-j", "1")

@@ -102,7 +102,7 @@ def test_tone_peaks_in_the_band_holding_its_frequency():
 @pytest.mark.parametrize("n", [1, 2, 100, 2047, 2048, 4095, 4096, 20480, 22050, 220500, 300001])
 def test_any_length_gives_ten_by_128_float32(n):
     x = np.random.default_rng(n).uniform(-0.3, 0.3, n).astype(np.float32)
-    out = get_featurizer(stats="mean")(x)
+    out = get_featurizer("logmel", stats="mean")(x)
     assert out.shape == (10, 128) and out.dtype == np.float32 and np.isfinite(out).all()
 
 
@@ -118,12 +118,12 @@ def test_ten_second_item_has_108_frames_split_into_ten_groups():
 
 
 def test_silence_gives_the_finite_floor():
-    out = get_featurizer(stats="mean")(np.zeros(22050, np.float32))
+    out = get_featurizer("logmel", stats="mean")(np.zeros(22050, np.float32))
     assert np.allclose(out, -100.0, atol=1e-4)
 
 
 def test_non_mono_or_empty_signal_is_refused():
-    f = get_featurizer()
+    f = get_featurizer("logmel")
     with pytest.raises(FeaturizerError, match="mono"):
         f(np.zeros((100, 2), np.float32))
     with pytest.raises(FeaturizerError, match="empty"):
@@ -131,7 +131,7 @@ def test_non_mono_or_empty_signal_is_refused():
 
 
 def test_batch_equals_one_by_one():
-    f = get_featurizer(stats="mean,std,max")
+    f = get_featurizer("logmel", stats="mean,std,max")
     sigs = [tone(300.0, seconds=2.5), np.ones(7, np.float32) * 0.1, chirp(seconds=10.0), noise_bursts(seconds=0.3)]
     batched = f.batch(sigs)
     assert batched.shape == (4, 10, 384) and batched.dtype == np.float32
@@ -167,21 +167,21 @@ def test_pool_steps_matches_a_plain_loop(n_frames):
 
 def test_stats_widen_d_and_keep_the_mean_block():
     x = noise_bursts(seconds=4.0, seed=2)
-    mean = get_featurizer(stats="mean")(x)
-    f = get_featurizer(stats="max, mean")
+    mean = get_featurizer("logmel", stats="mean")(x)
+    f = get_featurizer("logmel", stats="max, mean")
     assert f.dim == 256 and f.params["stats"] == "mean,max"
     both = f(x)
     assert both.shape == (10, 256)
     assert np.allclose(both[:, :128], mean, atol=1e-5)
     assert np.all(both[:, 128:] >= both[:, :128] - 1e-4)
-    three = get_featurizer(stats="mean,std,max")(x)
+    three = get_featurizer("logmel", stats="mean,std,max")(x)
     assert three.shape == (10, 384) and np.all(three[:, 128:256] >= 0)
 
 
 @pytest.mark.parametrize("bad", ["", "median", "mean,mean", "mean;max"])
 def test_bad_stats_are_refused(bad):
     with pytest.raises(FeaturizerError, match="stats"):
-        get_featurizer(stats=bad)
+        get_featurizer("logmel", stats=bad)
 
 
 # ---- registry, identity, specs --------------------------------------------------------------
@@ -190,8 +190,8 @@ def test_bad_stats_are_refused(bad):
 def test_default_identity_is_stable():
     # A literal on purpose: stores and models compare this string, so a change must be deliberate
     # (bump LogMel.version) and show up here.
-    f = get_featurizer()
-    assert f.name == DEFAULT_FEATURIZER == "logmel"
+    f = get_featurizer("logmel")
+    assert f.name == "logmel" and DEFAULT_FEATURIZER == "aisfx"
     assert (f.sample_rate, f.steps, f.dim) == (22050, 10, 384)
     assert f.identity == (
         'logmel/1:{"center":true,"fmax":11025.0,"fmin":0.0,"hop_length":2048,'
@@ -207,7 +207,7 @@ def test_default_identity_is_stable():
      {"fmax": 8000.0}, {"steps": 5}, {"stats": "mean,max"}],
 )
 def test_every_param_changes_the_identity(change):
-    assert get_featurizer(**change).identity != get_featurizer().identity
+    assert get_featurizer("logmel", **change).identity != get_featurizer("logmel").identity
 
 
 def test_spec_round_trips_and_equal_params_are_equal_featurizers():
@@ -237,7 +237,7 @@ def test_bad_specs_raise_featurizer_error(spec, match):
 def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch, tmp_path):
     from soundsearch.features import openl3_weights
 
-    assert available_featurizers() == ["logmel", "aisfx", "openl3"]
+    assert available_featurizers() == ["aisfx", "logmel", "openl3"]  # the default first
     # As if no weights had been fetched: no env var, no openl3 package, an empty data folder.
     monkeypatch.delenv(openl3_weights.WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
@@ -246,7 +246,7 @@ def test_openl3_is_registered_but_explains_how_to_get_it(monkeypatch, tmp_path):
         get_featurizer("openl3")
     assert "soundsearch models fetch openl3 --content-type env --input-repr mel256" in str(ei.value)
     assert "--featurizer logmel" in str(ei.value)
-    assert get_featurizer(stats="mean")(tone(seconds=0.5)).shape == (10, 128)  # everything else still works
+    assert get_featurizer("logmel", stats="mean")(tone(seconds=0.5)).shape == (10, 128)  # everything else still works
 
 
 def test_importing_features_stays_light():
@@ -265,7 +265,7 @@ def test_featurize_file_cuts_items_and_matches_direct_featurizing(tmp_path):
 
     x = np.stack([chirp(seconds=25.0, sr=44100), tone(300.0, seconds=25.0, sr=44100)], axis=1)
     p = write_audio(tmp_path / "long.flac", x, 44100, subtype="PCM_16")
-    f = get_featurizer()
+    f = get_featurizer("logmel")
     ff = featurize_file(p, f)
     assert ff.segments == [(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
     assert ff.features.shape == (3, 10, 384) and ff.features.dtype == np.float32
@@ -276,14 +276,14 @@ def test_featurize_file_cuts_items_and_matches_direct_featurizing(tmp_path):
 
 def test_featurize_file_one_sample_warns_and_pads(tmp_path):
     p = write_audio(tmp_path / "blip.wav", np.array([0.25], np.float32), SR, subtype="FLOAT")
-    ff = featurize_file(p, get_featurizer(stats="mean"))
+    ff = featurize_file(p, get_featurizer("logmel", stats="mean"))
     assert ff.features.shape == (1, 10, 128) and np.isfinite(ff.features).all()
     assert [w.reason.split(" (")[0] for w in ff.warnings] == ["shorter than one analysis frame"]
 
 
 def test_featurize_file_silent_warns_and_is_usable(tmp_path):
     p = write_audio(tmp_path / "hush.wav", np.zeros(SR, np.float32), SR, subtype="PCM_16")
-    ff = featurize_file(p, get_featurizer(stats="mean"))
+    ff = featurize_file(p, get_featurizer("logmel", stats="mean"))
     assert ff.features.shape == (1, 10, 128) and np.allclose(ff.features, -100.0, atol=1e-4)
     assert ["silent" in w.reason for w in ff.warnings] == [True]
 
@@ -292,7 +292,7 @@ def test_featurize_file_bad_audio_raises_audio_error(tmp_path):
     p = tmp_path / "junk.wav"
     p.write_bytes(b"RIFF0000WAVEjunkjunkjunk")
     with pytest.raises(AudioError, match="junk.wav"):
-        featurize_file(p, get_featurizer(stats="mean"))
+        featurize_file(p, get_featurizer("logmel", stats="mean"))
 
 
 def test_numpy_fft_fallback_gives_the_same_features(monkeypatch):

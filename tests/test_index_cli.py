@@ -69,7 +69,7 @@ def test_index_then_status(library, store_dir):
         assert all(it.path.is_absolute() for it in st.items())
         long_items = st.items_for_path(lib / "long.aiff")
         assert [(i.start, i.end) for i in long_items] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
-        assert st.features().shape == (9, 10, 384)  # default logmel: mean, std, max of 128 bands
+        assert st.features().shape == (9, 10, 1024)  # default aisfx: mean and max of 512-d block embeddings
         # Stored rows are exactly what featurizing the file directly gives.
         fz = st.featurizer()
         direct = featurize_file(lib / "long.aiff", fz, item_seconds=5.0).features
@@ -79,11 +79,11 @@ def test_index_then_status(library, store_dir):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)  # exactly one JSON document, nothing else on stdout
     assert doc["files"] == 5 and doc["items"] == 9 and doc["failures"] == 0
-    assert doc["featurizer"]["name"] == "logmel"
+    assert doc["featurizer"]["name"] == "aisfx"
     assert doc["duration_seconds"] == pytest.approx(1.0 + 0.8 + 1.2 + 0.5 + 23.0, abs=1e-3)
     assert doc["roots"] == [str(lib)]
     assert doc["store"] == str(store_dir)
-    assert doc["bytes_on_disk"] >= 9 * 10 * 384 * 4
+    assert doc["bytes_on_disk"] >= 9 * 10 * 1024 * 4
 
     result = run("status")
     assert result.exit_code == 0
@@ -244,11 +244,11 @@ def test_user_errors_exit_1(tmp_path, store_dir, library):
 def test_featurizer_mismatch_is_refused(library, store_dir):
     lib, _ = library
     assert run("index", str(lib / "tone.wav"), "--jobs", "1").exit_code == 0
-    result = run("index", str(lib), "--param", "stats=mean,max", "--jobs", "1")
+    result = run("index", str(lib), "--param", "stats=mean", "--jobs", "1")
     assert result.exit_code == 1
     assert "featurizers cannot be mixed in one store" in result.stderr
     # Naming the store's own featurizer is fine.
-    assert run("index", str(lib / "tone.wav"), "--featurizer", "logmel", "--jobs", "1").exit_code == 0
+    assert run("index", str(lib / "tone.wav"), "--featurizer", "aisfx", "--jobs", "1").exit_code == 0
 
 
 def test_featurizer_params_reach_a_new_store(library, tmp_path):
@@ -257,7 +257,7 @@ def test_featurizer_params_reach_a_new_store(library, tmp_path):
     assert result.exit_code == 0, result.output
     with Store.open(tmp_path / "s") as st:
         assert st.featurizer_spec["params"]["stats"] == "mean"
-        assert st.features().shape == (1, 10, 128)
+        assert st.features().shape == (1, 10, 512)  # the default aisfx, mean of 512-d embeddings only
 
 
 def test_second_index_while_locked_is_refused_or_waits(library, store_dir):

@@ -258,3 +258,15 @@ def test_resolve_and_list_models(tmp_path, monkeypatch, store_dir):
     assert infos["default"].val_accuracy == 0.8 and infos["default"].featurizer == "logmel"
     assert infos["broken"].error and infos["mine"].error is None
     assert infos["mine"].to_json()["n_categories"] == C
+
+
+def test_the_shipped_default_model_searches_a_default_store():
+    # One source: a plain `soundsearch index` makes features the default model was trained on.
+    from soundsearch.features import get_featurizer
+    from soundsearch.model.registry import read_header
+
+    path = registry.resolve_model(None)
+    header = read_header(path)
+    assert header["featurizer"]["identity"] == get_featurizer().identity
+    ranking = header["meta"]["ranking"]
+    assert ranking["mode"] == "blend" and 0.0 <= ranking["weight"] <= 1.0

@@ -136,7 +136,7 @@ def test_json_is_one_document_with_probabilities(env):
     doc = run_json(str(query), "--model", "tiny", "-k", "4", "--include-self")
     assert doc["query"]["path"] == str(query) and doc["query"]["in_store"] is True
     assert doc["model"]["name"] == "tiny" and doc["store"] == str(env["store"])
-    assert doc["featurizer"]["name"] == "logmel" and doc["categories"] == CATS
+    assert doc["featurizer"]["name"] == "aisfx" and doc["categories"] == CATS  # the default featurizer
     assert doc["items_searched"] == env["items"]
     results = doc["results"]
     assert [r["rank"] for r in results] == [1, 2, 3, 4]

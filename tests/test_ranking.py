@@ -18,11 +18,11 @@ def test_blend_orders_by_weighted_expected_and_acoustic():
     level = np.array([8, 2, 5, 5], dtype=np.int16)
     expected = np.array([8.0, 2.0, 4.0, 4.0], dtype=np.float32)
     closeness = np.zeros(4, np.float32)
-    acoustic = np.array([0.0, 0.9, 0.5, 0.6], dtype=np.float32)
-    # w = 0.5: scores 0.5, 0.575, 0.5, 0.55 -> rows 1, 3, then the tie 0/2 by row.
+    acoustic = np.array([0.0, 0.88, 0.5, 0.6], dtype=np.float32)  # all below DUPLICATE_COSINE
+    # w = 0.5: scores 0.5, 0.565, 0.5, 0.55 -> rows 1, 3, then the tie 0/2 by row.
     got = order_items(Ranking(RankingMode.BLEND, 0.5), level, expected, closeness, acoustic, 8)
     assert got.order.tolist() == [1, 3, 0, 2]
-    np.testing.assert_allclose(got.score, [0.5, 0.575, 0.5, 0.55])
+    np.testing.assert_allclose(got.score, [0.5, 0.565, 0.5, 0.55], rtol=1e-6)
     assert order_items(Ranking(RankingMode.BLEND, 0.0), level, expected, closeness, acoustic, 8).order.tolist() == [0, 2, 3, 1]
     assert order_items(Ranking(RankingMode.PRESENCE), level, expected, closeness, acoustic, 8, k=2).order.tolist() == [0, 2]
     # A near-duplicate jumps ahead of everything but the query's own items.

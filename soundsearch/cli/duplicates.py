@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, StoreOption, err, out
+from soundsearch.ranking import DUPLICATE_COSINE
 
 
 def duplicates(
@@ -15,7 +16,7 @@ def duplicates(
     threshold: Annotated[
         Optional[float],
         typer.Option("--threshold", "-t", metavar="T", min=-1.0, max=1.0,
-                     help="Acoustic cosine at which two items count as copies. Default: the one search uses to flag copies (0.95).",
+                     help=f"Acoustic cosine at which two items count as copies. Default: the one search uses to flag copies ({DUPLICATE_COSINE:.2f}).",
                      show_default=False),
     ] = None,
     model: Annotated[
