@@ -66,3 +66,12 @@ def user_weights_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return user_data_dir() / "weights"
+
+
+def chmod_as_created(path: Path | str) -> None:
+    """Give a file made by tempfile.mkstemp (always 0600) the permissions a plain create would
+    (0666 less the umask), so a model, cache or weights file renamed into place stays readable
+    by the others who share the folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

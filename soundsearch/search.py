@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from soundsearch import paths
 from soundsearch.errors import SearchError, StoreError
 from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
 
@@ -493,10 +494,7 @@ class SearchEngine:
             if tmp is not None:
                 out.flush()
                 del out
-                # mkstemp makes the file private; give it the permissions a plain create would.
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)
+                paths.chmod_as_created(tmp)
                 os.replace(tmp, path)
                 tmp = None
                 self._remove_stale(path)

@@ -270,3 +270,15 @@ def test_the_shipped_default_model_searches_a_default_store():
     assert header["featurizer"]["identity"] == get_featurizer().identity
     ranking = header["meta"]["ranking"]
     assert ranking["mode"] == "blend" and 0.0 <= ranking["weight"] <= 1.0
+
+
+def test_a_saved_model_is_readable_by_others_sharing_the_folder(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = loaded(make_net()).save(tmp_path / "shared.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from soundsearch import paths
 from soundsearch.errors import FeaturizerError
 
 DIGEST_CHARS = 16
@@ -96,10 +97,7 @@ def save_safetensors_atomically(tensors: Mapping[str, torch.Tensor], dest: Path,
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        # mkstemp makes the file private; the converted weights are as shareable as any data file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        paths.chmod_as_created(tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

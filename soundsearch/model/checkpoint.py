@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundsearch import __version__
+from soundsearch import __version__, paths
 from soundsearch.errors import ModelError
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.network import LoadedModel, PresenceNet
@@ -96,6 +96,7 @@ def save_model(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(_jsonable(header), sort_keys=True)})
+        paths.chmod_as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
