@@ -318,8 +318,8 @@ def one_shot_tags(model, feats: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def train_model(fz, draw: Draw, recipe: dict, seed: int):
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.fit import fit
+    from soundsearch.training.config import TrainConfig
 
     parts = [draw.sets[n] for n in ("train_scenes", "train_shots", "train_beds")]
     feats = np.concatenate([p[0] for p in parts])

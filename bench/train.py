@@ -1,9 +1,9 @@
 """Training throughput of the presence network on synthetic paper-sized features (not a test).
 
 Paper size: 2,351 training recordings of T=10 x D=128 frame embeddings, 8 categories with
-SONYC-UST-like prevalences, balanced pairs as soundsearch.pairs makes them. Times pair
+SONYC-UST-like prevalences, balanced pairs as soundsearch.training.pairs makes them. Times pair
 sampling, then a warm-up and `--pairs` training pairs through the real training loop
-(soundsearch.train._Trainer: gather by index, tower once per distinct item, RMSprop step), and
+(soundsearch.training.fit._Trainer: gather by index, tower once per distinct item, RMSprop step), and
 reports pairs/s and the time a full epoch would take. Also prints the arithmetic: FLOPs per
 pair and this machine's measured fp32 matmul rate, so the figure can be judged against physics.
 
@@ -24,9 +24,9 @@ import torch
 
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.network import PresenceNet
-from soundsearch.pairs import make_pairs
-from soundsearch.train import _Trainer, norm_stats
-from soundsearch.train_config import TrainConfig
+from soundsearch.training.pairs import make_pairs
+from soundsearch.training.fit import _Trainer, norm_stats
+from soundsearch.training.config import TrainConfig
 
 # Rough SONYC-UST v2 coarse prevalences in the train split (crowd "any annotator" labels).
 PREVALENCE = np.array([0.62, 0.18, 0.25, 0.08, 0.33, 0.13, 0.47, 0.08])

@@ -436,8 +436,8 @@ def _train_variants(dataset, feats, fz, seed, epochs, say, base_config=None):
     from dataclasses import replace
 
     from soundsearch.datasets import check_trainable
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.fit import fit
+    from soundsearch.training.config import TrainConfig
 
     check_trainable(dataset)
     base = base_config or TrainConfig(seed=seed)

@@ -17,8 +17,8 @@ from soundsearch.cli._common import (
     DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
     featurizer_option, out, parse_params, print_some, progress, shown,
 )
-from soundsearch.pairs import SCHEMES
-from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
+from soundsearch.training.pairs import SCHEMES
+from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -147,8 +147,8 @@ def train(
     from soundsearch.datasets import check_trainable, dataset_features, load_dataset
     from soundsearch.errors import DatasetError
     from soundsearch.features import get_featurizer
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.fit import fit
+    from soundsearch.training.config import TrainConfig
 
     n_epochs = _epochs(epochs)
     tower_w = _widths(tower, "--tower")

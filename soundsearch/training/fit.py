@@ -2,7 +2,7 @@
 
 1. Hold out `val_fraction` of the recordings (split by recording, so no pair crosses the split).
 2. Standardise features per value with statistics of the training recordings.
-3. Balanced pairs (soundsearch.pairs) within each side; train with RMSprop (lr 1e-3, batch 128)
+3. Balanced pairs (soundsearch.training.pairs) within each side; train with RMSprop (lr 1e-3, batch 128)
    and pick the number of epochs by validation loss, with early stopping (patience).
 4. Refit on all recordings for that many epochs (skipped with refit=False, which keeps the
    best held-out-selected weights).
@@ -28,10 +28,10 @@ from torch.nn import functional as F
 from soundsearch.errors import DatasetError, TrainingError
 from soundsearch.model.checkpoint import library_versions
 from soundsearch.model.network import LoadedModel, PresenceNet
-from soundsearch.pairs import make_pairs, summarise_pairs
+from soundsearch.training.pairs import make_pairs, summarise_pairs
 from soundsearch.presence import STATES
 from soundsearch.taxonomy import Taxonomy
-from soundsearch.train_config import TrainConfig
+from soundsearch.training.config import TrainConfig
 
 @dataclass
 class EpochInfo:
