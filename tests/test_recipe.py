@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from soundsearch.model.checkpoint import load_model
-from soundsearch.training.fit import _batch_pairs, fit
+from soundsearch.training.fit import fit
+from soundsearch.training.trainer import _batch_pairs
 from soundsearch.training.config import TrainConfig
 from tests.test_train import SMALL, TAX, separable
 
