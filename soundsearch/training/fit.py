@@ -187,6 +187,80 @@ def _fit_ranking(state, model_cfg, taxonomy, featurizer_spec, featurizer_identit
     )
 
 
+@dataclass
+class _Side:
+    """One side of a run: standardised features, bool labels and balanced pairs."""
+    x: torch.Tensor
+    labels: torch.Tensor
+    pairs: np.ndarray
+    y: np.ndarray  # the 0/1 labels the pairs were made from
+
+
+def _side(feats: np.ndarray, labels: np.ndarray, mean: np.ndarray, std: np.ndarray, cfg: TrainConfig, seed: int) -> _Side:
+    return _Side(
+        x=torch.from_numpy((feats - mean) / std), labels=torch.from_numpy(labels.astype(bool)),
+        pairs=make_pairs(labels, cfg.pairs_per_side, seed=seed, scheme=cfg.pair_scheme), y=labels,
+    )
+
+
+@dataclass
+class _Best:
+    """The selected epoch of a validated phase: its weights and validation figures."""
+    epoch: int = 0
+    loss: float = math.inf
+    state: dict | None = None
+    per_category: np.ndarray | None = None
+    majority: np.ndarray | None = None
+
+
+def _run_phase(phase: str, model_cfg, cfg: TrainConfig, train: _Side, epochs: int, history: list[EpochInfo],
+               on_epoch: EpochCallback | None, on_batch: BatchCallback | None,
+               val: _Side | None = None) -> tuple[PresenceNet, _Best]:
+    """One loop for both phases, from a freshly seeded network.
+
+    With `val` ("select") every epoch is validated, the best weights are kept and, when the
+    recipe leaves the epochs to validation, training stops after `patience` epochs without a
+    better loss; without it ("refit") exactly `epochs` epochs are trained.
+    """
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = PresenceNet(model_cfg)
+    trainer = Trainer(net, train.x, train.labels, train.pairs, cfg, gen, epochs=epochs)
+    best = _Best()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = trainer.epoch(phase, on_batch)
+        dt = time.perf_counter() - t0
+        val_loss = val_accuracy = None
+        improved = False
+        if val is not None:
+            val_loss, per_cat, majority = evaluate_pairs(net, val.x, val.labels, val.pairs)
+            val_accuracy = float(per_cat.mean())
+            improved = val_loss < best.loss
+            if improved or cfg.epochs is not None:
+                best = _Best(epoch, val_loss, copy.deepcopy(net.state_dict()), per_cat, majority)
+        info = EpochInfo(phase, epoch, epochs, train_loss, val_loss, val_accuracy, dt,
+                         trainer.last_pairs / max(dt, 1e-9), best=improved)
+        history.append(info)
+        if on_epoch is not None:
+            on_epoch(info)
+        if val is not None and cfg.epochs is None and epoch - best.epoch >= cfg.patience:
+            break
+    return net, best
+
+
+def _checked_validation(val_feats, val_labels, val_groups, feats: np.ndarray, labels: np.ndarray):
+    """A dataset's own validation split, checked against the training arrays."""
+    f_va = np.asarray(val_feats, dtype=np.float32)
+    y_va = np.asarray(val_labels) if val_labels is not None else None
+    if y_va is None or f_va.ndim != 3 or f_va.shape[1:] != feats.shape[1:] or y_va.shape != (len(f_va), labels.shape[1]):
+        raise DatasetError("validation features/labels do not match the training ones in shape")
+    if not np.isin(y_va, (0, 1)).all() or not np.isfinite(f_va).all():
+        raise DatasetError("validation labels must be 0/1 and features finite")
+    g_va = np.arange(len(f_va)) if val_groups is None else np.asarray(val_groups)
+    return f_va, y_va.astype(np.uint8), g_va
+
+
 def fit(
     train_feats: np.ndarray,
     train_labels: np.ndarray,
@@ -225,128 +299,91 @@ def fit(
 
     external = val_feats is not None
     if external:
-        f_va = np.asarray(val_feats, dtype=np.float32)
-        y_va = np.asarray(val_labels) if val_labels is not None else None
-        if y_va is None or f_va.ndim != 3 or f_va.shape[1:] != feats.shape[1:] or y_va.shape != (len(f_va), labels.shape[1]):
-            raise DatasetError("validation features/labels do not match the training ones in shape")
-        if not np.isin(y_va, (0, 1)).all() or not np.isfinite(f_va).all():
-            raise DatasetError("validation labels must be 0/1 and features finite")
-        y_va = y_va.astype(np.uint8)
-        g_va = np.arange(len(f_va)) if val_groups is None else np.asarray(val_groups)
-        f_tr, y_tr, g_tr = feats, labels, groups
+        f_va, y_va, g_va = _checked_validation(val_feats, val_labels, val_groups, feats, labels)
+        f_tr, y_tr = feats, labels
         refit = False
     else:
         held = split_holdout(labels, groups, cfg.val_fraction, cfg.seed)
-        f_tr, y_tr, g_tr = feats[~held], labels[~held], groups[~held]
+        f_tr, y_tr = feats[~held], labels[~held]
         f_va, y_va, g_va = feats[held], labels[held], groups[held]
         refit = cfg.refit
 
     with _torch_settings(cfg.threads):
         mean, std = norm_stats(f_tr)
-        x_tr = torch.from_numpy((f_tr - mean) / std)
-        x_va = torch.from_numpy((f_va - mean) / std)
-        l_tr = torch.from_numpy(y_tr.astype(bool))
-        l_va = torch.from_numpy(y_va.astype(bool))
-        pairs_tr = make_pairs(y_tr, cfg.pairs_per_side, seed=cfg.seed, scheme=cfg.pair_scheme)
-        pairs_va = make_pairs(y_va, cfg.pairs_per_side, seed=cfg.seed + 1, scheme=cfg.pair_scheme)
-        if len(pairs_tr) == 0 or len(pairs_va) == 0:
+        train = _side(f_tr, y_tr, mean, std, cfg, cfg.seed)
+        val = _side(f_va, y_va, mean, std, cfg, cfg.seed + 1)
+        if len(train.pairs) == 0 or len(val.pairs) == 0:
             raise DatasetError("no training pairs could be formed: too few recordings")
-
         # Phase 1: train on the kept recordings, validate on the held-out ones.
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        net = PresenceNet(model_cfg)
-        planned = cfg.epochs or cfg.max_epochs
-        trainer = Trainer(net, x_tr, l_tr, pairs_tr, cfg, gen, epochs=planned)
-        best_loss, best_epoch, best_state, best_val = math.inf, 0, None, None
-        for epoch in range(1, planned + 1):
-            t0 = time.perf_counter()
-            train_loss = trainer.epoch("select", on_batch)
-            dt = time.perf_counter() - t0
-            val_loss, per_cat, majority = evaluate_pairs(net, x_va, l_va, pairs_va)
-            improved = val_loss < best_loss
-            if improved or cfg.epochs is not None:
-                best_loss, best_epoch = val_loss, epoch
-                best_state = copy.deepcopy(net.state_dict())
-                best_val = (val_loss, per_cat, majority)
-            info = EpochInfo("select", epoch, planned, train_loss, val_loss, float(per_cat.mean()),
-                             dt, trainer.last_pairs / max(dt, 1e-9), best=improved)
-            history.append(info)
-            if on_epoch is not None:
-                on_epoch(info)
-            if cfg.epochs is None and epoch - best_epoch >= cfg.patience:
-                break
-        assert best_state is not None and best_val is not None
-        val_loss, per_cat, majority = best_val
+        net, best = _run_phase("select", model_cfg, cfg, train, cfg.epochs or cfg.max_epochs, history,
+                               on_epoch, on_batch, val=val)
+        assert best.state is not None and best.per_category is not None and best.majority is not None
         validation = Validation(
-            loss=float(val_loss), accuracy=float(per_cat.mean()), majority=float(majority.mean()),
-            per_category=[float(v) for v in per_cat], pairs=int(len(pairs_va)),
+            loss=float(best.loss), accuracy=float(best.per_category.mean()), majority=float(best.majority.mean()),
+            per_category=[float(v) for v in best.per_category], pairs=int(len(val.pairs)),
             recordings=int(len(np.unique(g_va))),
         )
-        chosen = best_epoch
-        ranking = _fit_ranking(best_state, model_cfg, taxonomy, featurizer_spec, featurizer_identity,
+        ranking = _fit_ranking(best.state, model_cfg, taxonomy, featurizer_spec, featurizer_identity,
                                mean, std, f_va, y_va, "validation split" if external else "holdout")
-
         if refit:
             # Phase 2: the same recipe on every recording for the chosen number of epochs.
             mean, std = norm_stats(feats)
-            x_all = torch.from_numpy((feats - mean) / std)
-            l_all = torch.from_numpy(labels.astype(bool))
-            pairs_final = make_pairs(labels, cfg.pairs_per_side, seed=cfg.seed, scheme=cfg.pair_scheme)
-            torch.manual_seed(cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed)
-            net = PresenceNet(model_cfg)
-            trainer = Trainer(net, x_all, l_all, pairs_final, cfg, gen, epochs=chosen)
-            for epoch in range(1, chosen + 1):
-                t0 = time.perf_counter()
-                train_loss = trainer.epoch("refit", on_batch)
-                dt = time.perf_counter() - t0
-                info = EpochInfo("refit", epoch, chosen, train_loss, None, None, dt,
-                                 trainer.last_pairs / max(dt, 1e-9))
-                history.append(info)
-                if on_epoch is not None:
-                    on_epoch(info)
+            train = _side(feats, labels, mean, std, cfg, cfg.seed)
+            net, _ = _run_phase("refit", model_cfg, cfg, train, best.epoch, history, on_epoch, on_batch)
         else:
-            net.load_state_dict(best_state)
-            pairs_final = pairs_tr
+            net.load_state_dict(best.state)
         net.eval()
 
-    seconds = time.perf_counter() - started
-    trained_pairs = sum(h.pairs_per_s * h.seconds for h in history)
-    train_seconds = sum(h.seconds for h in history)
-    pair_summary = summarise_pairs(pairs_final, labels if refit else y_tr)
-    data = dict(data_summary or {})
-    data.update({
-        "items": int(n),
-        "recordings": int(len(np.unique(groups))),
-        "positives": [int(v) for v in labels.sum(0)],
-        "pairs": pair_summary.to_json(),
-        "validation_recordings": validation.recordings,
-        "validation_pairs": validation.pairs,
-    })
-    report = TrainReport(
-        epochs=chosen, refit=refit, history=history, validation=validation,
-        train_pairs=int(len(pairs_final)), recordings=data["recordings"], items=int(n),
-        seconds=seconds, pairs_per_s=trained_pairs / max(train_seconds, 1e-9),
-        positives=data["positives"], data=data,
-    )
-    meta = {
-        "seed": cfg.seed,
-        "epochs": chosen,
-        "refit": refit,
-        "validation": validation.to_json() | {
-            "source": "validation split" if external else f"{cfg.val_fraction:.0%} of the training recordings held out",
-            "note": "model before refit" if refit else "the model as saved",
-        },
-        "data": data,
-        "recipe": cfg.to_json(),
-        "history": [h.to_json() for h in history],
-        "training_seconds": round(seconds, 3),
-        "ranking": ranking,
-        "versions": library_versions(),
-    }
+    data = _data(data_summary, groups, labels, train, validation)
+    report = _report(best.epoch, refit, history, validation, len(train.pairs), data, time.perf_counter() - started)
+    source = "validation split" if external else f"{cfg.val_fraction:.0%} of the training recordings held out"
+    meta = _meta(cfg, report, source, ranking)
     model = LoadedModel(
         net=net, config=model_cfg, taxonomy=taxonomy, featurizer_spec=dict(featurizer_spec),
         featurizer_identity=featurizer_identity, norm_mean=mean, norm_std=std, meta=meta,
     )
     return TrainResult(model=model, report=report)
+
+
+def _report(epochs: int, refit: bool, history: list[EpochInfo], validation: Validation, train_pairs: int,
+            data: dict, seconds: float) -> TrainReport:
+    trained_pairs = sum(h.pairs_per_s * h.seconds for h in history)
+    train_seconds = sum(h.seconds for h in history)
+    return TrainReport(
+        epochs=epochs, refit=refit, history=history, validation=validation,
+        train_pairs=int(train_pairs), recordings=data["recordings"], items=data["items"],
+        seconds=seconds, pairs_per_s=trained_pairs / max(train_seconds, 1e-9),
+        positives=data["positives"], data=data,
+    )
+
+
+def _data(summary: dict | None, groups: np.ndarray, labels: np.ndarray, train: _Side, validation: Validation) -> dict:
+    """meta["data"]: the caller's summary of the dataset plus what the run trained on."""
+    data = dict(summary or {})
+    data.update({
+        "items": int(len(labels)),
+        "recordings": int(len(np.unique(groups))),
+        "positives": [int(v) for v in labels.sum(0)],
+        "pairs": summarise_pairs(train.pairs, train.y).to_json(),
+        "validation_recordings": validation.recordings,
+        "validation_pairs": validation.pairs,
+    })
+    return data
+
+
+def _meta(cfg: TrainConfig, report: TrainReport, source: str, ranking: dict) -> dict:
+    return {
+        "seed": cfg.seed,
+        "epochs": report.epochs,
+        "refit": report.refit,
+        "validation": report.validation.to_json() | {
+            "source": source,
+            "note": "model before refit" if report.refit else "the model as saved",
+        },
+        "data": report.data,
+        "recipe": cfg.to_json(),
+        "history": [h.to_json() for h in report.history],
+        "training_seconds": round(report.seconds, 3),
+        "ranking": ranking,
+        "versions": library_versions(),
+    }
