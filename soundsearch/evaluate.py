@@ -436,8 +436,8 @@ def _train_variants(dataset, feats, fz, seed, epochs, say, base_config=None):
     from dataclasses import replace
 
     from soundsearch.datasets import check_trainable
-    from soundsearch.training.fit import fit
     from soundsearch.training.config import TrainConfig
+    from soundsearch.training.pipeline import train_on_features
 
     check_trainable(dataset)
     base = base_config or TrainConfig(seed=seed)
@@ -446,16 +446,7 @@ def _train_variants(dataset, feats, fz, seed, epochs, say, base_config=None):
     for siamese, per_category, attention in VARIANTS:
         cfg = replace(base, siamese=siamese, per_category=per_category, attention=attention)
         t0 = time.perf_counter()
-        result = fit(
-            feats.train_feats,
-            feats.train_labels,
-            dataset.taxonomy,
-            fz.spec(),
-            fz.identity,
-            cfg,
-            groups=feats.train_example,
-            data_summary={"dataset": dataset.name, "split": "train"},
-        )
+        result = train_on_features(dataset, feats, fz, cfg)
         seconds = time.perf_counter() - t0
         say(f"trained variant {result.model.config.variant} in {seconds:.1f} s")
         yield result.model, seconds
