@@ -22,7 +22,7 @@ streamed over the items in chunks (bounded memory, cache-friendly buffers reused
 exact: the same arithmetic as the model's forward pass up to float rounding, for every
 variant (siamese or not, single or per-category, attention or mean pooling).
 
-Ranking (soundsearch.ranking): the model's recorded mode, or the one asked for. `presence`:
+Ranking (soundsearch.search.ranking): the model's recorded mode, or the one asked for. `presence`:
 predicted similarity level (categories whose most likely state is both or neither)
 descending, then the expected agreement sum_c p_both + p_neither descending, then the
 closeness (cosine of the mean-pooled tower embeddings) descending, then row order; `blend`:
@@ -75,7 +75,7 @@ from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
 
 if TYPE_CHECKING:
     from soundsearch.model.network import LoadedModel
-    from soundsearch.ranking import RankingMode
+    from soundsearch.search.ranking import RankingMode
     from soundsearch.store import ItemRecord, Store
     from soundsearch.taxonomy import Taxonomy
 
@@ -386,7 +386,7 @@ class SearchEngine:
 
     def _store_norm(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The acoustic standardisation over every stored item, accumulated chunk by chunk."""
-        from soundsearch.ranking import acoustic_norm_from_sums
+        from soundsearch.search.ranking import acoustic_norm_from_sums
 
         d = self.acoustic_width
         total, squares = np.zeros(d), np.zeros(d)
@@ -398,7 +398,7 @@ class SearchEngine:
 
     def acoustic_of(self, feats_raw: np.ndarray, aggregate: bool = False) -> np.ndarray:
         """(Q, D') unit acoustic vectors of raw (Q, T, D) items, standardised like the store's."""
-        from soundsearch.ranking import acoustic_vectors
+        from soundsearch.search.ranking import acoustic_vectors
 
         self.prepare()
         return acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std, aggregate)
@@ -532,7 +532,7 @@ class SearchEngine:
     def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:
         """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding,
         acoustic vector."""
-        from soundsearch.ranking import acoustic_vectors
+        from soundsearch.search.ranking import acoustic_vectors
 
         pa, pb, pooled = self._sides(feats_raw)
         n = pa.shape[0]
@@ -673,7 +673,7 @@ class SearchEngine:
         `mode` (ranking.MODES) defaults to the one the model file records (presence when it
         records none). With include_self=False the query's own stored items are left out and
         the k results are the best other items."""
-        from soundsearch.ranking import order_items, resolve_ranking
+        from soundsearch.search.ranking import order_items, resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
         require, exclude = list(require), list(exclude)
