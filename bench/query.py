@@ -79,7 +79,7 @@ def matmul_like_engine(flops: float, workers: int):
     """A run of fp32 products of the engine's main shape totalling `flops`, spread over the
     same worker threads as the engine (torch single-threaded in each): the machine's matmul
     rate under the same conditions, load included."""
-    from soundsearch.search.engine import _run_chunks
+    from soundsearch.search.kernel import _run_chunks
 
     per = 2 * 640 * 256 * 128
     n = max(1, int(flops // per))
