@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soundsearch import metrics  # noqa: E402
 from soundsearch.datasets import scenes as sc  # noqa: E402
 from soundsearch.features import get_featurizer  # noqa: E402
-from soundsearch.ranking import fit_ranking_weight, ranking_entry  # noqa: E402
+from soundsearch.search.ranking import fit_ranking_weight, ranking_entry  # noqa: E402
 from soundsearch.taxonomy import Taxonomy  # noqa: E402
 
 CATS = tuple(Taxonomy.default().categories)
@@ -274,9 +274,9 @@ def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
     """Every system on one query set against one library, ranked as the product ranks:
     the library is the store (its acoustic standardisation), queries come from outside it."""
     from soundsearch.evaluate import item_stats_scores
-    from soundsearch.ranking import Ranking, RankingMode, order_items, recorded_ranking
-    from soundsearch.ranking import _MemoryStore
-    from soundsearch.search import SearchEngine
+    from soundsearch.search.ranking import Ranking, RankingMode, order_items, recorded_ranking
+    from soundsearch.search.ranking import _MemoryStore
+    from soundsearch.search.engine import SearchEngine
 
     agree = metrics.agreement(ql, dl).astype(np.int64)
     res = {"random": random_cells(agree, ql, groups)}
@@ -318,8 +318,8 @@ def one_shot_tags(model, feats: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def train_model(fz, draw: Draw, recipe: dict, seed: int):
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.fit import fit
+    from soundsearch.training.config import TrainConfig
 
     parts = [draw.sets[n] for n in ("train_scenes", "train_shots", "train_beds")]
     feats = np.concatenate([p[0] for p in parts])

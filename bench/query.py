@@ -46,7 +46,7 @@ from soundsearch.features import get_featurizer
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.checkpoint import load_model, save_model
 from soundsearch.model.network import LoadedModel, PresenceNet
-from soundsearch.search import SearchEngine, rank
+from soundsearch.search.engine import SearchEngine, rank
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy
 
@@ -79,7 +79,7 @@ def matmul_like_engine(flops: float, workers: int):
     """A run of fp32 products of the engine's main shape totalling `flops`, spread over the
     same worker threads as the engine (torch single-threaded in each): the machine's matmul
     rate under the same conditions, load included."""
-    from soundsearch.search import _run_chunks
+    from soundsearch.search.kernel import _run_chunks
 
     per = 2 * 640 * 256 * 128
     n = max(1, int(flops // per))

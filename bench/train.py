@@ -1,9 +1,9 @@
 """Training throughput of the presence network on synthetic paper-sized features (not a test).
 
 Paper size: 2,351 training recordings of T=10 x D=128 frame embeddings, 8 categories with
-SONYC-UST-like prevalences, balanced pairs as soundsearch.pairs makes them. Times pair
+SONYC-UST-like prevalences, balanced pairs as soundsearch.training.pairs makes them. Times pair
 sampling, then a warm-up and `--pairs` training pairs through the real training loop
-(soundsearch.train._Trainer: gather by index, tower once per distinct item, RMSprop step), and
+(soundsearch.training.trainer.Trainer: gather by index, tower once per distinct item, RMSprop step), and
 reports pairs/s and the time a full epoch would take. Also prints the arithmetic: FLOPs per
 pair and this machine's measured fp32 matmul rate, so the figure can be judged against physics.
 
@@ -24,9 +24,10 @@ import torch
 
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.network import PresenceNet
-from soundsearch.pairs import make_pairs
-from soundsearch.train import _Trainer, norm_stats
-from soundsearch.train_config import TrainConfig
+from soundsearch.training.pairs import make_pairs
+from soundsearch.training.fit import norm_stats
+from soundsearch.training.trainer import Trainer
+from soundsearch.training.config import TrainConfig
 
 # Rough SONYC-UST v2 coarse prevalences in the train split (crowd "any annotator" labels).
 PREVALENCE = np.array([0.62, 0.18, 0.25, 0.08, 0.33, 0.13, 0.47, 0.08])
@@ -68,7 +69,7 @@ def train_flops(cfg: ModelConfig) -> tuple[float, float]:
     return 6.0 * t * macs_item, 6.0 * t * macs_pair
 
 
-def distinct_items_per_pair(trainer: _Trainer, pairs_timed: int, batch: int) -> float:
+def distinct_items_per_pair(trainer: Trainer, pairs_timed: int, batch: int) -> float:
     """Distinct items the tower runs on per pair, in batches as the trainer forms them."""
     gen_state = trainer.gen.get_state()
     order, bounds = trainer._batches(pairs_timed)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     net = PresenceNet(mcfg)
     gen = torch.Generator().manual_seed(args.seed)
-    trainer = _Trainer(net, x, lab, pairs, cfg, gen)
+    trainer = Trainer(net, x, lab, pairs, cfg, gen)
     trainer.epoch("warm", None, limit=20 * args.batch_size)
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.epoch("bench", None, limit=args.pairs)

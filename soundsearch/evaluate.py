@@ -200,8 +200,8 @@ def model_order(model, store, db_rows: np.ndarray, query_feats: np.ndarray, top:
     The acoustic standardisation is the whole store's, as `query` uses it; with a store that
     holds the queries too, that includes them.
     """
-    from soundsearch.ranking import order_items, resolve_ranking
-    from soundsearch.search import SearchEngine
+    from soundsearch.search.ranking import order_items, resolve_ranking
+    from soundsearch.search.engine import SearchEngine
 
     ranking = resolve_ranking(model, mode)
     # A throwaway model (a --variants one) gains nothing from an on-disk database cache.
@@ -220,7 +220,7 @@ def model_order(model, store, db_rows: np.ndarray, query_feats: np.ndarray, top:
 def item_stats_scores(featurizer, query_feats: np.ndarray, db_feats: np.ndarray) -> np.ndarray:
     """Cosine of whole-item statistics (Featurizer.item_stats), standardised on the database
     side: the acoustic similarity the ranking modes use, as a baseline of its own."""
-    from soundsearch.ranking import acoustic_norm, acoustic_vectors
+    from soundsearch.search.ranking import acoustic_norm, acoustic_vectors
 
     d = featurizer.item_stats(db_feats)
     mean, std = acoustic_norm(d)
@@ -284,7 +284,7 @@ def evaluate(
     for name in names:
         path = resolve_model(name)
         loaded.append(load_model(path))
-    from soundsearch.ranking import resolve_ranking
+    from soundsearch.search.ranking import resolve_ranking
 
     rankings = [resolve_ranking(m, mode) for m in loaded]  # a bad mode fails before any work
 
@@ -436,8 +436,8 @@ def _train_variants(dataset, feats, fz, seed, epochs, say, base_config=None):
     from dataclasses import replace
 
     from soundsearch.datasets import check_trainable
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.config import TrainConfig
+    from soundsearch.training.pipeline import train_on_features
 
     check_trainable(dataset)
     base = base_config or TrainConfig(seed=seed)
@@ -446,16 +446,7 @@ def _train_variants(dataset, feats, fz, seed, epochs, say, base_config=None):
     for siamese, per_category, attention in VARIANTS:
         cfg = replace(base, siamese=siamese, per_category=per_category, attention=attention)
         t0 = time.perf_counter()
-        result = fit(
-            feats.train_feats,
-            feats.train_labels,
-            dataset.taxonomy,
-            fz.spec(),
-            fz.identity,
-            cfg,
-            groups=feats.train_example,
-            data_summary={"dataset": dataset.name, "split": "train"},
-        )
+        result = train_on_features(dataset, feats, fz, cfg)
         seconds = time.perf_counter() - t0
         say(f"trained variant {result.model.config.variant} in {seconds:.1f} s")
         yield result.model, seconds

@@ -118,7 +118,7 @@ def build_library(corpus: Path, root: Path) -> dict:
 def _trials(library, model, mode=None):
     """Per query (original x held in the store or not): whether every copy ranks before every
     other recording, and the other recordings flagged as duplicates."""
-    from soundsearch.search import SearchEngine
+    from soundsearch.search.engine import SearchEngine
 
     out = []
     for held, st in library["stores"].items():

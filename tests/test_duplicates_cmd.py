@@ -59,7 +59,7 @@ def test_paths_and_table(store):
 
 
 def test_blocked_pairs_match_the_full_product():
-    from soundsearch.duplicates import near_pairs
+    from soundsearch.search.duplicates import near_pairs
 
     rng = np.random.default_rng(0)
     v = rng.standard_normal((300, 16)).astype(np.float32)

@@ -249,7 +249,7 @@ def test_plot_without_matplotlib(small, tmp_path, monkeypatch):
 
 
 def test_variants_are_trained_and_reported(tmp_path, store_dir):
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.config import TrainConfig
 
     csv = make_dataset(tmp_path / "ds", n=40)
     small = TrainConfig(seed=0, epochs=1, refit=False, pairs_per_side=2, tower=(8,), head=(8, 8), threads=1)
@@ -319,8 +319,8 @@ def corpus_labels(corpus: Path, out: Path, per_category: int = 40) -> Path:
 def test_trained_model_beats_random_on_corpus(corpus, tmp_path, store_dir):
     from soundsearch.datasets import check_trainable, dataset_features, load_dataset
     from soundsearch.features import get_featurizer
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.fit import fit
+    from soundsearch.training.config import TrainConfig
 
     labels = corpus_labels(corpus, tmp_path / "corpus.csv")
     ds = load_dataset(str(labels), seed=0)

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from soundsearch.pairs import _sample_subsets, make_pairs, summarise_pairs
+from soundsearch.training.pairs import _sample_subsets, make_pairs, summarise_pairs
 from soundsearch.presence import presence_targets
 
 
@@ -117,7 +117,7 @@ def test_floyd_subsets_are_uniform():
 def test_paper_sized_pairs_scan_only_a_prefix(monkeypatch):
     # Complexity, not wall-clock: each target's random order is scanned in doubling chunks
     # only until every category has its partners, far from the n x n cells of a full scan.
-    import soundsearch.pairs as pairs_module
+    import soundsearch.training.pairs as pairs_module
 
     labels = random_labels(2351, [0.62, 0.18, 0.25, 0.08, 0.33, 0.13, 0.47, 0.08])
     scanned = []

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from soundsearch.model.checkpoint import load_model
-from soundsearch.train import _batch_pairs, fit
-from soundsearch.train_config import TrainConfig
+from soundsearch.training.fit import fit
+from soundsearch.training.trainer import _batch_pairs
+from soundsearch.training.config import TrainConfig
 from tests.test_train import SMALL, TAX, separable
 
 RECIPE = dict(batching="items", batch_items=32, batch_size=256, tag_weight=1.0, mix_prob=0.3,

@@ -15,7 +15,7 @@ from soundsearch.model.config import ModelConfig
 from soundsearch.model.checkpoint import load_model, save_model
 from soundsearch.model.network import LoadedModel, PresenceNet
 from soundsearch.presence import BOTH, DIFFERS
-from soundsearch.search import SearchEngine, rank
+from soundsearch.search.engine import SearchEngine, rank
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy
 

@@ -9,8 +9,9 @@ import torch
 from soundsearch.errors import DatasetError
 from soundsearch.model.checkpoint import load_model
 from soundsearch.taxonomy import Taxonomy
-from soundsearch.train import evaluate_pairs, fit, split_holdout
-from soundsearch.train_config import TrainConfig
+from soundsearch.training.fit import fit, split_holdout
+from soundsearch.training.trainer import evaluate_pairs
+from soundsearch.training.config import TrainConfig
 
 T, D = 4, 8
 TAX = Taxonomy(("horn", "bark", "drill"))
@@ -78,7 +79,7 @@ def test_fixed_epochs_no_refit_keeps_selected_weights():
     # The kept weights are exactly those whose held-out loss the report gives.
     held = split_holdout(labels, np.arange(80), 0.1, 0)
     x = torch.from_numpy(res.model.normalise(feats[held]))
-    from soundsearch.pairs import make_pairs
+    from soundsearch.training.pairs import make_pairs
 
     pairs = make_pairs(labels[held], 30, seed=1, scheme="shared")
     loss, per_cat, _ = evaluate_pairs(res.model.net, x, torch.from_numpy(labels[held].astype(bool)), pairs)
@@ -155,8 +156,8 @@ def test_external_validation_split_picks_epochs_and_keeps_weights():
 
 
 def test_blocked_batches_cover_every_pair_once_with_fewer_items():
-    from soundsearch.pairs import make_pairs
-    from soundsearch.train import _Trainer
+    from soundsearch.training.pairs import make_pairs
+    from soundsearch.training.trainer import Trainer
 
     _, labels = separable(400)
     pairs = make_pairs(labels, seed=0)
@@ -164,7 +165,7 @@ def test_blocked_batches_cover_every_pair_once_with_fewer_items():
     net = TrainConfig(**SMALL).model_config(T, D, len(TAX))
     from soundsearch.model.network import PresenceNet
 
-    trainer = _Trainer(PresenceNet(net), torch.zeros(400, T, D), torch.from_numpy(labels.astype(bool)),
+    trainer = Trainer(PresenceNet(net), torch.zeros(400, T, D), torch.from_numpy(labels.astype(bool)),
                        pairs, cfg, torch.Generator().manual_seed(0))
     order, bounds = trainer._blocked_order()
     assert sorted(order.tolist()) == list(range(len(pairs)))  # a permutation: each pair once

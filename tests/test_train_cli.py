@@ -244,7 +244,7 @@ def test_cli_defaults_are_the_library_defaults():
     import typer
 
     from soundsearch.cli import app
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.config import TrainConfig
 
     command = typer.main.get_command(app).commands["train"]
     defaults = {p.name: p.default for p in command.params if p.param_type_name == "option"}
@@ -267,8 +267,8 @@ def test_cli_defaults_are_the_library_defaults():
     # and the choices are the library's
     from soundsearch.model.config import CONTEXTS
     from soundsearch.cli import train as cli_train
-    from soundsearch.pairs import SCHEMES
-    from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES
+    from soundsearch.training.pairs import SCHEMES
+    from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES
 
     def values(enum) -> tuple:
         return tuple(m.value for m in enum)

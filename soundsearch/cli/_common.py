@@ -93,7 +93,7 @@ def print_some(console: Console, lines: Sequence[str], more: str = "", limit: in
 
 
 def _mode_help() -> str:
-    from soundsearch.ranking import MODE_HELP
+    from soundsearch.search.ranking import MODE_HELP
 
     return "How to order results: " + "; ".join(f"{m.value}: {text}" for m, text in MODE_HELP.items()) + (
         ". Default: the mode recorded in the model file (presence for models that record none)."
@@ -101,7 +101,7 @@ def _mode_help() -> str:
 
 
 def _complete_mode(incomplete: str) -> list[str]:
-    from soundsearch.ranking import MODES
+    from soundsearch.search.ranking import MODES
 
     return [m for m in MODES if m.startswith(incomplete)]
 

@@ -35,14 +35,14 @@ def duplicates(
 
     Example:  soundsearch duplicates --store ~/sound-store --paths
     """
-    from soundsearch.duplicates import find_duplicates, groups_document
+    from soundsearch.search.duplicates import find_duplicates, groups_document
     from soundsearch.model.checkpoint import load_model
     from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
     from soundsearch.present.document import display_paths
     from soundsearch.present.export import to_csv, to_m3u
-    from soundsearch.ranking import DUPLICATE_COSINE
-    from soundsearch.search import SearchEngine
+    from soundsearch.search.ranking import DUPLICATE_COSINE
+    from soundsearch.search.engine import SearchEngine
     from soundsearch.store import Store
 
     with Store.open(resolve_store_dir(store)) as st:

@@ -15,7 +15,7 @@ from soundsearch.errors import printable as _shown  # plain text: callers escape
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from soundsearch.search import SearchResults
+    from soundsearch.search.engine import SearchResults
 
 # One glyph per category: who has the sound ("differs" resolved by the query's own presence).
 GLYPHS = {"both": ("●", "bold green"), "neither": ("·", "dim"), "query": ("◐", "yellow"), "result": ("◑", "cyan")}
@@ -97,7 +97,7 @@ def query(
     from soundsearch.model.checkpoint import load_model
     from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
-    from soundsearch.search import SearchEngine
+    from soundsearch.search.engine import SearchEngine
     from soundsearch.store import Store
 
     from soundsearch.audio import not_regular_reason

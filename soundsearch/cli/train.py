@@ -17,8 +17,8 @@ from soundsearch.cli._common import (
     DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
     featurizer_option, out, parse_params, print_some, progress, shown,
 )
-from soundsearch.pairs import SCHEMES
-from soundsearch.train_config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
+from soundsearch.training.pairs import SCHEMES
+from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -142,13 +142,8 @@ def train(
 
     Example:  soundsearch train --dataset my-labels.csv --seed 1 --out ~/models/foley.safetensors
     """
-    import dataclasses
-
-    from soundsearch.datasets import check_trainable, dataset_features, load_dataset
-    from soundsearch.errors import DatasetError
     from soundsearch.features import get_featurizer
-    from soundsearch.train import fit
-    from soundsearch.train_config import TrainConfig
+    from soundsearch.training.pipeline import train_on_dataset
 
     n_epochs = _epochs(epochs)
     tower_w = _widths(tower, "--tower")
@@ -170,93 +165,90 @@ def train(
     fz = get_featurizer(featurizer.value, **params)
     if out_path is not None:
         _out_path(out_path, "")  # a bad --out fails before minutes of featurizing, not after
-    data = load_dataset(dataset, data_dir=data_dir, seed=seed, download=download)
-    target = _out_path(out_path, data.name)
-    check_trainable(data)
-    if val_split and len(data.validate) < 2:
-        raise DatasetError(f"{data.name}: --val-split needs a validate split of at least 2 recordings; it has {len(data.validate)}")
-    if data.missing and not quiet:
-        _list_skipped("missing", [(p, "file not found") for p in data.missing])
 
     with progress(quiet) as bar:
-        task = bar.add_task("features", total=None) if bar is not None else None
-
-        def on_feature_progress(p) -> None:
-            if bar is not None and getattr(p, "phase", "") == "featurize" and p.total:
-                bar.update(task, total=p.total, completed=p.done)
-
-        # Only what training needs: the train split and, with --val-split, the validate split.
-        wanted = dataclasses.replace(data, test=list(data.validate) if val_split else [])
-        feats = dataset_features(wanted, fz, jobs=jobs, on_progress=on_feature_progress)
-        if bar is not None:
-            bar.update(task, description="features ready", total=1, completed=1)
-
-        def on_batch(phase: str, done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(task, total=total, completed=done)
-
-        def on_epoch(e) -> None:
-            if bar is None:
-                return
-            if e.phase == "select":
-                text = (f"epoch {e.epoch:>3}  loss {e.train_loss:.4f}  val loss {e.val_loss:.4f}  "
-                        f"val acc {e.val_accuracy:.3f}{'  *' if e.best else ''}  ({e.pairs_per_s:,.0f} pairs/s)")
-            else:
-                text = f"refit {e.epoch:>3}/{e.epochs}  loss {e.train_loss:.4f}  ({e.pairs_per_s:,.0f} pairs/s)"
-            bar.console.print(text, highlight=False)
-            nxt = "refit" if e.phase == "refit" else "training"
-            bar.update(task, description=nxt, completed=0)
-
-        if bar is not None:
-            bar.update(task, description="training", completed=0, total=None)
-        summary = {"dataset": data.name, "featurizer": fz.spec(), "split_info": data.info.get("split"),
-                   "missing": len(data.missing), "failed": len(feats.failed)}
-        result = fit(
-            feats.train_feats, feats.train_labels, data.taxonomy, fz.spec(), fz.identity, config,
-            on_epoch=on_epoch, on_batch=on_batch, groups=feats.train_example, data_summary=summary,
-            val_feats=feats.test_feats if val_split else None,
-            val_labels=feats.test_labels if val_split else None,
-            val_groups=feats.test_example if val_split else None,
+        shows = _TrainProgress(bar, quiet)
+        trained = train_on_dataset(
+            dataset, fz, config, data_dir=data_dir, download=download, val_split=val_split, jobs=jobs,
+            on_dataset=shows.on_dataset, on_feature_progress=shows.on_feature_progress,
+            on_features=shows.on_features, on_epoch=shows.on_epoch, on_batch=shows.on_batch,
         )
-        if bar is not None:
-            bar.update(task, description="trained", total=1, completed=1)
+        shows.done()
+    data, feats, result = trained.dataset, trained.features, trained.result
+    target = _out_path(out_path, data.name)
     if feats.failed and not quiet:
         _list_skipped("could not be read", feats.failed)
     saved = result.model.save(target)
-    report = result.report
     if json_out:
-        doc = {
-            "model": str(saved),
-            "name": saved.name.removesuffix(".safetensors"),
-            "dataset": data.name,
-            "featurizer": fz.identity,
-            "variant": result.model.config.variant,
-            "epochs": report.epochs,
-            "refit": report.refit,
-            "validation": report.validation.to_json(),
-            "categories": list(data.taxonomy),
-            "items": report.items,
-            "recordings": report.recordings,
-            "train_pairs": report.train_pairs,
-            "pairs_per_s": round(report.pairs_per_s, 1),
-            "seconds": round(report.seconds, 2),
-            "missing": [str(p) for p in data.missing],
-            "failed": [[str(p), str(r)] for p, r in feats.failed],
-            "history": [h.to_json() for h in report.history],
-        }
-        typer.echo(json.dumps(doc))
-        return
-    v = report.validation
-    if quiet:
+        typer.echo(json.dumps(_json_doc(saved, data, fz, feats, result)))
+    elif quiet:
         out.print(shown(saved), highlight=False, soft_wrap=True)
-        return
-    _render(saved, data, fz, result)
-    out.print(
-        f"saved model [bold]{escape(saved.name)}[/] to {shown(saved)}\n"
-        f"validation: loss {v.loss:.4f}, presence-state accuracy {v.accuracy:.3f} "
-        f"(majority rate {v.majority:.3f}) on {v.recordings} held-out recordings, {v.pairs} pairs",
-        highlight=False, soft_wrap=True,
-    )
+    else:
+        _render(saved, data, fz, result)
+
+
+class _TrainProgress:
+    """The progress bar's (and the skipped files') view of train_on_dataset's callbacks."""
+
+    def __init__(self, bar, quiet: bool):
+        self.bar, self.quiet = bar, quiet
+        self.task = bar.add_task("features", total=None) if bar is not None else None
+
+    def on_dataset(self, data) -> None:
+        if data.missing and not self.quiet:
+            _list_skipped("missing", [(p, "file not found") for p in data.missing])
+
+    def on_feature_progress(self, p) -> None:
+        if self.bar is not None and getattr(p, "phase", "") == "featurize" and p.total:
+            self.bar.update(self.task, total=p.total, completed=p.done)
+
+    def on_features(self, _feats) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description="features ready", total=1, completed=1)
+            self.bar.update(self.task, description="training", completed=0, total=None)
+
+    def on_batch(self, phase: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=total, completed=done)
+
+    def on_epoch(self, e) -> None:
+        if self.bar is None:
+            return
+        if e.phase == "select":
+            text = (f"epoch {e.epoch:>3}  loss {e.train_loss:.4f}  val loss {e.val_loss:.4f}  "
+                    f"val acc {e.val_accuracy:.3f}{'  *' if e.best else ''}  ({e.pairs_per_s:,.0f} pairs/s)")
+        else:
+            text = f"refit {e.epoch:>3}/{e.epochs}  loss {e.train_loss:.4f}  ({e.pairs_per_s:,.0f} pairs/s)"
+        self.bar.console.print(text, highlight=False)
+        nxt = "refit" if e.phase == "refit" else "training"
+        self.bar.update(self.task, description=nxt, completed=0)
+
+    def done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description="trained", total=1, completed=1)
+
+
+def _json_doc(saved: Path, data, fz, feats, result) -> dict:
+    report = result.report
+    return {
+        "model": str(saved),
+        "name": saved.name.removesuffix(".safetensors"),
+        "dataset": data.name,
+        "featurizer": fz.identity,
+        "variant": result.model.config.variant,
+        "epochs": report.epochs,
+        "refit": report.refit,
+        "validation": report.validation.to_json(),
+        "categories": list(data.taxonomy),
+        "items": report.items,
+        "recordings": report.recordings,
+        "train_pairs": report.train_pairs,
+        "pairs_per_s": round(report.pairs_per_s, 1),
+        "seconds": round(report.seconds, 2),
+        "missing": [str(p) for p in data.missing],
+        "failed": [[str(p), str(r)] for p, r in feats.failed],
+        "history": [h.to_json() for h in report.history],
+    }
 
 
 def _list_skipped(what: str, entries) -> None:
@@ -294,3 +286,9 @@ def _render(saved: Path, data, fz, result) -> None:
     for name, pos, acc in zip(data.taxonomy, report.positives, v.per_category):
         cats.add_row(escape(name), str(pos), f"{acc:.3f}")
     out.print(cats)
+    out.print(
+        f"saved model [bold]{escape(saved.name)}[/] to {shown(saved)}\n"
+        f"validation: loss {v.loss:.4f}, presence-state accuracy {v.accuracy:.3f} "
+        f"(majority rate {v.majority:.3f}) on {v.recordings} held-out recordings, {v.pairs} pairs",
+        highlight=False, soft_wrap=True,
+    )

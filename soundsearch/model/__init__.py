@@ -1,1 +1,1 @@
-"""The presence network: config (torch-free), network, checkpoint format, registry (torch-free)."""
+"""The presence network: config (torch-free), network, inference form (batch norm folded, for search), checkpoint format, registry (torch-free)."""

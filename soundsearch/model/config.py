@@ -1,7 +1,7 @@
 """The presence network's architecture, torch-free: the one source of its fields and defaults.
 
 `Architecture` holds the variant and layer widths; `ModelConfig` adds the data shape a network
-is built for, and `soundsearch.train_config.TrainConfig` adds the training recipe. The command
+is built for, and `soundsearch.training.config.TrainConfig` adds the training recipe. The command
 line builds its options from the same dataclasses, so a default is written down once.
 """
 

@@ -273,6 +273,13 @@ class LoadedModel:
     def variant(self) -> str:
         return self.config.variant
 
+    def inference_form(self):
+        """The network as search runs it (model.inference.InferenceForm): batch norm folded,
+        the first pair layer split per side, the head as plain weights."""
+        from soundsearch.model.inference import InferenceForm
+
+        return InferenceForm.of(self)
+
     def save(self, path: Path | str) -> Path:
         from soundsearch.model.checkpoint import save_model
 

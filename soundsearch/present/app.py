@@ -114,7 +114,7 @@ class Service:
         """Open the store, load the model, prepare the search cache (on the worker thread)."""
         from soundsearch.model.checkpoint import load_model
         from soundsearch.model.registry import resolve_model
-        from soundsearch.search import SearchEngine
+        from soundsearch.search.engine import SearchEngine
         from soundsearch.store import Store
 
         self.store = Store.open(self.store_dir)
@@ -136,7 +136,7 @@ class Service:
     # ---- work done on the worker thread
 
     def search(self, source: dict, p: Params):
-        from soundsearch.search import StoredQuery
+        from soundsearch.search.engine import StoredQuery
 
         if "row" in source:
             query = StoredQuery((source["row"],))
@@ -216,7 +216,7 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
         return HTMLResponse(page, status_code=status)
 
     def _ctx(p: Params, source: dict, doc) -> AppContext:
-        from soundsearch.ranking import MODES
+        from soundsearch.search.ranking import MODES
 
         base = p.query_string()
         hidden = {k: v for k, v in source.items() if k in ("row", "upload")}
@@ -254,7 +254,7 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
             return error(request, exc, exc.status)
         cats = list(svc.model.taxonomy.categories)
         if fmt == "json":
-            from soundsearch.ranking import MODES
+            from soundsearch.search.ranking import MODES
 
             return JSONResponse({"store": str(svc.store.path), "items": svc.engine.n_items, "model": svc.model.name,
                                  "categories": cats, "modes": list(MODES), "roots": [str(r) for r in svc.roots],

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from soundsearch.search import SearchResults
+    from soundsearch.search.engine import SearchResults
 
 # Which recording holds a category, per result: the model's three states, with "differs"
 # resolved to a side by the query's own presence (the query paired with itself).

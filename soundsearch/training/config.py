@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from soundsearch.model.config import Architecture, ModelConfig
 from soundsearch.errors import ConfigError
-from soundsearch.pairs import SCHEMES
+from soundsearch.training.pairs import SCHEMES
 from soundsearch.presence import STATES
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
@@ -36,7 +36,7 @@ class TrainConfig(Architecture):
     batching: str = "random"
     weight_decay: float = 0.0
     input_noise: float = 0.0  # std of Gaussian noise added to standardised features in training
-    # pairs (see soundsearch.pairs: "shared" reproduces the paper's pair count)
+    # pairs (see soundsearch.training.pairs: "shared" reproduces the paper's pair count)
     pairs_per_side: int = 30
     pair_scheme: str = "shared"
     # epochs: None = choose by validation loss with early stopping

@@ -3,7 +3,7 @@
 Speed by construction. The network's first pair layer is symmetric and splits into one half
 per item (model.PresenceNet.project), so everything that depends on a database item alone is
 computed once per (store, model) and cached beside the store, with every batch norm folded
-into the weights:
+into the weights (the model's inference form, soundsearch.model.inference):
 
     per item, per step t:  PA = s * W_a h,  PB = s * W_b h + shift   (s, shift: the pair BN)
                            pooled = mean_t h / |mean_t h|             (for closeness)
@@ -22,7 +22,7 @@ streamed over the items in chunks (bounded memory, cache-friendly buffers reused
 exact: the same arithmetic as the model's forward pass up to float rounding, for every
 variant (siamese or not, single or per-category, attention or mean pooling).
 
-Ranking (soundsearch.ranking): the model's recorded mode, or the one asked for. `presence`:
+Ranking (soundsearch.search.ranking): the model's recorded mode, or the one asked for. `presence`:
 predicted similarity level (categories whose most likely state is both or neither)
 descending, then the expected agreement sum_c p_both + p_neither descending, then the
 closeness (cosine of the mean-pooled tower embeddings) descending, then row order; `blend`:
@@ -39,7 +39,7 @@ store, unchanged, ranks its own items first whatever the model predicts: a recor
 presence matrix with itself has no "differs" by definition, so those rows show level C and the
 model's both/neither probabilities renormalised (what the model thinks the query contains).
 
-Cache: `<store>/cache/search-<store state>-<model path>-<model content>-<dtype>-v<N>.npy`,
+Cache (soundsearch.search.cache): `<store>/cache/search-<store state>-<model path>-<model content>-<dtype>-v<N>.npy`,
 one row per item [PB | PA | pooled | acoustic], then as few rows as hold the acoustic
 standardisation (mu, sigma) as raw float32 bytes (exact in either dtype). The acoustic part
 costs D' values per item (logmel's default mean,std,max: 384, 1.5 KiB in float32, +7% on the
@@ -50,46 +50,33 @@ the same model file. A store folder that cannot be written to is searched all th
 the database side recomputed in memory.
 
 Threads: chunks of items go to one Python thread per core (torch's thread count), each running
-torch single-threaded; see _run_chunks for why.
+torch single-threaded; see soundsearch.search.kernel._run_chunks for why.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
-import os
-import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from soundsearch import paths
 from soundsearch.errors import SearchError, StoreError
 from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
+from soundsearch.search.cache import CACHE_DTYPES, cache_name, create_cache_file, load_cache, model_key, publish_cache_file
+from soundsearch.search.kernel import _Block, _run_chunks, _torch_threads
 
 if TYPE_CHECKING:
     from soundsearch.model.network import LoadedModel
-    from soundsearch.ranking import RankingMode
+    from soundsearch.search.ranking import RankingMode
     from soundsearch.store import ItemRecord, Store
     from soundsearch.taxonomy import Taxonomy
 
-# Bump when the cache layout or the folding changes: old files then simply stop matching.
-CACHE_VERSION = 3
-CACHE_PREFIX = "search-"
-CACHE_DTYPES = ("float32", "bfloat16")
 # Item-steps scored per block: the block's activations (rows x 256 floats, a few of them) then
 # stay within the CPU's L2 cache between the elementwise ops and the matrix products.
 DEFAULT_BLOCK_ROWS = 640
-# Logits this far from zero cannot overflow or underflow exp() in float32 in any sum the
-# pooling forms, so the softmaxes can skip their max-shift.
-_EXP_SAFE = 80.0
 # Item-steps pooled at once: the pooling is many small operations, cheaper on long runs.
 DEFAULT_CHUNK_ROWS = 10240
 # Items embedded per chunk while building the cache.
@@ -189,121 +176,6 @@ def rank(level: np.ndarray, expected: np.ndarray, closeness: np.ndarray, k: int 
 
 
 # --------------------------------------------------------------------------------------------
-# The folded head
-
-
-def _fold_bn(norm: torch.nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference batch norm as y = s * x + shift."""
-    var = norm.running_var.double()
-    mean = norm.running_mean.double()
-    weight = norm.weight.double() if norm.weight is not None else torch.ones_like(var)
-    bias = norm.bias.double() if norm.bias is not None else torch.zeros_like(var)
-    s = weight / torch.sqrt(var + norm.eps)
-    return s, bias - mean * s
-
-
-@dataclass
-class _Head:
-    """The pair-specific part of a PresenceNet with batch norm folded in, grouped (G, ...)."""
-
-    groups: int
-    per_group: int  # categories per group (C, or 1 per sub-model)
-    width: int  # G * K1: values per step of each half
-    pair_scale: torch.Tensor  # (G*K1,)
-    pair_shift: torch.Tensor  # (G*K1,)
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # (G, fin, fout) weight, (G, 1, fout) bias
-    out_w: torch.Tensor  # (G, last, 4 * per_group): 3 state columns k-major, then attention
-    out_b: torch.Tensor  # (G, 1, 4 * per_group)
-    attention: bool
-    steps: int
-
-    @property
-    def n_categories(self) -> int:
-        return self.groups * self.per_group
-
-    def flops_per_step(self) -> int:
-        """Floating-point operations per (query, item) pair and step, matrix products and adds."""
-        g = self.groups
-        flops = 3 * self.width  # two adds and the sum of both orders
-        for w, _ in self.layers:
-            flops += 2 * g * w.shape[1] * w.shape[2]
-        flops += 2 * g * self.out_w.shape[1] * self.out_w.shape[2]
-        return flops
-
-
-@torch.no_grad()
-def _fold_head(net) -> _Head:
-    config = net.config
-    g = config.groups
-    per_group = config.outputs_per_group
-    s, shift = _fold_bn(net.pair_norm)
-    layers = []
-    for block in net.head:
-        w = block.linear.weight.detach().double()  # (G, fin, fout)
-        bs, bshift = _fold_bn(block.norm)
-        fout = w.shape[2]
-        layers.append(
-            (
-                (w * bs.view(g, 1, fout)).float().contiguous(),
-                bshift.view(g, 1, fout).float().contiguous(),
-            )
-        )
-    nstates = len(STATES)
-    sw = net.state.weight.detach()  # (G, last, per_group * 3), columns category-major
-    sb = net.state.bias.detach().view(g, per_group * nstates)
-    last = sw.shape[1]
-    # State columns reordered k-major (all categories' "both", then "neither", then "differs")
-    # so the pooling reads contiguous runs of categories.
-    sw = sw.view(g, last, per_group, nstates).permute(0, 1, 3, 2).reshape(g, last, nstates * per_group)
-    sb = sb.view(g, per_group, nstates).permute(0, 2, 1).reshape(g, nstates * per_group)
-    if net.attend is not None:
-        aw = net.attend.weight.detach()
-        ab = net.attend.bias.detach().view(g, per_group)
-    else:
-        aw = torch.zeros(g, last, per_group)
-        ab = torch.zeros(g, per_group)
-    out_w = torch.cat([sw, aw], dim=2).float().contiguous()
-    out_b = torch.cat([sb, ab], dim=1).view(g, 1, (nstates + 1) * per_group).float().contiguous()
-    return _Head(
-        groups=g,
-        per_group=per_group,
-        width=g * config.head[0],
-        pair_scale=s.float(),
-        pair_shift=shift.float(),
-        layers=layers,
-        out_w=out_w,
-        out_b=out_b,
-        attention=net.attend is not None,
-        steps=config.steps,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Cache
-
-
-def _sha(data: bytes | str, n: int = 16) -> str:
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogateescape")
-    return hashlib.sha256(data).hexdigest()[:n]
-
-
-def model_key(model: "LoadedModel") -> str:
-    """Content hash of the loaded model (weights, normalisation, architecture).
-
-    Hashing what was loaded, not the file, keeps the key right even if the file is replaced
-    while a search runs.
-    """
-    h = hashlib.sha256(json.dumps(model.config.to_json(), sort_keys=True).encode())
-    for name, tensor in sorted(model.net.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(np.asarray(model.norm_mean, np.float32).tobytes())
-    h.update(np.asarray(model.norm_std, np.float32).tobytes())
-    return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------------------------
 # Engine
 
 
@@ -337,8 +209,9 @@ class SearchEngine:
         self.chunk_rows = max(int(chunk_rows), self.block_rows)
         self.persist = persist
         self.workers = max(1, int(workers if workers is not None else torch.get_num_threads()))
-        self.head = _fold_head(model.net)
-        self.embed_width = model.net.embed_width
+        self.form = model.inference_form()
+        self.head = self.form.head
+        self.embed_width = self.form.embed_width
         self._cache: np.ndarray | None = None
         self._acoustic_width: int | None = None
         self._ac_mean: np.ndarray | None = None  # the store's acoustic standardisation
@@ -387,7 +260,7 @@ class SearchEngine:
 
     def _store_norm(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The acoustic standardisation over every stored item, accumulated chunk by chunk."""
-        from soundsearch.ranking import acoustic_norm_from_sums
+        from soundsearch.search.ranking import acoustic_norm_from_sums
 
         d = self.acoustic_width
         total, squares = np.zeros(d), np.zeros(d)
@@ -399,7 +272,7 @@ class SearchEngine:
 
     def acoustic_of(self, feats_raw: np.ndarray, aggregate: bool = False) -> np.ndarray:
         """(Q, D') unit acoustic vectors of raw (Q, T, D) items, standardised like the store's."""
-        from soundsearch.ranking import acoustic_vectors
+        from soundsearch.search.ranking import acoustic_vectors
 
         self.prepare()
         return acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std, aggregate)
@@ -415,31 +288,21 @@ class SearchEngine:
 
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
-        store_part = _sha(self.store.fingerprint(), 12)
         if self._model_key is None:
             self._model_key = model_key(self.model)
-        where = str(self.model.path) if self.model.path is not None else "(unsaved)"
-        return self.cache_dir / (
-            f"{CACHE_PREFIX}{store_part}-{_sha(where, 8)}-{self._model_key}"
-            f"-{self.cache_dtype}-v{CACHE_VERSION}.npy"
-        )
+        return self.cache_dir / cache_name(self.store.fingerprint(), self.model.path, self._model_key, self.cache_dtype)
 
     def prepare(self) -> "SearchEngine":
         """Load the database side from the cache, or compute it (and cache it when possible)."""
         if self._cache is not None:
             return self
-        n = self.n_items
         path = self.cache_path()
         storage = np.uint16 if self.cache_dtype == "bfloat16" else np.float32
-        if path.is_file():
-            try:
-                arr = np.load(path, mmap_mode="c", allow_pickle=False)
-                if arr.shape == (n + self._norm_rows(storage), self._row_width) and arr.dtype == storage:
-                    self._unpack_norm(arr)
-                    self._cache, self._cache_path, self.built_cache = arr, path, False
-                    return self
-            except (OSError, ValueError):
-                pass  # unreadable or truncated: recompute below, replacing it
+        arr = load_cache(path, (self.n_items + self._norm_rows(storage), self._row_width), storage)
+        if arr is not None:
+            self._unpack_norm(arr)
+            self._cache, self._cache_path, self.built_cache = arr, path, False
+            return self
         self._cache = self._build(path, storage)
         self._cache_path = path
         self.built_cache = True
@@ -449,37 +312,10 @@ class SearchEngine:
         n, width = self.n_items, self._row_width
         feats = self.store.features()
         self._ac_mean, self._ac_std = self._store_norm(feats)
-        extra = self._norm_rows(storage)
-        out: np.ndarray | None = None
-        tmp: str | None = None
-        if self.persist and n:
-            try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.cache_dir)
-                os.close(fd)
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=(n + extra, width))
-                # Claim the blocks now: a memory map over a full disk fails with SIGBUS on the
-                # first write to a page that cannot be allocated, not with an error.
-                with open(tmp, "r+b") as fh:
-                    try:
-                        os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
-                    except OSError as exc:
-                        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                            raise  # file systems without fallocate just write as they go
-            except OSError as exc:
-                if tmp is not None:
-                    out = None
-                    Path(tmp).unlink(missing_ok=True)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    size = (n + extra) * width * np.dtype(storage).itemsize
-                    raise StoreError(
-                        f"no room for the search cache ({size / 2**30:.1f} GiB) in {self.cache_dir}: "
-                        "free some disk space"
-                    ) from None
-                # A read-only store still searches; it just recomputes its side each time.
-                out, tmp = None, None
+        shape = (n + self._norm_rows(storage), width)
+        out, tmp = create_cache_file(self.cache_dir, path, shape, storage) if self.persist and n else (None, None)
         if out is None:
-            out = np.empty((n + extra, width), dtype=storage)
+            out = np.empty(shape, dtype=storage)
         try:
             out[n:] = self._pack_norm(storage)
 
@@ -491,46 +327,22 @@ class SearchEngine:
                     out[start : start + rows.shape[0]] = rows.numpy()
 
             _run_chunks(build_chunk, range(0, n, _BUILD_CHUNK), self.workers)
-            if tmp is not None:
-                out.flush()
-                del out
-                paths.chmod_as_created(tmp)
-                os.replace(tmp, path)
-                tmp = None
-                self._remove_stale(path)
-                return np.load(path, mmap_mode="c", allow_pickle=False)
-            return out
+            if tmp is None:
+                return out
+            arr = publish_cache_file(out, tmp, path)
+            tmp = None
+            return arr
         except OSError as exc:
             raise StoreError(f"cannot write the search cache in {self.cache_dir}: {exc}") from None
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
 
-    def _remove_stale(self, current: Path) -> None:
-        """Drop caches of an older store state, of an older version of this model file, or of
-        an older cache layout; other models' and other dtypes' caches of this state stay."""
-        store_part, where_part, key_part = current.name[len(CACHE_PREFIX) :].split("-")[:3]
-        for other in self.cache_dir.glob(f"{CACHE_PREFIX}*.npy"):
-            if other == current:
-                continue
-            parts = other.name[len(CACHE_PREFIX) : -len(".npy")].split("-")
-            stale = (
-                len(parts) != 5
-                or parts[0] != store_part
-                or (parts[1] == where_part and parts[2] != key_part)
-                or parts[4] != f"v{CACHE_VERSION}"
-            )
-            if stale:
-                try:
-                    other.unlink()
-                except OSError:
-                    pass  # another process may hold or have removed it; harmless
-
     @torch.no_grad()
     def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:
         """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding,
         acoustic vector."""
-        from soundsearch.ranking import acoustic_vectors
+        from soundsearch.search.ranking import acoustic_vectors
 
         pa, pb, pooled = self._sides(feats_raw)
         n = pa.shape[0]
@@ -538,21 +350,11 @@ class SearchEngine:
         # PB before PA: a query's (PA_q, PB_q) then lines up with both orders in one add.
         return torch.cat([pb.reshape(n, -1), pa.reshape(n, -1), pooled, acoustic], dim=1)
 
-    @torch.no_grad()
     def _sides(self, feats_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(self.model.normalise(feats_raw)))
-        net = self.model.net
-        net.eval()
         # Callers split big inputs into chunks across threads; a query's few rows are tiny
         # work, where intra-op threads only add barriers (milliseconds each on a busy machine).
         with _torch_threads(1):
-            h = net.embed(x)
-            pa, pb = net.project(h)
-        pa = pa * self.head.pair_scale
-        pb = torch.addcmul(self.head.pair_shift, pb, self.head.pair_scale)
-        pooled = h.mean(1)
-        pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return pa.contiguous(), pb.contiguous(), pooled.contiguous()
+            return self.form.sides(feats_raw)
 
     # ---- scoring
 
@@ -671,7 +473,7 @@ class SearchEngine:
         `mode` (ranking.MODES) defaults to the one the model file records (presence when it
         records none). With include_self=False the query's own stored items are left out and
         the k results are the best other items."""
-        from soundsearch.ranking import order_items, resolve_ranking
+        from soundsearch.search.ranking import order_items, resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
         require, exclude = list(require), list(exclude)
@@ -829,151 +631,6 @@ class SearchEngine:
             if np.allclose(self.store.features()[rows], feats, rtol=1e-5, atol=1e-5):
                 self_rows = rows
         return path, list(ff.segments), feats, self_rows
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) -> None:
-    """Run fn over chunk starts on `workers` threads, each with single-threaded torch ops.
-
-    Threads that each take whole chunks, rather than torch's intra-op threads splitting every
-    small operation, keep each block in one core's cache and never wait at a barrier for a
-    descheduled thread: on a busy machine intra-op threading was measured 10x slower.
-    """
-    starts = list(starts)
-    local = threading.local()
-
-    def run(start: int) -> None:
-        if not getattr(local, "single", False):
-            # OpenMP/MKL thread counts are per thread: a fresh worker would otherwise run its
-            # products with the library default, measured 35x slower than single-threaded.
-            torch.set_num_threads(1)
-            local.single = True
-        with torch.no_grad():  # grad mode is per thread too
-            fn(start)
-
-    with _torch_threads(1):
-        if workers <= 1 or len(starts) <= 1:
-            for start in starts:
-                run(start)
-            return
-        with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
-            for _ in pool.map(run, starts):
-                pass
-
-
-class _Block:
-    """Reusable buffers and the pair-specific arithmetic for a chunk of database items.
-
-    The first layers run on sub-blocks of `sub_items` (their activations stay in cache); the
-    pooling, a dozen small operations whose cost is mostly per call, runs once per chunk.
-    """
-
-    def __init__(self, head: _Head, sub_items: int, chunk_items: int):
-        self.head = head
-        g, t = head.groups, head.steps
-        k1 = head.width // g
-        self.sub_items = sub_items
-        # Flat storage, viewed per block so that a short last block still gets contiguous
-        # (G, m, ...) tensors for the grouped products.
-        self.u = torch.empty(g * sub_items * 2 * t * k1)
-        self.z = torch.empty(g * sub_items * t * k1)
-        self.layer_out = [torch.empty(g * sub_items * t * w.shape[2]) for w, _ in head.layers]
-        width = head.out_w.shape[2]
-        self.sub_out = torch.empty(g * sub_items * t * width) if g > 1 else None
-        self.out = torch.empty(g * chunk_items * t * width)
-
-    def logits(self, halves, qpair) -> torch.Tensor:
-        """(m, 2, T, G*K1) database halves (PB, PA) x (2, T, G*K1) query halves (PA, PB)
-        -> the output layer, (G, m*T, 4p)."""
-        head = self.head
-        g, t = head.groups, head.steps
-        m = halves.shape[0]
-        width = head.out_w.shape[2]
-        out = self.out[: g * m * t * width].view(g, m * t, width)
-        if g > 1:
-            qpair = qpair.view(2, t, g, -1).permute(2, 0, 1, 3).unsqueeze(1)  # (G, 1, 2, T, K1)
-        for s in range(0, m, self.sub_items):
-            e = min(m, s + self.sub_items)
-            self._sub(halves[s:e], qpair, out[:, s * t : e * t])
-        return out
-
-    def _sub(self, halves, qpair, dst_out) -> None:
-        head = self.head
-        g, t = head.groups, head.steps
-        m = halves.shape[0]
-        k1 = head.width // g
-        rows = m * t
-        u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
-        z = self.z[: g * rows * k1].view(g, m, t, k1)
-        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one add, one ReLU, one sum.
-        if g == 1:
-            torch.add(halves, qpair, out=u[0])
-        else:
-            torch.add(halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4), qpair, out=u)
-        u.relu_()
-        torch.add(u[:, :, 0], u[:, :, 1], out=z)
-        z = z.view(g, rows, k1)
-        for (w, b), buf in zip(head.layers, self.layer_out):
-            dst = buf[: g * rows * w.shape[2]].view(g, rows, w.shape[2])
-            if g == 1:
-                torch.addmm(b[0], z[0], w[0], out=dst[0])
-            else:
-                torch.baddbmm(b, z, w, out=dst)
-            z = dst.relu_()
-        if g == 1:
-            torch.addmm(head.out_b[0], z[0], head.out_w[0], out=dst_out[0])
-        else:
-            width = head.out_w.shape[2]
-            tmp = self.sub_out[: g * rows * width].view(g, rows, width)
-            torch.baddbmm(head.out_b, z, head.out_w, out=tmp)
-            dst_out.copy_(tmp)
-
-    def pool(self, out: torch.Tensor, m: int) -> torch.Tensor:
-        """Output layer (G, m*T, 4p) -> presence probabilities pooled over T, (m, 3, C)."""
-        head = self.head
-        g, t, p = head.groups, head.steps, head.per_group
-        ns = len(STATES)
-        rows = m * t
-        if g == 1:
-            lo, hi = torch.aminmax(out)
-            if -_EXP_SAFE < float(lo) and float(hi) < _EXP_SAFE:
-                return self._pool_unshifted(out[0], m)
-        # (G, rows, 3, p) -> (m, T, 3, C) with category = group * p + index within the group.
-        logits = out[:, :, : ns * p].view(g, rows, ns, p).permute(1, 2, 0, 3).reshape(m, t, ns, g * p)
-        e = (logits - logits.amax(2, keepdim=True)).exp_()
-        total = e.sum(2)  # (m, T, C): the per-step softmax denominators
-        if head.attention:
-            att = out[:, :, ns * p :].permute(1, 0, 2).reshape(m, t, g * p)
-            w = att.softmax(1).div_(total)
-        else:
-            w = total.reciprocal_().mul_(1.0 / t)
-        return (e * w.unsqueeze(2)).sum(1)
-
-    def _pool_unshifted(self, out: torch.Tensor, m: int) -> torch.Tensor:
-        """pool() for logits known to lie within +-_EXP_SAFE: no max-shift needed, so one
-        exponential over the contiguous output and a handful of operations."""
-        head = self.head
-        t, c = head.steps, head.per_group
-        ns = len(STATES)
-        ex = out.exp().view(m, t, (ns + 1) * c)
-        total = ex[:, :, :c] + ex[:, :, c : 2 * c]
-        total += ex[:, :, 2 * c : 3 * c]
-        if head.attention:
-            att = ex[:, :, ns * c :]
-            w = att / att.sum(1, keepdim=True)
-            w /= total
-        else:
-            w = total.reciprocal_().mul_(1.0 / t)
-        return (ex[:, :, : ns * c].view(m, t, ns, c) * w.unsqueeze(2)).sum(1)
 
 
 __all__ = [

@@ -78,7 +78,7 @@ def near_pairs(vectors: np.ndarray, file_ids: np.ndarray, threshold: float, bloc
 
 def find_duplicates(engine, threshold: float | None = None) -> list[Group]:
     """Exact groups first (largest first), then near groups (largest, then closest first)."""
-    from soundsearch.ranking import DUPLICATE_COSINE
+    from soundsearch.search.ranking import DUPLICATE_COSINE
 
     threshold = DUPLICATE_COSINE if threshold is None else float(threshold)
     store = engine.store

@@ -219,7 +219,7 @@ def order_items(
 ) -> Ordered:
     """The one ordering search and eval share: the query's own items (`is_query`) first, then
     near-duplicates by acoustic cosine, then the rest by the mode; the best k of it."""
-    from soundsearch.search import rank
+    from soundsearch.search.engine import rank
 
     n = np.asarray(level).shape[0]
     acoustic = np.asarray(acoustic)
@@ -340,7 +340,7 @@ def fit_ranking_weight(
     """
     from soundsearch import metrics
     from soundsearch.evaluate import query_groups
-    from soundsearch.search import SearchEngine
+    from soundsearch.search.engine import SearchEngine
 
     x = np.asarray(feats, dtype=np.float32)
     y = np.asarray(labels)

@@ -1,0 +1,1 @@
+"""Searching a store: the engine (kernel, cache, search), the ranking modes and duplicate finding."""

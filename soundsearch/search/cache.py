@@ -1,0 +1,131 @@
+"""The search engine's cache of the database side: its file name, creation, loading and stale removal.
+
+`<store>/cache/search-<store state>-<model path>-<model content>-<dtype>-v<N>.npy`, one row per
+item [PB | PA | pooled | acoustic], then as few rows as hold the acoustic standardisation
+(mu, sigma) as raw float32 bytes (see soundsearch.search.engine). Written to a temporary file and
+renamed into place; writing one removes caches of older store states and of older versions of
+the same model file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from soundsearch import paths
+from soundsearch.errors import StoreError
+
+if TYPE_CHECKING:
+    from soundsearch.model.network import LoadedModel
+
+# Bump when the cache layout or the folding changes: old files then simply stop matching.
+CACHE_VERSION = 3
+CACHE_PREFIX = "search-"
+CACHE_DTYPES = ("float32", "bfloat16")
+
+
+def _sha(data: bytes | str, n: int = 16) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()[:n]
+
+
+def model_key(model: "LoadedModel") -> str:
+    """Content hash of the loaded model (weights, normalisation, architecture).
+
+    Hashing what was loaded, not the file, keeps the key right even if the file is replaced
+    while a search runs.
+    """
+    h = hashlib.sha256(json.dumps(model.config.to_json(), sort_keys=True).encode())
+    for name, tensor in sorted(model.net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.asarray(model.norm_mean, np.float32).tobytes())
+    h.update(np.asarray(model.norm_std, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_name(store_fingerprint: str, model_path: Path | None, key: str, dtype: str) -> str:
+    """The cache file's name for a store state, a model file (its path and content) and a dtype."""
+    where = str(model_path) if model_path is not None else "(unsaved)"
+    return f"{CACHE_PREFIX}{_sha(store_fingerprint, 12)}-{_sha(where, 8)}-{key}-{dtype}-v{CACHE_VERSION}.npy"
+
+
+def load_cache(path: Path, shape: tuple[int, int], storage: type) -> np.ndarray | None:
+    """The cache at `path` memory-mapped, or None when it is missing, unreadable or of another shape."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # unreadable or truncated: the caller recomputes it, replacing it
+    return arr if arr.shape == shape and arr.dtype == storage else None
+
+
+def create_cache_file(cache_dir: Path, path: Path, shape: tuple[int, int], storage: type) -> tuple[np.ndarray | None, str | None]:
+    """A writable memory map over a new temporary file beside `path`, and that file's name;
+    (None, None) when the folder cannot be written to (a read-only store still searches, it just
+    recomputes its side each time). A full disk is an error."""
+    tmp: str | None = None
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=cache_dir)
+        os.close(fd)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=shape)
+        # Claim the blocks now: a memory map over a full disk fails with SIGBUS on the
+        # first write to a page that cannot be allocated, not with an error.
+        with open(tmp, "r+b") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise  # file systems without fallocate just write as they go
+        return out, tmp
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            size = shape[0] * shape[1] * np.dtype(storage).itemsize
+            raise StoreError(
+                f"no room for the search cache ({size / 2**30:.1f} GiB) in {cache_dir}: "
+                "free some disk space"
+            ) from None
+        return None, None
+
+
+def publish_cache_file(out: np.ndarray, tmp: str, path: Path) -> np.ndarray:
+    """Flush the written temporary file, rename it into place, drop stale caches; the cache
+    memory-mapped from its final path."""
+    out.flush()
+    paths.chmod_as_created(tmp)
+    os.replace(tmp, path)
+    remove_stale(path.parent, path)
+    return np.load(path, mmap_mode="c", allow_pickle=False)
+
+
+def remove_stale(cache_dir: Path, current: Path) -> None:
+    """Drop caches of an older store state, of an older version of this model file, or of
+    an older cache layout; other models' and other dtypes' caches of this state stay."""
+    store_part, where_part, key_part = current.name[len(CACHE_PREFIX) :].split("-")[:3]
+    for other in cache_dir.glob(f"{CACHE_PREFIX}*.npy"):
+        if other == current:
+            continue
+        parts = other.name[len(CACHE_PREFIX) : -len(".npy")].split("-")
+        stale = (
+            len(parts) != 5
+            or parts[0] != store_part
+            or (parts[1] == where_part and parts[2] != key_part)
+            or parts[4] != f"v{CACHE_VERSION}"
+        )
+        if stale:
+            try:
+                other.unlink()
+            except OSError:
+                pass  # another process may hold or have removed it; harmless

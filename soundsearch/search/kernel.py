@@ -1,0 +1,172 @@
+"""The search engine's numeric kernel: the pair-specific arithmetic on chunks of items.
+
+For a query's folded halves (PA_q, PB_q) and a chunk of database halves (PB_i, PA_i), per step:
+
+    z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q)    the model's pair layer, both orders
+    z  = ReLU(W' z + b') ...                      the rest of the head, batch norm folded
+    per category a 3-way softmax f_t and an attention weight v_t (softmax over T)
+    y  = sum_t v_t f_t                            (mean over t without attention)
+
+in reused buffers (_Block), with chunks spread over Python threads (_run_chunks).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from soundsearch.model.inference import InferenceHead
+from soundsearch.presence import STATES
+
+# Logits this far from zero cannot overflow or underflow exp() in float32 in any sum the
+# pooling forms, so the softmaxes can skip their max-shift.
+_EXP_SAFE = 80.0
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) -> None:
+    """Run fn over chunk starts on `workers` threads, each with single-threaded torch ops.
+
+    Threads that each take whole chunks, rather than torch's intra-op threads splitting every
+    small operation, keep each block in one core's cache and never wait at a barrier for a
+    descheduled thread: on a busy machine intra-op threading was measured 10x slower.
+    """
+    starts = list(starts)
+    local = threading.local()
+
+    def run(start: int) -> None:
+        if not getattr(local, "single", False):
+            # OpenMP/MKL thread counts are per thread: a fresh worker would otherwise run its
+            # products with the library default, measured 35x slower than single-threaded.
+            torch.set_num_threads(1)
+            local.single = True
+        with torch.no_grad():  # grad mode is per thread too
+            fn(start)
+
+    with _torch_threads(1):
+        if workers <= 1 or len(starts) <= 1:
+            for start in starts:
+                run(start)
+            return
+        with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+            for _ in pool.map(run, starts):
+                pass
+
+
+class _Block:
+    """Reusable buffers and the pair-specific arithmetic for a chunk of database items.
+
+    The first layers run on sub-blocks of `sub_items` (their activations stay in cache); the
+    pooling, a dozen small operations whose cost is mostly per call, runs once per chunk.
+    """
+
+    def __init__(self, head: InferenceHead, sub_items: int, chunk_items: int):
+        self.head = head
+        g, t = head.groups, head.steps
+        k1 = head.width // g
+        self.sub_items = sub_items
+        # Flat storage, viewed per block so that a short last block still gets contiguous
+        # (G, m, ...) tensors for the grouped products.
+        self.u = torch.empty(g * sub_items * 2 * t * k1)
+        self.z = torch.empty(g * sub_items * t * k1)
+        self.layer_out = [torch.empty(g * sub_items * t * w.shape[2]) for w, _ in head.layers]
+        width = head.out_w.shape[2]
+        self.sub_out = torch.empty(g * sub_items * t * width) if g > 1 else None
+        self.out = torch.empty(g * chunk_items * t * width)
+
+    def logits(self, halves, qpair) -> torch.Tensor:
+        """(m, 2, T, G*K1) database halves (PB, PA) x (2, T, G*K1) query halves (PA, PB)
+        -> the output layer, (G, m*T, 4p)."""
+        head = self.head
+        g, t = head.groups, head.steps
+        m = halves.shape[0]
+        width = head.out_w.shape[2]
+        out = self.out[: g * m * t * width].view(g, m * t, width)
+        if g > 1:
+            qpair = qpair.view(2, t, g, -1).permute(2, 0, 1, 3).unsqueeze(1)  # (G, 1, 2, T, K1)
+        for s in range(0, m, self.sub_items):
+            e = min(m, s + self.sub_items)
+            self._sub(halves[s:e], qpair, out[:, s * t : e * t])
+        return out
+
+    def _sub(self, halves, qpair, dst_out) -> None:
+        head = self.head
+        g, t = head.groups, head.steps
+        m = halves.shape[0]
+        k1 = head.width // g
+        rows = m * t
+        u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
+        z = self.z[: g * rows * k1].view(g, m, t, k1)
+        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one add, one ReLU, one sum.
+        if g == 1:
+            torch.add(halves, qpair, out=u[0])
+        else:
+            torch.add(halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4), qpair, out=u)
+        u.relu_()
+        torch.add(u[:, :, 0], u[:, :, 1], out=z)
+        z = z.view(g, rows, k1)
+        for (w, b), buf in zip(head.layers, self.layer_out):
+            dst = buf[: g * rows * w.shape[2]].view(g, rows, w.shape[2])
+            if g == 1:
+                torch.addmm(b[0], z[0], w[0], out=dst[0])
+            else:
+                torch.baddbmm(b, z, w, out=dst)
+            z = dst.relu_()
+        if g == 1:
+            torch.addmm(head.out_b[0], z[0], head.out_w[0], out=dst_out[0])
+        else:
+            width = head.out_w.shape[2]
+            tmp = self.sub_out[: g * rows * width].view(g, rows, width)
+            torch.baddbmm(head.out_b, z, head.out_w, out=tmp)
+            dst_out.copy_(tmp)
+
+    def pool(self, out: torch.Tensor, m: int) -> torch.Tensor:
+        """Output layer (G, m*T, 4p) -> presence probabilities pooled over T, (m, 3, C)."""
+        head = self.head
+        g, t, p = head.groups, head.steps, head.per_group
+        ns = len(STATES)
+        rows = m * t
+        if g == 1:
+            lo, hi = torch.aminmax(out)
+            if -_EXP_SAFE < float(lo) and float(hi) < _EXP_SAFE:
+                return self._pool_unshifted(out[0], m)
+        # (G, rows, 3, p) -> (m, T, 3, C) with category = group * p + index within the group.
+        logits = out[:, :, : ns * p].view(g, rows, ns, p).permute(1, 2, 0, 3).reshape(m, t, ns, g * p)
+        e = (logits - logits.amax(2, keepdim=True)).exp_()
+        total = e.sum(2)  # (m, T, C): the per-step softmax denominators
+        if head.attention:
+            att = out[:, :, ns * p :].permute(1, 0, 2).reshape(m, t, g * p)
+            w = att.softmax(1).div_(total)
+        else:
+            w = total.reciprocal_().mul_(1.0 / t)
+        return (e * w.unsqueeze(2)).sum(1)
+
+    def _pool_unshifted(self, out: torch.Tensor, m: int) -> torch.Tensor:
+        """pool() for logits known to lie within +-_EXP_SAFE: no max-shift needed, so one
+        exponential over the contiguous output and a handful of operations."""
+        head = self.head
+        t, c = head.steps, head.per_group
+        ns = len(STATES)
+        ex = out.exp().view(m, t, (ns + 1) * c)
+        total = ex[:, :, :c] + ex[:, :, c : 2 * c]
+        total += ex[:, :, 2 * c : 3 * c]
+        if head.attention:
+            att = ex[:, :, ns * c :]
+            w = att / att.sum(1, keepdim=True)
+            w /= total
+        else:
+            w = total.reciprocal_().mul_(1.0 / t)
+        return (ex[:, :, : ns * c].view(m, t, ns, c) * w.unsqueeze(2)).sum(1)

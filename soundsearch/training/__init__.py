@@ -1,0 +1,1 @@
+"""Training the presence network: config (torch-free), pairs, trainer, fit, pipeline."""
