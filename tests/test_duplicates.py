@@ -21,7 +21,7 @@ import soxr
 from conftest import CORPUS
 
 from soundsearch.features import featurize_file, get_featurizer
-from soundsearch.ranking import DUPLICATE_COSINE
+from soundsearch.search.ranking import DUPLICATE_COSINE
 from soundsearch.store import FileEntry, Store
 
 N_ORIGINALS = 20

@@ -117,9 +117,9 @@ def small(tmp_path_factory):
         # Near-duplicates of a query rank ahead of the model's order by design; these synthetic
         # tones have some, and tests/test_duplicates.py covers them: none count as such here,
         # so the model row is the model's own order (test_evaluate_small_dataset checks it).
-        import soundsearch.ranking
+        import soundsearch.search.ranking
 
-        mp.setattr(soundsearch.ranking, "DUPLICATE_COSINE", 1.5)
+        mp.setattr(soundsearch.search.ranking, "DUPLICATE_COSINE", 1.5)
         csv = make_dataset(root / "ds")
         model = make_model(root / "m.safetensors")
         report = ev.evaluate(str(csv), models=[str(model)], ks=(1, 3, 10), jobs=1)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, StoreOption, err, out
-from soundsearch.ranking import DUPLICATE_COSINE
+from soundsearch.search.ranking import DUPLICATE_COSINE
 
 
 def duplicates(
