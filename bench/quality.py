@@ -342,6 +342,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train", type=int, default=600, help="recipe-A training scenes per draw")
     ap.add_argument("--cache", type=Path, default=Path("build/quality-cache"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path, help="write the summary table as markdown here")
     ap.add_argument("--save-model", type=Path, help="save draw 0's model (with its fitted weight) here")
     args = ap.parse_args(argv)
 
@@ -401,6 +402,8 @@ def main(argv=None) -> int:
             print(f"{cat:22s}{n:>10d}{np.mean(rec) if rec else float('nan'):>9.2f}{np.mean(fa):>14.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.markdown:
+        args.markdown.write_text(markdown_table(summary) + "\n")
     return 0
 
 
@@ -415,6 +418,24 @@ def summarise(report: dict) -> dict:
                 vals = [d[setting][system][cell] for d in report["draws"]]
                 out[setting][system][cell] = {"mean": float(np.mean(vals)), "min": float(np.min(vals))}
     return out
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as the model card's markdown table: mean over draws (minimum in brackets),
+    the best system of each cell in bold."""
+    lines = []
+    for setting, systems in summary.items():
+        cells_ = list(next(iter(systems.values())).keys())
+        lines += ["", f"**{setting}** (mAP@{K}, mean over draws, minimum in brackets)", "",
+                  "| system | " + " | ".join(cells_) + " |", "|---" * (len(cells_) + 1) + "|"]
+        best = {c: max(v[c]["mean"] for v in systems.values()) for c in cells_}
+        for system, vals in systems.items():
+            row = []
+            for c in cells_:
+                text = f"{vals[c]['mean']:.3f} ({vals[c]['min']:.3f})"
+                row.append(f"**{text}**" if vals[c]["mean"] == best[c] else text)
+            lines.append(f"| {system} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def print_table(summary: dict) -> None:
