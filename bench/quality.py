@@ -244,29 +244,19 @@ def order_of(score: np.ndarray) -> np.ndarray:
     return np.argsort(-score.astype(np.float64), axis=1, kind="stable")[:, :K]
 
 
-def cells(agree: np.ndarray, order: np.ndarray, qlab: np.ndarray, groups=("single", "multi")) -> dict:
+def cells(agree: np.ndarray, order: np.ndarray | None, qlab: np.ndarray, groups=("single", "multi")) -> dict:
+    """mAP@K per cell (query group x threshold) of a ranking; order None: the exact random one."""
     n = qlab.sum(1)
     out = {}
     for g, s in CELLS:
-        if g not in groups:
-            continue
         idx = np.flatnonzero(n == 1) if g == "single" else np.flatnonzero(n >= 2)
-        if not len(idx):
+        if g not in groups or not len(idx):
             continue
-        ap = metrics.ap_at_k(agree[idx], order[idx], s, (K,))
+        if order is None:
+            ap = metrics.random_ap(agree[idx], s, (K,))
+        else:
+            ap = metrics.ap_at_k(agree[idx], order[idx], s, (K,))
         out[f"{g} s={s}"] = float(metrics.mean_ap(ap)[0])
-    return out
-
-
-def random_cells(agree, qlab, groups=("single", "multi")) -> dict:
-    n = qlab.sum(1)
-    out = {}
-    for g, s in CELLS:
-        if g not in groups:
-            continue
-        idx = np.flatnonzero(n == 1) if g == "single" else np.flatnonzero(n >= 2)
-        if len(idx):
-            out[f"{g} s={s}"] = float(metrics.mean_ap(metrics.random_ap(agree[idx], s, (K,)))[0])
     return out
 
 
@@ -279,7 +269,7 @@ def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
     from soundsearch.search.engine import SearchEngine
 
     agree = metrics.agreement(ql, dl).astype(np.int64)
-    res = {"random": random_cells(agree, ql, groups)}
+    res = {"random": cells(agree, None, ql, groups)}
     res["cosine (steps mean+std+max)"] = cells(agree, order_of(step_cosine(qf, df)), ql, groups)
     res["cosine (whole-item stats)"] = cells(agree, order_of(item_stats_scores(fz, qf, df)), ql, groups)
     if model is not None:
