@@ -307,6 +307,21 @@ def one_shot_tags(model, feats: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
+def state_recall(model, feats: np.ndarray, labels: np.ndarray, pairs: int = 3000, seed: int = 0) -> dict:
+    """On random validation pairs, how often each true presence state (both, neither, differs)
+    is the one the model predicts: the glyphs and levels `query` shows come from these, so a
+    model that ranks well but never says "both" would mislead a user."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, len(feats), pairs), rng.integers(0, len(feats), pairs)
+    predicted = model.score_pairs(feats[a], feats[b]).probs.argmax(-1)
+    ta, tb = labels[a].astype(bool), labels[b].astype(bool)
+    truth = np.where(ta & tb, 0, np.where(~ta & ~tb, 1, 2))
+    out = {name: float((predicted[truth == k] == k).mean()) for k, name in enumerate(("both", "neither", "differs"))}
+    out["accuracy"] = float((predicted == truth).mean())
+    out["majority"] = float(max((truth == k).mean() for k in range(3)))
+    return out
+
+
 def train_model(fz, draw: Draw, recipe: dict, seed: int):
     from soundsearch.training.fit import fit
     from soundsearch.training.config import TrainConfig
@@ -346,7 +361,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         draw = build_draw(fz, args.corpus, seed, sizes, args.cache)
         t_feat = time.perf_counter() - t0
-        model = weight = None
+        model = weight = states = None
         figures = {}
         if not args.no_model:
             t1 = time.perf_counter()
@@ -358,11 +373,15 @@ def main(argv=None) -> int:
             model.meta["ranking"] = ranking_entry(
                 "blend", weight, note=f"fitted on {fit_.items} validation items (bench/quality.py, draw {seed})",
                 grid=fit_.grid_json())
+            states = state_recall(model, vf, vl)
             print(f"draw {seed}: trained in {time.perf_counter() - t1:.0f}s, blend weight {weight} "
-                  f"(val {figures[weight]:.3f}; w=0 {figures[0.0]:.3f}, w=1 {figures[1.0]:.3f})", file=sys.stderr)
+                  f"(val {figures[weight]:.3f}; w=0 {figures[0.0]:.3f}, w=1 {figures[1.0]:.3f}); "
+                  f"val states found: both {states['both']:.2f}, neither {states['neither']:.2f}, "
+                  f"differs {states['differs']:.2f}", file=sys.stderr)
             if args.save_model and seed == int(args.draws.split(",")[0]):
                 model.save(args.save_model)
         out = {"seed": seed, "featurize_s": round(t_feat, 1), "weight": weight,
+               "val_states": states if model is not None else None,
                "val_figures": {f"{w:.2f}": v for w, v in figures.items()}}
         for name, (q, d, groups) in {
             "library": ("lib_q", "lib_db", ("single", "multi")),
