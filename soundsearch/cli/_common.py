@@ -15,6 +15,30 @@ from rich.markup import escape
 
 from soundsearch.errors import SoundsearchError, printable
 
+
+def _plain_help_types() -> None:
+    """Typer 0.2x prints a type column of Python annotations in --help: `<bool>` beside every
+    flag (--help included) and `<path>` beside an argument already named by its metavar. A flag
+    takes no value, and an argument's metavar says what it takes, so both show nothing there;
+    every other parameter names its value with a metavar (tests/test_cli_basics.py checks)."""
+    from typer import core
+
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if option is None or argument is None or not hasattr(argument, "display_type_rich"):
+        return  # an older typer, which prints no such column
+    typed_option, typed_argument = option.display_type_rich, argument.display_type_rich
+
+    def option_type(self, ctx):
+        return None if self.is_flag and self.metavar is None else typed_option(self, ctx)
+
+    def argument_type(self, ctx):
+        return None if self.metavar is not None else typed_argument(self, ctx)
+
+    option.display_type_rich, argument.display_type_rich = option_type, argument_type
+
+
+_plain_help_types()
+
 # Data goes to stdout, everything meant for a person to stderr, so `--json` output pipes cleanly.
 out = Console(soft_wrap=False)
 err = Console(stderr=True)
@@ -23,6 +47,7 @@ StoreOption = Annotated[
     Optional[Path],
     typer.Option(
         "--store",
+        metavar="DIR",
         help="Feature store folder. Default: $SOUNDSEARCH_STORE, else a per-user data folder.",
         show_default=False,
     ),
@@ -41,7 +66,7 @@ class FeaturizerName(str, Enum):
 
 def featurizer_option(help: str) -> Any:
     """`--featurizer NAME` (one of FeaturizerName) with a command's own help text."""
-    return Annotated[Optional[FeaturizerName], typer.Option("--featurizer", "-f", help=help, show_default=False)]
+    return Annotated[Optional[FeaturizerName], typer.Option("--featurizer", "-f", metavar="|".join(FeaturizerName.__members__), help=help, show_default=False)]
 
 
 ParamOption = Annotated[

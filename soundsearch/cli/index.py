@@ -44,6 +44,7 @@ def index(
     paths: Annotated[
         Optional[list[Path]],
         typer.Argument(
+            metavar="PATH",
             help="Audio files or folders (searched recursively). Without any, every folder the store has indexed is refreshed.",
             show_default=False,
         ),
@@ -54,13 +55,13 @@ def index(
     jobs: JobsOption = None,
     item_seconds: Annotated[
         Optional[float],
-        typer.Option("--item-seconds", min=0.1, help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
+        typer.Option("--item-seconds", min=0.1, metavar="SECONDS", help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
     ] = None,
     quiet: QuietOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 if any file could not be indexed.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is indexing into the store, wait for it instead of failing.")] = False,
     json_out: JsonOption = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, help="Files per store commit.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, metavar="N", help="Files per store commit.")] = 64,
     verify: Annotated[bool, typer.Option("--verify", help="Check every stored item against its checksum and re-index the files of damaged ones.")] = False,
 ) -> None:
     """Add audio files to the feature store, or bring it up to date.
