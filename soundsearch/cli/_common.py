@@ -157,28 +157,72 @@ def register(app: typer.Typer, fn: Callable, name: str) -> None:
     app.command(name)(wrapper)
 
 
+def clock(seconds: float | None) -> str:
+    """0:18, 12:05, 1:02:03: minutes and seconds, hours only when there are any."""
+    if seconds is None:
+        return "-:--"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_columns(*columns_extra) -> list:
+    """The columns of every progress bar: what, bar, done/total, extras, elapsed, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
+    from rich.table import Column
+    from rich.text import Text
+
+    def fixed() -> Column:
+        # Words and numbers never wrap: on a narrow terminal the bar gives way instead.
+        return Column(no_wrap=True)
+
+    class Elapsed(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"elapsed {clock(task.finished_time if task.finished else task.elapsed or 0.0)}", style="progress.elapsed")
+
+    class Left(ProgressColumn):
+        # Refreshed with the bar, not at every update: the estimate otherwise flickers.
+        max_refresh = 0.5
+
+        def render(self, task) -> Text:
+            left = 0.0 if task.finished else task.time_remaining
+            return Text(f"left {clock(left)}", style="progress.remaining")
+
+    return [
+        TextColumn("[progress.description]{task.description}", table_column=fixed()),
+        BarColumn(bar_width=None),  # the bar takes what the numbers leave, so 80 columns fit them all
+        MofNCompleteColumn(table_column=fixed()),
+        *columns_extra,
+        Elapsed(table_column=fixed()),
+        Left(table_column=fixed()),
+    ]
+
+
 @contextmanager
 def progress(quiet: bool, *columns_extra) -> Iterator["object | None"]:
     """A rich Progress on stderr, or None with --quiet (callers then skip updates)."""
     if quiet:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(bar_width=None),  # the bar takes what the numbers leave, so 80 columns fit them all
-        MofNCompleteColumn(),
-        *columns_extra,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err, transient=False) as bar:
+    with Progress(*progress_columns(*columns_extra), console=err, transient=False) as bar:
         yield bar
+
+
+@contextmanager
+def waiting(quiet: bool, what: str) -> Iterator["object | None"]:
+    """A spinner on stderr saying `what` while nothing can be counted yet (None with --quiet).
+
+    It disappears when stopped, so an error raised meanwhile stands alone on stderr. Callers
+    may stop it early (`.stop()`), e.g. when their progress bar takes over.
+    """
+    if quiet:
+        yield None
+        return
+    status = err.status(what, spinner="dots")
+    status.start()
+    try:
+        yield status
+    finally:
+        status.stop()

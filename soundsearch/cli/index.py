@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from soundsearch.cli._common import (
     SHOW, JobsOption, JsonOption, ParamOption, QuietOption, StoreOption, err, featurizer_option, out, parse_params,
-    print_some, progress, shown,
+    print_some, progress, shown, waiting,
 )
 from soundsearch.errors import printable
 
@@ -77,9 +77,11 @@ def index(
 
     store_dir = resolve_store_dir(store)
     params = parse_params(param)
-    # The bar starts with the first progress event, i.e. once the store is open and locked, so
-    # an early error (missing path, locked store) is the only thing on stderr.
+    # Until the first progress event (the store open and locked, the featurizer built: seconds
+    # with torch to import) a spinner shows; it vanishes, so an early error (missing path,
+    # locked store) is the only thing on stderr. The bar then starts with the scan.
     with ExitStack() as stack:
+        opening = stack.enter_context(waiting(quiet, "opening the store"))
         bar = None
         task = None
 
@@ -88,15 +90,17 @@ def index(
             if quiet:
                 return
             if bar is None:
+                opening.stop()
                 bar = stack.enter_context(progress(False, *_rate_columns()))
                 task = bar.add_task("scanning", total=None, audio=0.0, rate=False)
             if p.phase == "featurize":
                 if p.done == 0 and p.total == 0:
                     bar.update(task, total=1, completed=1, description="up to date")
                 elif p.done == 0:
-                    bar.reset(task, total=p.total, description="indexing", audio=0.0, rate=True)
+                    # Workers load the featurizer before the first file is done: seconds at 0.
+                    bar.reset(task, total=p.total, description="starting", audio=0.0, rate=True)
                 else:
-                    bar.update(task, completed=p.done, audio=p.audio_seconds)
+                    bar.update(task, completed=p.done, audio=p.audio_seconds, description="indexing")
             elif p.phase == "compact":
                 bar.update(task, description="compacting")
 
@@ -133,23 +137,26 @@ def _rate_columns() -> list:
     from rich.text import Text
 
     class Rate(ProgressColumn):
-        """Throughput in files/s and in hours of audio per second, the two numbers that matter."""
+        """Files per second, and audio seconds per wall second: "42× real time"."""
 
         def __init__(self) -> None:
-            # Room for "999.9 files/s 99.99 audio-h/s": rich would otherwise cut it to "audio…".
-            super().__init__(table_column=Column(no_wrap=True, min_width=31))
+            # Room for "99 files/s 99× real time", so the column does not jitter as it grows.
+            super().__init__(table_column=Column(no_wrap=True, min_width=len("99 files/s 99× real time")))
 
         def render(self, task) -> Text:
             elapsed = task.elapsed or 0.0
             if elapsed <= 0 or not task.completed or not task.fields.get("rate"):
                 return Text("")
-            hours = task.fields.get("audio", 0.0) / 3600.0
-            return Text(
-                f"{task.completed / elapsed:.1f} files/s {hours / elapsed:.2f} audio-h/s",
-                style="cyan", no_wrap=True, overflow="ellipsis",
-            )
+            return Text(f"{_rate(task.completed / elapsed)} files/s {_rate(task.fields.get('audio', 0.0) / elapsed)}× real time",
+                        style="cyan", no_wrap=True, overflow="ellipsis")
 
     return [Rate()]
+
+
+def _rate(x: float) -> str:
+    """Two significant figures, more only above 100 (0.42, 4.2, 42, 420): a rate that changes
+    with every file needs no more, and the 80-column line has no room for them."""
+    return f"{x:.2f}" if x < 1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
 def _summary(report) -> None:
