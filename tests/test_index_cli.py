@@ -152,10 +152,13 @@ def test_bad_files_are_named_skipped_and_retried_only_when_changed(tmp_path, sto
     result = run("index", str(lib), "--jobs", "1")
     assert result.exit_code == 0, result.output
     err = result.stderr
-    assert "2 added, 0 updated, 0 unchanged, 0 removed, 3 failed, 1 warnings" in err
-    assert f"{lib / 'empty.wav'}: empty file (0 bytes)" in err
-    assert f"{lib / 'garbage.wav'}: not decodable as audio" in err
-    assert f"{lib / 'nan.wav'}: contains non-finite samples" in err
+    assert "2 added, 0 updated, 0 unchanged, 0 removed, 3 failed, 1 warning (" in err
+    # The summary names every failure and warning, with its reason, not just counts them.
+    lines = err.splitlines()
+    assert f"  warning: {lib / 'silent.wav'}: silent (peak below -100 dBFS)" in lines
+    assert f"  failed: {lib / 'empty.wav'}: empty file (0 bytes)" in lines
+    assert any(line.startswith(f"  failed: {lib / 'garbage.wav'}: not decodable as audio") for line in lines)
+    assert any(line.startswith(f"  failed: {lib / 'nan.wav'}: contains non-finite samples") for line in lines)
     assert "notes.txt" not in err
 
     status = json.loads(run("status", "--json").stdout)
@@ -182,12 +185,13 @@ def test_bad_files_are_named_skipped_and_retried_only_when_changed(tmp_path, sto
 def test_failures_past_the_first_few_are_counted(tmp_path, store_dir):
     lib = tmp_path / "lib"
     lib.mkdir()
-    for i in range(8):
-        (lib / f"bad{i}.wav").write_bytes(b"RIFF" + bytes(40))
+    for i in range(13):
+        (lib / f"bad{i:02d}.wav").write_bytes(b"RIFF" + bytes(40))
     result = run("index", str(lib), "--jobs", "1")
     assert result.exit_code == 0
-    assert result.stderr.count(": ") >= 5
-    assert "... and 3 more" in result.stderr
+    named = [line for line in result.stderr.splitlines() if line.startswith(f"  failed: {lib}")]
+    assert named == [f"  failed: {lib / f'bad{i:02d}.wav'}: not decodable as audio (Format not recognised)" for i in range(10)]
+    assert "  ... and 3 more failed (--json lists all)" in result.stderr.splitlines()
 
 
 def test_several_roots_share_a_store(tmp_path, store_dir):

@@ -106,7 +106,7 @@ def shown(path: Any) -> str:
     return escape(printable(path))
 
 
-SHOW = 5  # entries a list on the terminal shows before "... and N more"
+SHOW = 10  # entries a list on the terminal shows before "... and N more"
 
 
 def print_some(console: Console, lines: Sequence[str], more: str = "", limit: int = SHOW) -> None:

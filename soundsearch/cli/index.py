@@ -159,14 +159,20 @@ def _rate(x: float) -> str:
     return f"{x:.2f}" if x < 1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 def _summary(report) -> None:
+    from soundsearch.avdecode import INSTALL, INSTALL_HINT
+
     parts = [
         f"{report.added} added",
         f"{report.updated} updated",
         f"{report.unchanged} unchanged",
         f"{len(report.removed)} removed",
         f"{len(report.failed)} failed",
-        f"{len(report.warnings)} warnings",
+        _count(len(report.warnings), "warning"),
     ]
     if report.skipped:
         parts.append(f"{len(report.skipped)} skipped")
@@ -176,16 +182,32 @@ def _summary(report) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    print_some(err, [f"  skipped: {shown(p)}: {escape(reason)}" for p, reason in report.skipped], " skipped (--json lists all)")
+    # Formats only FFmpeg decodes carry the install hint in their reason: said once, after the
+    # list, rather than on every .m4a of a library.
+    suffix = f"; {INSTALL_HINT}"
+    need_av = 0
+
+    def why(reason: str) -> str:
+        nonlocal need_av
+        if reason.endswith(suffix):
+            need_av += 1
+            reason = reason[: -len(suffix)]
+        return escape(reason)
+
+    # One line per file, labelled, so each can be grepped; each kind shows its first SHOW.
+    for label, entries in (("failed", report.failed), ("warning", report.warnings), ("skipped", report.skipped)):
+        print_some(err, [f"  [yellow]{label}:[/] {shown(p)}: {why(reason)}" for p, reason in entries], f" {label} (--json lists all)")
     for label, paths in (
         ("removed", report.removed),
         ("library folder missing, skipped", report.missing_roots),
         ("damaged features, re-indexed", report.repaired),
     ):
-        print_some(err, [f"  {label}: {shown(p)}" for p in paths], f" {label}")
-    if report.failed:
-        err.print("[yellow]failed:[/]", highlight=False, soft_wrap=True)
-        print_some(err, [f"  {shown(p)}: {escape(reason)}" for p, reason in report.failed], " (soundsearch status lists them)")
+        print_some(err, [f"  {label}: {shown(p)}" for p in paths], f" {label} (--json lists all)")
+    if need_av:
+        err.print(
+            f"{_count(need_av, 'file')} in formats only FFmpeg decodes: {escape(INSTALL)}, then index again",
+            highlight=False, soft_wrap=True,
+        )
     if report.still_failed:
         err.print(
             f"{len(report.still_failed)} file(s) failed in an earlier run and are unchanged, so were not retried "
