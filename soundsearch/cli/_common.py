@@ -117,23 +117,28 @@ def print_some(console: Console, lines: Sequence[str], more: str = "", limit: in
         console.print(f"  ... and {len(lines) - limit} more{more}", highlight=False, soft_wrap=True)
 
 
-def _mode_help() -> str:
-    from soundsearch.search.ranking import MODE_HELP
+# Mirrors soundsearch.search.ranking's RankingMode and MODE_HELP (tests check they agree);
+# spelled out here because that module needs numpy, which `--help` would otherwise pay for.
+MODE_HELP = {
+    "presence": "the model's similarity level, then its expected agreement (same sound events present and absent)",
+    "blend": "the model's expected agreement blended with acoustic similarity, by the weight fitted on validation data",
+    "acoustic": "acoustic similarity alone (sounds like, rather than contains the same)",
+}
 
-    return "How to order results: " + "; ".join(f"{m.value}: {text}" for m, text in MODE_HELP.items()) + (
+
+def _mode_help() -> str:
+    return "How to order results: " + "; ".join(f"{m}: {text}" for m, text in MODE_HELP.items()) + (
         ". Default: the mode recorded in the model file (presence for models that record none)."
     )
 
 
 def _complete_mode(incomplete: str) -> list[str]:
-    from soundsearch.search.ranking import MODES
-
-    return [m for m in MODES if m.startswith(incomplete)]
+    return [m for m in MODE_HELP if m.startswith(incomplete)]
 
 
 ModeOption = Annotated[
     Optional[str],
-    typer.Option("--mode", metavar="presence|blend|acoustic", help=_mode_help(), autocompletion=_complete_mode, show_default=False),
+    typer.Option("--mode", metavar="|".join(MODE_HELP), help=_mode_help(), autocompletion=_complete_mode, show_default=False),
 ]
 
 

@@ -97,7 +97,7 @@ def _features(m) -> str:
 
     if not m.featurizer_identity:
         return m.featurizer
-    name, changed = departures(m.featurizer_identity)
+    name, changed = departures(m.featurizer_identity, build=False)  # building aisfx would import torch
     return " ".join([name, *changed])
 
 

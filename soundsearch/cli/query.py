@@ -93,14 +93,8 @@ def query(
 
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog --html dog.html
     """
-    from soundsearch.errors import AudioError
-    from soundsearch.model.checkpoint import load_model
-    from soundsearch.model.registry import resolve_model
-    from soundsearch.paths import resolve_store_dir
-    from soundsearch.search.engine import SearchEngine
-    from soundsearch.store import Store
-
     from soundsearch.audio import not_regular_reason
+    from soundsearch.errors import AudioError
 
     path = file.expanduser()
     # One stat that never raises: Path.is_dir() raised PermissionError for a file in a folder
@@ -112,6 +106,13 @@ def query(
         elif reason.startswith("no such file"):
             reason = "no such file"
         raise AudioError(path, reason)
+    # Only now torch & co: a mistyped path is answered at once.
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
+    from soundsearch.paths import resolve_store_dir
+    from soundsearch.search.engine import SearchEngine
+    from soundsearch.store import Store
+
     with Store.open(resolve_store_dir(store)) as st:
         loaded = load_model(resolve_model(model))
         engine = SearchEngine(st, loaded)

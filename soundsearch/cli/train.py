@@ -17,8 +17,7 @@ from soundsearch.cli._common import (
     DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
     featurizer_option, out, parse_params, print_some, progress, shown,
 )
-from soundsearch.training.pairs import SCHEMES
-from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
+from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, SCHEMES, TrainConfig
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
