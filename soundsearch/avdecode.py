@@ -13,7 +13,8 @@ import numpy as np
 
 # Extensions that only PyAV decodes here; scan() lists them so they are never silently skipped.
 AV_EXTENSIONS = frozenset({".m4a", ".aac", ".mp4", ".m4b", ".alac", ".wma", ".webm", ".mka", ".ac3", ".amr"})
-INSTALL_HINT = "install PyAV to read it: pip install 'soundsearch[formats]'"
+INSTALL = "pip install 'soundsearch[formats]'"
+INSTALL_HINT = f"install PyAV to read it: {INSTALL}"
 
 
 def available() -> bool:

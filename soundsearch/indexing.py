@@ -322,7 +322,7 @@ def _run(
         known = catalog.get(key)
         if key in damaged:
             report.repaired.append(p)
-        elif known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        elif known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns and not _decodable_now(known):
             report.unchanged += 1
             if known[2] == STATUS_FAILED:
                 report.still_failed.append((p, known[3] or ""))
@@ -345,6 +345,14 @@ def _run(
     if writer.holes():
         notify(IndexProgress("compact"))
         report.compacted = writer.compact()
+
+
+def _decodable_now(known: tuple) -> bool:
+    """A file that failed only for want of PyAV, which is installed now (the summary's hint was
+    followed): it is tried again though unchanged."""
+    from soundsearch.avdecode import INSTALL_HINT, available
+
+    return known[2] == STATUS_FAILED and (known[3] or "").endswith(INSTALL_HINT) and available()
 
 
 def _featurize_all(

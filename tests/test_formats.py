@@ -61,3 +61,31 @@ def test_without_pyav_an_m4a_is_named_with_the_hint(tmp_path, monkeypatch):
     with pytest.raises(AudioError) as ei:
         audio.load(path, 22050)
     assert "pip install 'soundsearch[formats]'" in str(ei.value) and ".m4a" in str(ei.value)
+
+
+def test_index_names_undecodable_formats_once_with_the_hint_and_retries_after_install(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    import soundsearch.avdecode as avdecode
+    from soundsearch.cli import app
+
+    lib, store = tmp_path / "lib", tmp_path / "store"
+    for name in ("a.m4a", "b.m4a"):
+        _write_m4a(lib / name, seconds=1.0)
+    with monkeypatch.context() as without_av:
+        without_av.setattr(avdecode, "available", lambda: False)
+        result = CliRunner().invoke(app, ["index", str(lib), "--store", str(store), "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    for name in ("a.m4a", "b.m4a"):
+        assert f"  failed: {lib / name}: .m4a is not a format libsndfile reads" in lines
+    # The hint once, after the list, not on every file.
+    assert result.stderr.count("soundsearch[formats]") == 1
+    assert "2 files in formats only FFmpeg decodes: pip install 'soundsearch[formats]', then index again" in lines
+
+    # With PyAV there now, the unchanged files are tried again and indexed.
+    result = CliRunner().invoke(app, ["index", str(lib), "--store", str(store), "--jobs", "1", "--json"])
+    report = json.loads(result.stdout)
+    assert (report["updated"], report["failed"], report["still_failed"]) == (2, [], [])

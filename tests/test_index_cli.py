@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -151,10 +152,13 @@ def test_bad_files_are_named_skipped_and_retried_only_when_changed(tmp_path, sto
     result = run("index", str(lib), "--jobs", "1")
     assert result.exit_code == 0, result.output
     err = result.stderr
-    assert "2 added, 0 updated, 0 unchanged, 0 removed, 3 failed, 1 warnings" in err
-    assert f"{lib / 'empty.wav'}: empty file (0 bytes)" in err
-    assert f"{lib / 'garbage.wav'}: not decodable as audio" in err
-    assert f"{lib / 'nan.wav'}: contains non-finite samples" in err
+    assert "2 added, 0 updated, 0 unchanged, 0 removed, 3 failed, 1 warning (" in err
+    # The summary names every failure and warning, with its reason, not just counts them.
+    lines = err.splitlines()
+    assert f"  warning: {lib / 'silent.wav'}: silent (peak below -100 dBFS)" in lines
+    assert f"  failed: {lib / 'empty.wav'}: empty file (0 bytes)" in lines
+    assert any(line.startswith(f"  failed: {lib / 'garbage.wav'}: not decodable as audio") for line in lines)
+    assert any(line.startswith(f"  failed: {lib / 'nan.wav'}: contains non-finite samples") for line in lines)
     assert "notes.txt" not in err
 
     status = json.loads(run("status", "--json").stdout)
@@ -181,12 +185,13 @@ def test_bad_files_are_named_skipped_and_retried_only_when_changed(tmp_path, sto
 def test_failures_past_the_first_few_are_counted(tmp_path, store_dir):
     lib = tmp_path / "lib"
     lib.mkdir()
-    for i in range(8):
-        (lib / f"bad{i}.wav").write_bytes(b"RIFF" + bytes(40))
+    for i in range(13):
+        (lib / f"bad{i:02d}.wav").write_bytes(b"RIFF" + bytes(40))
     result = run("index", str(lib), "--jobs", "1")
     assert result.exit_code == 0
-    assert result.stderr.count(": ") >= 5
-    assert "... and 3 more" in result.stderr
+    named = [line for line in result.stderr.splitlines() if line.startswith(f"  failed: {lib}")]
+    assert named == [f"  failed: {lib / f'bad{i:02d}.wav'}: not decodable as audio (Format not recognised)" for i in range(10)]
+    assert "  ... and 3 more failed (--json lists all)" in result.stderr.splitlines()
 
 
 def test_several_roots_share_a_store(tmp_path, store_dir):
@@ -345,3 +350,62 @@ def test_unavailable_featurizer_fails_before_creating_a_store(library, store_dir
     assert result.exit_code == 1
     assert "soundsearch models fetch openl3" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not store_dir.exists()
+
+
+def test_progress_line_is_labelled_and_fits_80_columns():
+    # The index bar mid-run, on an 80-column terminal, on a clock we control.
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from soundsearch.cli._common import progress_columns
+    from soundsearch.cli.index import _rate_columns
+
+    now = [100.0]
+
+    def shown() -> str:
+        screen = Console(file=io.StringIO(), width=80, force_terminal=True, record=True)
+        screen.print(bar.get_renderable())
+        return screen.export_text().rstrip("\n")
+
+    bar = Progress(*progress_columns(*_rate_columns()), get_time=lambda: now[0], auto_refresh=False)
+    task = bar.add_task("indexing", total=12000, audio=0.0, rate=True)
+    for step in range(1, 19):  # 18 s in, 22.4 files and 42 s of audio a second
+        now[0] += 1.0
+        bar.update(task, completed=round(22.4 * step), audio=42.0 * step)
+    line = shown()
+    assert "\n" not in line and len(line) <= 80, line
+    assert "403/12000" in line
+    assert "22 files/s 42× real time" in line
+    assert "elapsed 0:18" in line
+    assert "left 8:38" in line  # (12000 - 403) / 22.4 files/s
+    assert re.search(r"━{8,}", line), line  # a bar worth the name is left over
+
+    # Before the first file: no rates yet, the clock runs, nothing is estimated.
+    bar.reset(task, total=12000, description="starting", audio=0.0, rate=True)
+    now[0] += 3.0
+    line = shown()
+    assert line.startswith("starting") and "elapsed 0:03" in line and "left -:--" in line and "files/s" not in line
+    assert "\n" not in line and len(line) <= 80, line
+
+
+def test_index_shows_a_spinner_at_once_and_only_stderr(library, store_dir, monkeypatch):
+    # Before any file is done the spinner has already said what is going on; all on stderr.
+    from soundsearch.cli import _common
+
+    said = []
+    real = _common.waiting
+
+    def spy(quiet, what):
+        said.append((quiet, what))
+        return real(quiet, what)
+
+    monkeypatch.setattr("soundsearch.cli.index.waiting", spy)
+    lib, _ = library
+    result = run("index", str(lib), "--jobs", "1")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert said == [(False, "opening the store")]
+    assert "indexing" in result.stderr or "starting" in result.stderr
+    result = run("index", str(lib), "--jobs", "1", "--quiet")
+    assert result.stdout == "" and result.stderr == "" and said[-1] == (True, "opening the store")

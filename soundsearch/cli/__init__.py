@@ -16,9 +16,14 @@ from soundsearch import __version__
 from soundsearch.cli._common import register
 from soundsearch.cli import duplicates, evaluate, index, models, query, serve, train
 
+HELP = """Search your own sound library by example: index it, then query with a recording.
+
+Example:  soundsearch index ~/Sounds && soundsearch query ~/Sounds/dog-bark.wav
+"""
+
 app = typer.Typer(
     name="soundsearch",
-    help="Search your own sound library by example: index it, then query with a recording.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -40,7 +45,8 @@ def _root(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    """Search your own sound library by example: index it, then query with a recording."""
+    # No docstring: the app's help (HELP) is the one shown.
+    return None
 
 register(app, index.index, "index")
 register(app, index.status, "status")

@@ -15,6 +15,30 @@ from rich.markup import escape
 
 from soundsearch.errors import SoundsearchError, printable
 
+
+def _plain_help_types() -> None:
+    """Typer 0.2x prints a type column of Python annotations in --help: `<bool>` beside every
+    flag (--help included) and `<path>` beside an argument already named by its metavar. A flag
+    takes no value, and an argument's metavar says what it takes, so both show nothing there;
+    every other parameter names its value with a metavar (tests/test_cli_basics.py checks)."""
+    from typer import core
+
+    option, argument = getattr(core, "TyperOption", None), getattr(core, "TyperArgument", None)
+    if option is None or argument is None or not hasattr(argument, "display_type_rich"):
+        return  # an older typer, which prints no such column
+    typed_option, typed_argument = option.display_type_rich, argument.display_type_rich
+
+    def option_type(self, ctx):
+        return None if self.is_flag and self.metavar is None else typed_option(self, ctx)
+
+    def argument_type(self, ctx):
+        return None if self.metavar is not None else typed_argument(self, ctx)
+
+    option.display_type_rich, argument.display_type_rich = option_type, argument_type
+
+
+_plain_help_types()
+
 # Data goes to stdout, everything meant for a person to stderr, so `--json` output pipes cleanly.
 out = Console(soft_wrap=False)
 err = Console(stderr=True)
@@ -23,6 +47,7 @@ StoreOption = Annotated[
     Optional[Path],
     typer.Option(
         "--store",
+        metavar="DIR",
         help="Feature store folder. Default: $SOUNDSEARCH_STORE, else a per-user data folder.",
         show_default=False,
     ),
@@ -41,7 +66,7 @@ class FeaturizerName(str, Enum):
 
 def featurizer_option(help: str) -> Any:
     """`--featurizer NAME` (one of FeaturizerName) with a command's own help text."""
-    return Annotated[Optional[FeaturizerName], typer.Option("--featurizer", "-f", help=help, show_default=False)]
+    return Annotated[Optional[FeaturizerName], typer.Option("--featurizer", "-f", metavar="|".join(FeaturizerName.__members__), help=help, show_default=False)]
 
 
 ParamOption = Annotated[
@@ -81,7 +106,7 @@ def shown(path: Any) -> str:
     return escape(printable(path))
 
 
-SHOW = 5  # entries a list on the terminal shows before "... and N more"
+SHOW = 10  # entries a list on the terminal shows before "... and N more"
 
 
 def print_some(console: Console, lines: Sequence[str], more: str = "", limit: int = SHOW) -> None:
@@ -92,23 +117,28 @@ def print_some(console: Console, lines: Sequence[str], more: str = "", limit: in
         console.print(f"  ... and {len(lines) - limit} more{more}", highlight=False, soft_wrap=True)
 
 
-def _mode_help() -> str:
-    from soundsearch.search.ranking import MODE_HELP
+# Mirrors soundsearch.search.ranking's RankingMode and MODE_HELP (tests check they agree);
+# spelled out here because that module needs numpy, which `--help` would otherwise pay for.
+MODE_HELP = {
+    "presence": "the model's similarity level, then its expected agreement (same sound events present and absent)",
+    "blend": "the model's expected agreement blended with acoustic similarity, by the weight fitted on validation data",
+    "acoustic": "acoustic similarity alone (sounds like, rather than contains the same)",
+}
 
-    return "How to order results: " + "; ".join(f"{m.value}: {text}" for m, text in MODE_HELP.items()) + (
+
+def _mode_help() -> str:
+    return "How to order results: " + "; ".join(f"{m}: {text}" for m, text in MODE_HELP.items()) + (
         ". Default: the mode recorded in the model file (presence for models that record none)."
     )
 
 
 def _complete_mode(incomplete: str) -> list[str]:
-    from soundsearch.search.ranking import MODES
-
-    return [m for m in MODES if m.startswith(incomplete)]
+    return [m for m in MODE_HELP if m.startswith(incomplete)]
 
 
 ModeOption = Annotated[
     Optional[str],
-    typer.Option("--mode", metavar="presence|blend|acoustic", help=_mode_help(), autocompletion=_complete_mode, show_default=False),
+    typer.Option("--mode", metavar="|".join(MODE_HELP), help=_mode_help(), autocompletion=_complete_mode, show_default=False),
 ]
 
 
@@ -132,28 +162,72 @@ def register(app: typer.Typer, fn: Callable, name: str) -> None:
     app.command(name)(wrapper)
 
 
+def clock(seconds: float | None) -> str:
+    """0:18, 12:05, 1:02:03: minutes and seconds, hours only when there are any."""
+    if seconds is None:
+        return "-:--"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_columns(*columns_extra) -> list:
+    """The columns of every progress bar: what, bar, done/total, extras, elapsed, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
+    from rich.table import Column
+    from rich.text import Text
+
+    def fixed() -> Column:
+        # Words and numbers never wrap: on a narrow terminal the bar gives way instead.
+        return Column(no_wrap=True)
+
+    class Elapsed(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"elapsed {clock(task.finished_time if task.finished else task.elapsed or 0.0)}", style="progress.elapsed")
+
+    class Left(ProgressColumn):
+        # Refreshed with the bar, not at every update: the estimate otherwise flickers.
+        max_refresh = 0.5
+
+        def render(self, task) -> Text:
+            left = 0.0 if task.finished else task.time_remaining
+            return Text(f"left {clock(left)}", style="progress.remaining")
+
+    return [
+        TextColumn("[progress.description]{task.description}", table_column=fixed()),
+        BarColumn(bar_width=None),  # the bar takes what the numbers leave, so 80 columns fit them all
+        MofNCompleteColumn(table_column=fixed()),
+        *columns_extra,
+        Elapsed(table_column=fixed()),
+        Left(table_column=fixed()),
+    ]
+
+
 @contextmanager
 def progress(quiet: bool, *columns_extra) -> Iterator["object | None"]:
     """A rich Progress on stderr, or None with --quiet (callers then skip updates)."""
     if quiet:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(bar_width=None),  # the bar takes what the numbers leave, so 80 columns fit them all
-        MofNCompleteColumn(),
-        *columns_extra,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err, transient=False) as bar:
+    with Progress(*progress_columns(*columns_extra), console=err, transient=False) as bar:
         yield bar
+
+
+@contextmanager
+def waiting(quiet: bool, what: str) -> Iterator["object | None"]:
+    """A spinner on stderr saying `what` while nothing can be counted yet (None with --quiet).
+
+    It disappears when stopped, so an error raised meanwhile stands alone on stderr. Callers
+    may stop it early (`.stop()`), e.g. when their progress bar takes over.
+    """
+    if quiet:
+        yield None
+        return
+    status = err.status(what, spinner="dots")
+    status.start()
+    try:
+        yield status
+    finally:
+        status.stop()

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from soundsearch.cli._common import (
     SHOW, JobsOption, JsonOption, ParamOption, QuietOption, StoreOption, err, featurizer_option, out, parse_params,
-    print_some, progress, shown,
+    print_some, progress, shown, waiting,
 )
 from soundsearch.errors import printable
 
@@ -44,6 +44,7 @@ def index(
     paths: Annotated[
         Optional[list[Path]],
         typer.Argument(
+            metavar="PATH",
             help="Audio files or folders (searched recursively). Without any, every folder the store has indexed is refreshed.",
             show_default=False,
         ),
@@ -54,13 +55,13 @@ def index(
     jobs: JobsOption = None,
     item_seconds: Annotated[
         Optional[float],
-        typer.Option("--item-seconds", min=0.1, help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
+        typer.Option("--item-seconds", min=0.1, metavar="SECONDS", help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
     ] = None,
     quiet: QuietOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 if any file could not be indexed.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is indexing into the store, wait for it instead of failing.")] = False,
     json_out: JsonOption = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, help="Files per store commit.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, metavar="N", help="Files per store commit.")] = 64,
     verify: Annotated[bool, typer.Option("--verify", help="Check every stored item against its checksum and re-index the files of damaged ones.")] = False,
 ) -> None:
     """Add audio files to the feature store, or bring it up to date.
@@ -76,9 +77,11 @@ def index(
 
     store_dir = resolve_store_dir(store)
     params = parse_params(param)
-    # The bar starts with the first progress event, i.e. once the store is open and locked, so
-    # an early error (missing path, locked store) is the only thing on stderr.
+    # Until the first progress event (the store open and locked, the featurizer built: seconds
+    # with torch to import) a spinner shows; it vanishes, so an early error (missing path,
+    # locked store) is the only thing on stderr. The bar then starts with the scan.
     with ExitStack() as stack:
+        opening = stack.enter_context(waiting(quiet, "opening the store"))
         bar = None
         task = None
 
@@ -87,15 +90,17 @@ def index(
             if quiet:
                 return
             if bar is None:
+                opening.stop()
                 bar = stack.enter_context(progress(False, *_rate_columns()))
                 task = bar.add_task("scanning", total=None, audio=0.0, rate=False)
             if p.phase == "featurize":
                 if p.done == 0 and p.total == 0:
                     bar.update(task, total=1, completed=1, description="up to date")
                 elif p.done == 0:
-                    bar.reset(task, total=p.total, description="indexing", audio=0.0, rate=True)
+                    # Workers load the featurizer before the first file is done: seconds at 0.
+                    bar.reset(task, total=p.total, description="starting", audio=0.0, rate=True)
                 else:
-                    bar.update(task, completed=p.done, audio=p.audio_seconds)
+                    bar.update(task, completed=p.done, audio=p.audio_seconds, description="indexing")
             elif p.phase == "compact":
                 bar.update(task, description="compacting")
 
@@ -132,33 +137,42 @@ def _rate_columns() -> list:
     from rich.text import Text
 
     class Rate(ProgressColumn):
-        """Throughput in files/s and in hours of audio per second, the two numbers that matter."""
+        """Files per second, and audio seconds per wall second: "42× real time"."""
 
         def __init__(self) -> None:
-            # Room for "999.9 files/s 99.99 audio-h/s": rich would otherwise cut it to "audio…".
-            super().__init__(table_column=Column(no_wrap=True, min_width=31))
+            # Room for "99 files/s 99× real time", so the column does not jitter as it grows.
+            super().__init__(table_column=Column(no_wrap=True, min_width=len("99 files/s 99× real time")))
 
         def render(self, task) -> Text:
             elapsed = task.elapsed or 0.0
             if elapsed <= 0 or not task.completed or not task.fields.get("rate"):
                 return Text("")
-            hours = task.fields.get("audio", 0.0) / 3600.0
-            return Text(
-                f"{task.completed / elapsed:.1f} files/s {hours / elapsed:.2f} audio-h/s",
-                style="cyan", no_wrap=True, overflow="ellipsis",
-            )
+            return Text(f"{_rate(task.completed / elapsed)} files/s {_rate(task.fields.get('audio', 0.0) / elapsed)}× real time",
+                        style="cyan", no_wrap=True, overflow="ellipsis")
 
     return [Rate()]
 
 
+def _rate(x: float) -> str:
+    """Two significant figures, more only above 100 (0.42, 4.2, 42, 420): a rate that changes
+    with every file needs no more, and the 80-column line has no room for them."""
+    return f"{x:.2f}" if x < 1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 def _summary(report) -> None:
+    from soundsearch.avdecode import INSTALL, INSTALL_HINT
+
     parts = [
         f"{report.added} added",
         f"{report.updated} updated",
         f"{report.unchanged} unchanged",
         f"{len(report.removed)} removed",
         f"{len(report.failed)} failed",
-        f"{len(report.warnings)} warnings",
+        _count(len(report.warnings), "warning"),
     ]
     if report.skipped:
         parts.append(f"{len(report.skipped)} skipped")
@@ -168,16 +182,32 @@ def _summary(report) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    print_some(err, [f"  skipped: {shown(p)}: {escape(reason)}" for p, reason in report.skipped], " skipped (--json lists all)")
+    # Formats only FFmpeg decodes carry the install hint in their reason: said once, after the
+    # list, rather than on every .m4a of a library.
+    suffix = f"; {INSTALL_HINT}"
+    need_av = 0
+
+    def why(reason: str) -> str:
+        nonlocal need_av
+        if reason.endswith(suffix):
+            need_av += 1
+            reason = reason[: -len(suffix)]
+        return escape(reason)
+
+    # One line per file, labelled, so each can be grepped; each kind shows its first SHOW.
+    for label, entries in (("failed", report.failed), ("warning", report.warnings), ("skipped", report.skipped)):
+        print_some(err, [f"  [yellow]{label}:[/] {shown(p)}: {why(reason)}" for p, reason in entries], f" {label} (--json lists all)")
     for label, paths in (
         ("removed", report.removed),
         ("library folder missing, skipped", report.missing_roots),
         ("damaged features, re-indexed", report.repaired),
     ):
-        print_some(err, [f"  {label}: {shown(p)}" for p in paths], f" {label}")
-    if report.failed:
-        err.print("[yellow]failed:[/]", highlight=False, soft_wrap=True)
-        print_some(err, [f"  {shown(p)}: {escape(reason)}" for p, reason in report.failed], " (soundsearch status lists them)")
+        print_some(err, [f"  {label}: {shown(p)}" for p in paths], f" {label} (--json lists all)")
+    if need_av:
+        err.print(
+            f"{_count(need_av, 'file')} in formats only FFmpeg decodes: {escape(INSTALL)}, then index again",
+            highlight=False, soft_wrap=True,
+        )
     if report.still_failed:
         err.print(
             f"{len(report.still_failed)} file(s) failed in an earlier run and are unchanged, so were not retried "

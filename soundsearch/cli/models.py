@@ -97,7 +97,7 @@ def _features(m) -> str:
 
     if not m.featurizer_identity:
         return m.featurizer
-    name, changed = departures(m.featurizer_identity)
+    name, changed = departures(m.featurizer_identity, build=False)  # building aisfx would import torch
     return " ".join([name, *changed])
 
 
@@ -128,12 +128,12 @@ class InputRepr(str, Enum):
 @app.command("fetch")
 @_one_line_errors
 def fetch(
-    model: Annotated[Fetchable, typer.Argument(help="What to fetch: openl3 (the OpenL3 featurizer's audio weights).")],
-    content_type: Annotated[ContentType, typer.Option("--content-type", help="Weights trained on environmental sounds or music.")] = ContentType.env,
-    input_repr: Annotated[InputRepr, typer.Option("--input-repr", help="Spectrogram the network takes: 128 or 256 Mel bands.")] = InputRepr.mel256,
+    model: Annotated[Fetchable, typer.Argument(metavar="WEIGHTS", help="What to fetch: openl3 (the OpenL3 featurizer's audio weights).")],
+    content_type: Annotated[ContentType, typer.Option("--content-type", metavar="env|music", help="Weights trained on environmental sounds or music.")] = ContentType.env,
+    input_repr: Annotated[InputRepr, typer.Option("--input-repr", metavar="mel128|mel256", help="Spectrogram the network takes: 128 or 256 Mel bands.")] = InputRepr.mel256,
     dest: Annotated[
         Optional[Path],
-        typer.Option("--dir", help="Folder to store the weights in. Default: the per-user data folder, where the featurizer looks.", show_default=False),
+        typer.Option("--dir", metavar="DIR", help="Folder to store the weights in. Default: the per-user data folder, where the featurizer looks.", show_default=False),
     ] = None,
     quiet: QuietOption = False,
 ) -> None:

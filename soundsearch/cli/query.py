@@ -32,13 +32,13 @@ def _complete_category(incomplete: str) -> list[str]:
 def query(
     file: Annotated[
         Path,
-        typer.Argument(help="A recording to search with (any format `index` reads); a long one counts as all its items.", show_default=False),
+        typer.Argument(metavar="FILE", help="A recording to search with (any format `index` reads); a long one counts as all its items.", show_default=False),
     ],
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results to show.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, metavar="K", help="How many results to show.")] = 10,
     store: StoreOption = None,
     model: Annotated[
         Optional[str],
-        typer.Option("--model", "-m", help="Model name or .safetensors path. Default: the shipped default model.", show_default=False),
+        typer.Option("--model", "-m", metavar="NAME|PATH", help="Model name or .safetensors path. Default: the shipped default model.", show_default=False),
     ] = None,
     json_out: JsonOption = False,
     require: Annotated[
@@ -57,7 +57,7 @@ def query(
     ] = None,
     min_level: Annotated[
         Optional[int],
-        typer.Option("--min-level", min=0, help="Drop results whose similarity level (categories in agreement) is below this.", show_default=False),
+        typer.Option("--min-level", min=0, metavar="LEVEL", help="Drop results whose similarity level (categories in agreement) is below this.", show_default=False),
     ] = None,
     mode: ModeOption = None,
     include_self: Annotated[
@@ -93,14 +93,8 @@ def query(
 
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog --html dog.html
     """
-    from soundsearch.errors import AudioError
-    from soundsearch.model.checkpoint import load_model
-    from soundsearch.model.registry import resolve_model
-    from soundsearch.paths import resolve_store_dir
-    from soundsearch.search.engine import SearchEngine
-    from soundsearch.store import Store
-
     from soundsearch.audio import not_regular_reason
+    from soundsearch.errors import AudioError
 
     path = file.expanduser()
     # One stat that never raises: Path.is_dir() raised PermissionError for a file in a folder
@@ -112,6 +106,13 @@ def query(
         elif reason.startswith("no such file"):
             reason = "no such file"
         raise AudioError(path, reason)
+    # Only now torch & co: a mistyped path is answered at once.
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
+    from soundsearch.paths import resolve_store_dir
+    from soundsearch.search.engine import SearchEngine
+    from soundsearch.store import Store
+
     with Store.open(resolve_store_dir(store)) as st:
         loaded = load_model(resolve_model(model))
         engine = SearchEngine(st, loaded)

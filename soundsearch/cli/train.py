@@ -17,8 +17,7 @@ from soundsearch.cli._common import (
     DataDirOption, DatasetOption, FeaturizerName, JobsOption, JsonOption, ParamOption, QuietOption, err,
     featurizer_option, out, parse_params, print_some, progress, shown,
 )
-from soundsearch.training.pairs import SCHEMES
-from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, TrainConfig
+from soundsearch.training.config import BATCHINGS, LR_SCHEDULES, OPTIMIZERS, PAIR_BALANCES, SCHEMES, TrainConfig
 
 
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -91,6 +90,16 @@ def _out_path(out_opt: Path | None, dataset_name: str) -> Path:
     return path.absolute()
 
 
+# Everyday options come first under "Options"; the paper's variants and the knobs that only
+# matter when experimenting go under their own headings, so `train --help` reads top-down.
+VARIANT = "Model variants (the paper's)"
+KNOB = "Research knobs"
+
+
+def _metavar(values) -> str:
+    return "|".join(v.value for v in values)
+
+
 def train(
     dataset: DatasetOption = "sonyc-ust",
     data_dir: DataDirOption = None,
@@ -99,40 +108,46 @@ def train(
     param: ParamOption = None,
     out_path: Annotated[
         Optional[Path],
-        typer.Option("--out", "-o", help="Model file to write. Default: a new file in the user models folder ($SOUNDSEARCH_MODELS).", show_default=False),
+        typer.Option("--out", "-o", metavar="FILE", help="Model file to write. Default: a new file in the user models folder ($SOUNDSEARCH_MODELS).", show_default=False),
     ] = None,
-    no_siamese: Annotated[bool, typer.Option("--no-siamese", help="Variant: no towers, the raw frames of the pair go into the pair head.")] = not D.siamese,
-    per_category: Annotated[bool, typer.Option("--per-category", help="Variant: one sub-model per category instead of one for all.")] = D.per_category,
-    no_attention: Annotated[bool, typer.Option("--no-attention", help="Variant: mean over time instead of attention pooling.")] = not D.attention,
     epochs: Annotated[str, typer.Option("--epochs", "-e", help="Epochs, or 'auto': choose by validation loss with early stopping.", metavar="N|auto")] = "auto",
-    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="Upper bound for --epochs auto.")] = D.max_epochs,
-    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without a better validation loss before stopping.")] = D.patience,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, pairs, initialisation and batch order.")] = D.seed,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = D.lr,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Pairs per batch.")] = D.batch_size,
-    batching: Annotated[Batching, typer.Option("--batching", help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching(D.batching),
-    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", help="Optimiser (the paper: rmsprop).")] = OptimizerName(D.optimizer),
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Weight decay.")] = D.weight_decay,
-    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, help="Std of Gaussian noise added to standardised features in training.")] = D.input_noise,
-    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, help="Dropout between layers in training.")] = D.dropout,
-    context: Annotated[ContextName, typer.Option("--context", help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName(D.context),
-    tower: Annotated[Optional[str], typer.Option("--tower", help="Tower layer widths.", metavar="W,W,...")] = None,
-    head: Annotated[Optional[str], typer.Option("--head", help="Pair-head layer widths.", metavar="W,W,...")] = None,
-    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, help="Partners per target, category and situation.")] = D.pairs_per_side,
-    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme(D.pair_scheme),
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, help="Share of training recordings held out to choose epochs.")] = D.val_fraction,
-    val_split: Annotated[bool, typer.Option("--val-split", help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
-    no_refit: Annotated[bool, typer.Option("--no-refit", help="Keep the model trained without the held-out recordings.")] = not D.refit,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed for the split, pairs, initialisation and batch order.")] = D.seed,
     jobs: JobsOption = None,
-    batch_items: Annotated[int, typer.Option("--batch-items", min=2, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = D.batch_items,
-    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = D.tag_weight,
-    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, help="Share of training items replaced by a mix of two items (union of their labels).")] = D.mix_prob,
-    state_weights: Annotated[Optional[str], typer.Option("--state-weights", help="Loss weights of the states both,neither,differs (default 1,1,1).", metavar="B,N,D")] = None,
-    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance(D.pair_balance),
-    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule(D.lr_schedule),
-    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = D.threads,
+    threads: Annotated[int, typer.Option("--threads", min=1, metavar="N", help="Threads for training. With 1 a seed gives the same model on any machine, and it is often the fastest.")] = D.threads,
     quiet: QuietOption = False,
     json_out: JsonOption = False,
+    # -- the paper's variants
+    no_siamese: Annotated[bool, typer.Option("--no-siamese", rich_help_panel=VARIANT, help="No towers: the raw frames of the pair go into the pair head.")] = not D.siamese,
+    per_category: Annotated[bool, typer.Option("--per-category", rich_help_panel=VARIANT, help="One sub-model per category instead of one for all.")] = D.per_category,
+    no_attention: Annotated[bool, typer.Option("--no-attention", rich_help_panel=VARIANT, help="Mean over time instead of attention pooling.")] = not D.attention,
+    # -- research knobs: epochs and validation
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, metavar="N", rich_help_panel=KNOB, help="Upper bound for --epochs auto.")] = D.max_epochs,
+    patience: Annotated[int, typer.Option("--patience", min=1, metavar="N", rich_help_panel=KNOB, help="Epochs without a better validation loss before stopping.")] = D.patience,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.49, metavar="SHARE", rich_help_panel=KNOB, help="Share of training recordings held out to choose epochs.")] = D.val_fraction,
+    val_split: Annotated[bool, typer.Option("--val-split", rich_help_panel=KNOB, help="Choose epochs on the dataset's own validate split instead of a held-out share.")] = False,
+    no_refit: Annotated[bool, typer.Option("--no-refit", rich_help_panel=KNOB, help="Keep the model trained without the held-out recordings.")] = not D.refit,
+    # -- optimisation
+    lr: Annotated[float, typer.Option("--lr", metavar="RATE", rich_help_panel=KNOB, help="Learning rate.")] = D.lr,
+    lr_schedule: Annotated[LrSchedule, typer.Option("--lr-schedule", metavar=_metavar(LrSchedule), rich_help_panel=KNOB, help="'cosine': decay the learning rate to 0 over the planned epochs.")] = LrSchedule(D.lr_schedule),
+    optimizer: Annotated[OptimizerName, typer.Option("--optimizer", metavar=_metavar(OptimizerName), rich_help_panel=KNOB, help="Optimiser (the paper: rmsprop).")] = OptimizerName(D.optimizer),
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, metavar="X", rich_help_panel=KNOB, help="Weight decay.")] = D.weight_decay,
+    # -- batches and pairs
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", rich_help_panel=KNOB, help="Pairs per batch.")] = D.batch_size,
+    batching: Annotated[Batching, typer.Option("--batching", metavar=_metavar(Batching), rich_help_panel=KNOB, help="'random': shuffled pairs (the paper); 'blocked': batches of pairs among few items, ~2x faster; 'items': batches of --batch-items items with balanced pairs drawn among them (the default model's recipe).")] = Batching(D.batching),
+    batch_items: Annotated[int, typer.Option("--batch-items", min=2, metavar="N", rich_help_panel=KNOB, help="Items per batch with --batching items (--batch-size pairs are drawn among them).")] = D.batch_items,
+    pair_balance: Annotated[PairBalance, typer.Option("--pair-balance", metavar=_metavar(PairBalance), rich_help_panel=KNOB, help="With --batching items: 'partner' balances each pair's partner (the paper); 'category' also draws the first item holding the pair's category half of the time (more 'both' pairs for rare categories).")] = PairBalance(D.pair_balance),
+    pairs_per_side: Annotated[int, typer.Option("--pairs-per-side", min=1, metavar="N", rich_help_panel=KNOB, help="Partners per target, category and situation.")] = D.pairs_per_side,
+    pair_scheme: Annotated[PairScheme, typer.Option("--pair-scheme", metavar=_metavar(PairScheme), rich_help_panel=KNOB, help="'shared': one random partner order per target for all categories (the paper's pair count); 'independent': a fresh draw per category (more pairs).")] = PairScheme(D.pair_scheme),
+    # -- loss and augmentation
+    state_weights: Annotated[Optional[str], typer.Option("--state-weights", metavar="B,N,D", rich_help_panel=KNOB, help="Loss weights of the states both,neither,differs (default 1,1,1).")] = None,
+    tag_weight: Annotated[float, typer.Option("--tag-weight", min=0.0, metavar="W", rich_help_panel=KNOB, help="Weight of an auxiliary per-item tagging loss on the tower output (training only).")] = D.tag_weight,
+    mix: Annotated[float, typer.Option("--mix", min=0.0, max=1.0, metavar="SHARE", rich_help_panel=KNOB, help="Share of training items replaced by a mix of two items (union of their labels).")] = D.mix_prob,
+    input_noise: Annotated[float, typer.Option("--input-noise", min=0.0, metavar="STD", rich_help_panel=KNOB, help="Std of Gaussian noise added to standardised features in training.")] = D.input_noise,
+    # -- network shape
+    tower: Annotated[Optional[str], typer.Option("--tower", metavar="W,W,...", rich_help_panel=KNOB, help="Tower layer widths.")] = None,
+    head: Annotated[Optional[str], typer.Option("--head", metavar="W,W,...", rich_help_panel=KNOB, help="Pair-head layer widths.")] = None,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=0.95, metavar="P", rich_help_panel=KNOB, help="Dropout between layers in training.")] = D.dropout,
+    context: Annotated[ContextName, typer.Option("--context", metavar=_metavar(ContextName), rich_help_panel=KNOB, help="'stats': every step also sees its item's mean, std and max over time.")] = ContextName(D.context),
 ) -> None:
     """Train a presence-matrix model on a labelled dataset and save it.
 

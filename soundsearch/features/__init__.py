@@ -196,16 +196,36 @@ def get_featurizer(name: str | None = None, **params: Any) -> Featurizer:
         raise FeaturizerError(f"bad parameters for featurizer {name!r}: {e}") from None
 
 
-def departures(identity: str) -> tuple[str, list[str]]:
+# Each featurizer's tunable parameters with their defaults, the same on every machine (unlike
+# the checksum of whichever weights are installed). Describing a model by these needs no
+# featurizer built: building aisfx or openl3 imports torch and loads weights, seconds that
+# `soundsearch models` should not cost. Tests check they agree with the featurizers' own.
+TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "logmel": {"sample_rate": 22050, "n_fft": 4096, "hop_length": 2048, "n_mels": 128, "fmin": 0.0,
+               "fmax": 11025.0, "steps": 10, "stats": "mean,std,max"},
+    "aisfx": {"steps": 10, "stats": "mean,max", "hop_frames": 100},
+    "openl3": {"content_type": "env", "input_repr": "mel256", "embedding_size": 512, "hop_seconds": 1.0,
+               "steps": 10, "stats": "mean", "frontend": "kapre-0.1.4"},
+}
+
+
+def departures(identity: str, build: bool = True) -> tuple[str, list[str]]:
     """(name, ["key=value", ...]) of a featurizer identity: the parameters where it departs from
     that featurizer's defaults (all of them when the defaults cannot be built here), so a store
-    or model made with `logmel stats=mean` never looks like plain `logmel`."""
+    or model made with `logmel stats=mean` never looks like plain `logmel`.
+
+    With `build=False` only the tunable parameters (TUNABLE_DEFAULTS) are compared and nothing
+    heavy is imported; which weights were used then goes unsaid.
+    """
     head, _, params_json = identity.partition(":")
     name = head.split("/")[0]
     try:
         params = json.loads(params_json)
     except ValueError:
         return name, []
+    if not build and name in TUNABLE_DEFAULTS:
+        tunable = TUNABLE_DEFAULTS[name]
+        return name, [f"{k}={v}" for k, v in sorted(params.items()) if k in tunable and tunable[k] != v]
     try:
         defaults = get_featurizer(name).params
     except SoundsearchError:

@@ -11,13 +11,17 @@ from dataclasses import asdict, dataclass, fields
 
 from soundsearch.model.config import Architecture, ModelConfig
 from soundsearch.errors import ConfigError
-from soundsearch.training.pairs import SCHEMES
-from soundsearch.presence import STATES
 
+# Nothing here imports numpy (training.pairs and presence do): `train --help` builds a
+# TrainConfig for its defaults, and numpy alone would cost it a fifth of a second.
 OPTIMIZERS = ("rmsprop", "adam", "adamw", "sgd")
 BATCHINGS = ("random", "blocked", "items")
 LR_SCHEDULES = ("constant", "cosine")
 PAIR_BALANCES = ("partner", "category")
+# How training.pairs draws partners: "shared" (one partner order per target for all categories,
+# the paper's pair count) or "independent" (a fresh draw per category).
+SCHEMES = ("shared", "independent")
+N_STATES = 3  # len(presence.STATES): both, neither, differs (tests check they agree)
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,8 @@ class TrainConfig(Architecture):
             raise ConfigError("tag_weight must not be negative")
         if not 0.0 <= self.mix_prob <= 1.0:
             raise ConfigError("mix_prob must be in [0, 1]")
-        if len(self.state_weights) != len(STATES) or any(not (w > 0 and math.isfinite(w)) for w in self.state_weights):
-            raise ConfigError(f"state_weights must be {len(STATES)} positive numbers (both, neither, differs)")
+        if len(self.state_weights) != N_STATES or any(not (w > 0 and math.isfinite(w)) for w in self.state_weights):
+            raise ConfigError(f"state_weights must be {N_STATES} positive numbers (both, neither, differs)")
         if self.pair_balance not in PAIR_BALANCES:
             raise ConfigError(f"pair_balance must be one of {PAIR_BALANCES}, not {self.pair_balance!r}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from soundsearch.presence import BOTH, DIFFERS, NEITHER, presence_targets
+from soundsearch.training.config import SCHEMES  # with the recipe's other choices, numpy-free
 
 PER_SIDE = 30
 
@@ -53,9 +54,6 @@ def _partners(rng: np.random.Generator, targets: np.ndarray, pool: np.ndarray, k
         own = np.searchsorted(pool, targets)[:, None]
         picks = picks + (picks >= own)
     return pool[picks]
-
-
-SCHEMES = ("shared", "independent")
 
 
 def make_pairs(labels: np.ndarray, per_side: int = PER_SIDE, seed: int = 0, scheme: str = "shared") -> np.ndarray:
