@@ -195,6 +195,10 @@ def dataset_features(
         jobs=jobs,
         on_progress=on_progress,
         item_seconds=item_seconds,
+        # Consecutive windows only: training and eval count every item as an example of its
+        # recording, so overlapping windows would count a recording several times.
+        item_hop=item_seconds,
+        event_items=0,
     )
     failed = list(report.failed) + list(report.still_failed)
     with Store.open(store_dir, featurizer=featurizer) as store:
