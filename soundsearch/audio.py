@@ -483,12 +483,15 @@ DEFAULT_EVENT_ITEMS = 6
 
 # Event items: a short item starting just before each detected onset of a long recording, so a
 # bark of a third of a second is the main content of one item instead of 3% of a 10 s window.
-EVENT_SECONDS = 2.0
-EVENT_PRE_SECONDS = 0.25  # the item starts this far before the onset frame (attack kept whole)
+EVENT_SECONDS = 2.0  # the longest event item
+# The shortest: an event item ends where the energy falls back to its background (so a short
+# bark, not the ambience after it, is the item's content), but not before this.
+EVENT_MIN_SECONDS = 0.5
+EVENT_PRE_SECONDS = 0.1  # the item starts this far before the onset frame (attack kept whole)
 # Onset detection on 20 ms energy frames: a frame rising ONSET_DB above the median of the second
 # before it, a local peak of that rise within ONSET_PEAK_FRAMES, louder than ONSET_FLOOR_DB.
 ONSET_FRAME_SECONDS = 0.02
-ONSET_DB = 6.0
+ONSET_DB = 3.0
 ONSET_FLOOR_DB = -60.0
 ONSET_CONTEXT_FRAMES = 50
 ONSET_PEAK_FRAMES = 5
@@ -528,6 +531,15 @@ class Cutting:
         return 3600.0 / self.hop, 60.0 * self.event_items
 
 
+def _event_end(db: np.ndarray, f: int, min_frames: int, max_frames: int) -> int:
+    """The frame after an event starting at frame f: where the envelope is back within
+    ONSET_DB of the median of the second before the onset (between min and max frames on)."""
+    base = float(np.median(db[max(0, f - ONSET_CONTEXT_FRAMES) : max(1, f - 1)])) if f > 1 else float(db[0])
+    tail = db[f + min_frames : f + max_frames]
+    back = np.flatnonzero(tail < base + ONSET_DB)
+    return f + min_frames + (int(back[0]) if back.size else tail.size)
+
+
 def _onset_frames(db: np.ndarray, lo: int, hi: int, limit: int, min_gap: int) -> list[int]:
     """Frames in [lo, hi) of the dB envelope `db` where an event starts: the `limit` strongest
     rises over the median of the preceding second, at least `min_gap` frames apart."""
@@ -563,6 +575,7 @@ def _cut_stream(blocks: Iterable[np.ndarray], sr: int, cutting: Cutting, offset:
     frame = max(1, int(round(ONSET_FRAME_SECONDS * sr)))
     chunk = max(item, int(round(EVENT_CHUNK_SECONDS * sr)))
     ev_len = max(1, int(round(EVENT_SECONDS * sr)))
+    ev_min = max(1, int(round(EVENT_MIN_SECONDS * sr)))
     pre = int(round(EVENT_PRE_SECONDS * sr))
     events = cutting.event_items > 0
     limit = int(round(cutting.event_items * chunk / (EVENT_CHUNK_SECONDS * sr))) if events else 0
@@ -583,8 +596,9 @@ def _cut_stream(blocks: Iterable[np.ndarray], sr: int, cutting: Cutting, offset:
         frames = _onset_frames(db, lo // frame, min(hi // frame, db.size), limit, max(1, ev_len // (2 * frame)))
         for f in frames:
             a = max(0, f * frame - pre)
-            b = a + ev_len if n is None else min(n, a + ev_len)
-            yield seg(a, b)
+            stop = _event_end(db, f, max(1, ev_min // frame), max(1, ev_len // frame))
+            b = min(a + ev_len, stop * frame)
+            yield seg(a, b if n is None else min(n, b))
 
     for block in blocks:
         buf = np.concatenate([buf, block]) if buf.size else block
@@ -632,6 +646,27 @@ def _clip_blocks(blocks: Iterable[np.ndarray], first: int, last: int | None) -> 
             yield block[lo - a : hi - a]
         if last is not None and pos >= last:
             return
+
+
+def parse_time(text: str, what: str = "time") -> float:
+    """Seconds from "95", "95.5", "1:35", "1:35.5" or "0:01:35"; AudioError-free ValueError-free:
+    raises SearchError naming `what` for anything else (negative times included)."""
+    from soundsearch.errors import SearchError
+
+    raw = str(text).strip()
+    parts = raw.split(":")
+    try:
+        if not raw or len(parts) > 3 or any(p.strip() == "" for p in parts):
+            raise ValueError
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise SearchError(f"{what} {text!r} is not a time: give seconds (95.5) or minutes:seconds (1:35.5)") from None
+    if any(v < 0 or not np.isfinite(v) for v in values) or any(v >= 60 for v in values[1:]):
+        raise SearchError(f"{what} {text!r} is not a time: give seconds (95.5) or minutes:seconds (1:35.5)")
+    seconds = 0.0
+    for v in values:
+        seconds = seconds * 60 + v
+    return seconds
 
 
 def _is_hidden(name: str) -> bool:
