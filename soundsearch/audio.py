@@ -440,32 +440,233 @@ def iter_items(
     sample_rate: int,
     item_seconds: float = 10.0,
     min_last_seconds: float = 1.0,
+    *,
+    cutting: "Cutting | None" = None,
+    start: float | None = None,
+    end: float | None = None,
 ) -> tuple[AudioInfo, Iterator[Segment], list[AudioWarning]]:
-    """Stream a file's items (same rule as split_items) holding about one item in memory.
+    """Stream a file's items holding about one item in memory (a minute with event items).
 
-    Returns the header, a generator of Segments and the warnings list, which is complete once
-    the generator is exhausted. Errors found while decoding raise AudioError from the generator.
+    `cutting` (default: consecutive windows of item_seconds, the rule of split_items) says how
+    to cut; `start`/`end` (seconds) cut only that region of the file, with item times still
+    counted from the file's start. Returns the header, a generator of Segments and the warnings
+    list, which is complete once the generator is exhausted. Errors found while decoding raise
+    AudioError from the generator; a region outside the file raises AudioError at once.
     """
     info, blocks, warnings = _stream_mono(path, sample_rate)
-    item, min_last = _item_lengths(item_seconds, min_last_seconds, sample_rate)
+    if cutting is None:
+        cutting = Cutting(item_seconds, None, 0, min_last_seconds)
+    _item_lengths(cutting.item_seconds, cutting.min_last_seconds, sample_rate)  # validates
+    offset = 0.0
+    if start is not None or end is not None:
+        a = max(0.0, float(start or 0.0))
+        b = info.duration if end is None else min(float(end), info.duration)
+        if not b > a:
+            blocks.close()
+            raise AudioError(
+                info.path,
+                f"the region {a:g}-{b if end is None else float(end):g} s holds no audio "
+                f"(the recording is {info.duration:.3f} s long)",
+            )
+        first, last = int(round(a * sample_rate)), int(round(b * sample_rate))
+        blocks = _clip_blocks(blocks, first, max(last, first + 1))
+        offset = first / sample_rate
+    return info, _cut_stream(blocks, sample_rate, cutting, offset), warnings
 
-    def items() -> Iterator[Segment]:
-        buf = np.zeros(0, np.float32)
-        start = 0  # sample offset of buf[0] in the whole signal
-        for block in blocks:
-            buf = np.concatenate([buf, block]) if buf.size else block
-            # A window is final once at least min_last samples follow it: whatever comes after
-            # is then a window or a tail of its own, never merged back into this one.
-            while buf.size >= item and buf.size - item >= min_last:
-                yield Segment(start / sample_rate, (start + item) / sample_rate, buf[:item].copy())
-                buf = buf[item:]
-                start += item
-        if buf.size == 0:
+
+# ---- finer items for long recordings (store meta item_hop, event_items)
+
+# A new store's defaults, chosen on bench/moments.py (README "Finding the moment"): windows every
+# half item, plus up to DEFAULT_EVENT_ITEMS event items a minute of long recordings.
+DEFAULT_HOP_FRACTION = 0.5
+DEFAULT_EVENT_ITEMS = 6
+
+# Event items: a short item starting just before each detected onset of a long recording, so a
+# bark of a third of a second is the main content of one item instead of 3% of a 10 s window.
+EVENT_SECONDS = 2.0  # the longest event item
+# The shortest: an event item ends where the energy falls back to its background (so a short
+# bark, not the ambience after it, is the item's content), but not before this.
+EVENT_MIN_SECONDS = 0.5
+EVENT_PRE_SECONDS = 0.1  # the item starts this far before the onset frame (attack kept whole)
+# Onset detection on 20 ms energy frames: a frame rising ONSET_DB above the median of the second
+# before it, a local peak of that rise within ONSET_PEAK_FRAMES, louder than ONSET_FLOOR_DB.
+ONSET_FRAME_SECONDS = 0.02
+ONSET_DB = 3.0
+ONSET_FLOOR_DB = -60.0
+ONSET_CONTEXT_FRAMES = 50
+ONSET_PEAK_FRAMES = 5
+# Events are picked per minute (the strongest rises first), so their number is bounded by the
+# setting per minute of audio whatever the recording holds.
+EVENT_CHUNK_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Cutting:
+    """How recordings are cut into items (recorded in a store's meta).
+
+    `hop_seconds` None or >= item_seconds: today's rule (consecutive windows, see the module
+    docstring). Shorter: windows start every hop_seconds while a full window and
+    min_last_seconds of audio follow, and one more window ends at the end of the recording, so
+    every window is a full item_seconds long. `event_items` > 0: a recording longer than
+    item_seconds also gets up to that many event items (EVENT_SECONDS, from just before a
+    detected onset) per minute. A recording no longer than item_seconds is one item either way.
+    """
+
+    item_seconds: float = 10.0
+    hop_seconds: float | None = None
+    event_items: int = 0
+    min_last_seconds: float = 1.0
+
+    @property
+    def hop(self) -> float:
+        return self.item_seconds if self.hop_seconds is None else min(self.hop_seconds, self.item_seconds)
+
+    @property
+    def finer(self) -> bool:
+        """Whether items overlap (finer than consecutive windows)."""
+        return self.hop < self.item_seconds - 1e-9 or self.event_items > 0
+
+    def items_per_hour(self) -> tuple[float, float]:
+        """(windows, most event items) per hour of long recordings."""
+        return 3600.0 / self.hop, 60.0 * self.event_items
+
+
+def _event_end(db: np.ndarray, f: int, min_frames: int, max_frames: int) -> int:
+    """The frame after an event starting at frame f: where the envelope is back within
+    ONSET_DB of the median of the second before the onset (between min and max frames on)."""
+    base = float(np.median(db[max(0, f - ONSET_CONTEXT_FRAMES) : max(1, f - 1)])) if f > 1 else float(db[0])
+    tail = db[f + min_frames : f + max_frames]
+    back = np.flatnonzero(tail < base + ONSET_DB)
+    return f + min_frames + (int(back[0]) if back.size else tail.size)
+
+
+def _onset_frames(db: np.ndarray, lo: int, hi: int, limit: int, min_gap: int) -> list[int]:
+    """Frames in [lo, hi) of the dB envelope `db` where an event starts: the `limit` strongest
+    rises over the median of the preceding second, at least `min_gap` frames apart."""
+    ctx = ONSET_CONTEXT_FRAMES
+    first = max(lo, ctx)
+    if hi - first <= 0 or limit <= 0:
+        return []
+    past = np.lib.stride_tricks.sliding_window_view(db[first - ctx : hi - 1], ctx)  # row i: frames before first+i
+    rise = db[first:hi] - np.median(past, axis=1)
+    ok = (rise >= ONSET_DB) & (db[first:hi] >= ONSET_FLOOR_DB)
+    if not ok.any():
+        return []
+    w = ONSET_PEAK_FRAMES
+    padded = np.pad(rise, w, constant_values=-np.inf)
+    peak = rise >= np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1).max(axis=1)
+    cand = np.flatnonzero(ok & peak)
+    chosen: list[int] = []
+    for i in cand[np.argsort(-rise[cand], kind="stable")]:
+        f = first + int(i)
+        if all(abs(f - c) >= min_gap for c in chosen):
+            chosen.append(f)
+            if len(chosen) >= limit:
+                break
+    return sorted(chosen)
+
+
+def _cut_stream(blocks: Iterable[np.ndarray], sr: int, cutting: Cutting, offset: float = 0.0) -> Iterator[Segment]:
+    """Items of a stream of mono blocks by `cutting`, holding at most a minute or an item of
+    audio (plus a block). Window items come in time order, event items after each minute."""
+    item, min_last = _item_lengths(cutting.item_seconds, cutting.min_last_seconds, sr)
+    hop = max(1, int(round(cutting.hop * sr)))
+    legacy = hop >= item
+    frame = max(1, int(round(ONSET_FRAME_SECONDS * sr)))
+    chunk = max(item, int(round(EVENT_CHUNK_SECONDS * sr)))
+    ev_len = max(1, int(round(EVENT_SECONDS * sr)))
+    ev_min = max(1, int(round(EVENT_MIN_SECONDS * sr)))
+    pre = int(round(EVENT_PRE_SECONDS * sr))
+    events = cutting.event_items > 0
+    limit = int(round(cutting.event_items * chunk / (EVENT_CHUNK_SECONDS * sr))) if events else 0
+
+    buf = np.zeros(0, np.float32)
+    buf0 = 0  # sample offset of buf[0]
+    seen = 0
+    next_win = 0
+    env: list[np.ndarray] = []
+    env_done = 0  # samples covered by env
+    next_chunk = 0  # first sample of the next minute whose events are not out yet
+
+    def seg(a: int, b: int) -> Segment:
+        return Segment(offset + a / sr, offset + b / sr, buf[a - buf0 : b - buf0].copy())
+
+    def chunk_events(lo: int, hi: int, n: int | None) -> Iterator[Segment]:
+        db = np.concatenate(env) if env else np.zeros(0)
+        frames = _onset_frames(db, lo // frame, min(hi // frame, db.size), limit, max(1, ev_len // (2 * frame)))
+        for f in frames:
+            a = max(0, f * frame - pre)
+            stop = _event_end(db, f, max(1, ev_min // frame), max(1, ev_len // frame))
+            b = min(a + ev_len, stop * frame)
+            yield seg(a, b if n is None else min(n, b))
+
+    for block in blocks:
+        buf = np.concatenate([buf, block]) if buf.size else block
+        seen += block.size
+        if events:
+            whole = (seen - env_done) // frame * frame
+            if whole:
+                x = buf[env_done - buf0 : env_done - buf0 + whole].reshape(-1, frame).astype(np.float64)
+                env.append(10.0 * np.log10((x * x).mean(axis=1) + 1e-12))
+                env_done += whole
+        while next_win + item + min_last <= seen:
+            yield seg(next_win, next_win + item)
+            next_win += hop
+        while events and seen > item and next_chunk + chunk + ev_len + frame <= seen:
+            yield from chunk_events(next_chunk, next_chunk + chunk, None)
+            next_chunk += chunk
+        keep = min(next_win, env_done, next_chunk - pre if events else next_win)
+        if keep - buf0 > 0:
+            buf = buf[keep - buf0 :]
+            buf0 = keep
+    n = seen
+    if n == 0:
+        return
+    if legacy:
+        if next_win < n:
+            yield seg(next_win, n)
+    elif n <= item:
+        yield seg(0, n)
+    else:
+        yield seg(n - item, n)
+    if events and n > item:
+        while next_chunk < n:
+            yield from chunk_events(next_chunk, next_chunk + chunk, n)
+            next_chunk += chunk
+
+
+def _clip_blocks(blocks: Iterable[np.ndarray], first: int, last: int | None) -> Iterator[np.ndarray]:
+    """The samples [first, last) of a stream of blocks."""
+    pos = 0
+    for block in blocks:
+        a, b = pos, pos + block.size
+        pos = b
+        lo, hi = max(a, first), b if last is None else min(b, last)
+        if hi > lo:
+            yield block[lo - a : hi - a]
+        if last is not None and pos >= last:
             return
-        for a, b in _item_bounds(buf.size, item, min_last):
-            yield Segment((start + a) / sample_rate, (start + b) / sample_rate, buf[a:b])
 
-    return info, items(), warnings
+
+def parse_time(text: str, what: str = "time") -> float:
+    """Seconds from "95", "95.5", "1:35", "1:35.5" or "0:01:35"; AudioError-free ValueError-free:
+    raises SearchError naming `what` for anything else (negative times included)."""
+    from soundsearch.errors import SearchError
+
+    raw = str(text).strip()
+    parts = raw.split(":")
+    try:
+        if not raw or len(parts) > 3 or any(p.strip() == "" for p in parts):
+            raise ValueError
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise SearchError(f"{what} {text!r} is not a time: give seconds (95.5) or minutes:seconds (1:35.5)") from None
+    if any(v < 0 or not np.isfinite(v) for v in values) or any(v >= 60 for v in values[1:]):
+        raise SearchError(f"{what} {text!r} is not a time: give seconds (95.5) or minutes:seconds (1:35.5)")
+    seconds = 0.0
+    for v in values:
+        seconds = seconds * 60 + v
+    return seconds
 
 
 def _is_hidden(name: str) -> bool:

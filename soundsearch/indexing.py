@@ -129,7 +129,7 @@ def _worker_featurizer(spec: dict, identity: str):
 
 
 def _featurize(
-    path: str, size: int, mtime_ns: int, spec: dict, identity: str, item_seconds: float, parent_pid: int = 0
+    path: str, size: int, mtime_ns: int, spec: dict, identity: str, cutting, parent_pid: int = 0
 ) -> FileEntry:
     """Worker side: one file in, one FileEntry out; a bad file is a failed entry, not a crash."""
     import numpy as np
@@ -140,7 +140,7 @@ def _featurize(
     entry = FileEntry(path=Path(path), size=size, mtime_ns=mtime_ns)
     fz = _worker_featurizer(spec, identity)
     try:
-        ff = featurize_file(path, fz, item_seconds=item_seconds)
+        ff = featurize_file(path, fz, cutting=cutting)
     except AudioError as exc:
         entry.status, entry.error = STATUS_FAILED, exc.reason
         return entry
@@ -193,6 +193,8 @@ def index_paths(
     on_progress: Callable[[IndexProgress], None] | None = None,
     item_seconds: float | None = None,
     *,
+    item_hop: float | None = None,
+    event_items: int | None = None,
     wait: bool = False,
     batch_size: int = 64,
     batch_seconds: float = 10.0,
@@ -208,6 +210,8 @@ def index_paths(
     an unusable store, SoundsearchError for a missing path. With `verify`, every stored item's
     features are checked against their checksum and the files of damaged items are featurized
     again, as if changed (items stored before checksums existed get theirs recorded).
+    `item_seconds`, `item_hop` and `event_items` say how a new store cuts recordings (see
+    audio.Cutting; None: the defaults); for an existing store they must match its own.
     """
     from soundsearch import audio
     from soundsearch.features import featurizer_from_spec, get_featurizer
@@ -234,9 +238,9 @@ def index_paths(
     if featurizer_name is not None or featurizer_params:
         requested = get_featurizer(featurizer_name, **(featurizer_params or {}))
 
-    _ensure_store(store_dir, requested, item_seconds, bool(roots), wait)
+    _ensure_store(store_dir, requested, (item_seconds, item_hop, event_items), bool(roots), wait)
 
-    with Store.open(store_dir, item_seconds=item_seconds) as store:
+    with Store.open(store_dir, item_seconds=item_seconds, item_hop=item_hop, event_items=event_items) as store:
         spec, identity = store.featurizer_spec, store.featurizer_identity
         # `--featurizer logmel` on a store made by logmel with other parameters means "this
         # store's logmel", not "logmel with default parameters".
@@ -257,7 +261,7 @@ def index_paths(
     return report
 
 
-def _ensure_store(store_dir: Path, requested, item_seconds: float | None, have_roots: bool, wait: bool) -> None:
+def _ensure_store(store_dir: Path, requested, cutting: tuple, have_roots: bool, wait: bool) -> None:
     """Create the store if it does not exist, or finish a creation that a kill interrupted."""
     from soundsearch.features import get_featurizer
     from soundsearch.store import _check_foreign, store_lock
@@ -278,7 +282,10 @@ def _ensure_store(store_dir: Path, requested, item_seconds: float | None, have_r
     with store_lock(store_dir, wait=wait):
         if not exists():
             fz = requested or get_featurizer(None)
-            Store.open(store_dir, create=True, featurizer=fz, item_seconds=item_seconds).close()
+            item_seconds, item_hop, event_items = cutting
+            Store.open(
+                store_dir, create=True, featurizer=fz, item_seconds=item_seconds, item_hop=item_hop, event_items=event_items
+            ).close()
 
 
 def _run(
@@ -340,7 +347,7 @@ def _run(
         writer.remove_files(gone)
         report.removed = sorted(gone)
 
-    _featurize_all(writer, todo, catalog, fz, store.item_seconds, jobs, notify, batch_size, batch_seconds, report)
+    _featurize_all(writer, todo, catalog, fz, store.cutting, jobs, notify, batch_size, batch_seconds, report)
 
     if writer.holes():
         notify(IndexProgress("compact"))
@@ -360,7 +367,7 @@ def _featurize_all(
     todo: list[tuple[str, int, int]],
     catalog: dict,
     fz,
-    item_seconds: float,
+    cutting,
     jobs: int | None,
     notify: Callable[[IndexProgress], None],
     batch_size: int,
@@ -376,7 +383,7 @@ def _featurize_all(
     n_jobs = _resolve_jobs(jobs, total)
     results: Iterator[FileEntry]
     if n_jobs == 1:
-        results = (_featurize(p, s, m, spec, identity, item_seconds) for p, s, m in todo)
+        results = (_featurize(p, s, m, spec, identity, cutting) for p, s, m in todo)
     else:
         from joblib import Parallel, delayed
 
@@ -389,7 +396,7 @@ def _featurize_all(
 
         with parallel_config(backend="loky", initializer=_worker_setup, initargs=(os.getpid(),)):
             results = Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="4*n_jobs")(
-                delayed(_featurize)(p, s, m, spec, identity, item_seconds, os.getpid()) for p, s, m in todo
+                delayed(_featurize)(p, s, m, spec, identity, cutting, os.getpid()) for p, s, m in todo
             )
 
     pending: list[FileEntry] = []

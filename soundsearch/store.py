@@ -131,6 +131,13 @@ class StoreStats:
     bytes_on_disk: int
     roots: tuple[Path, ...]
     schema_version: int
+    item_hop: float | None = None  # seconds between window starts (item_seconds: no overlap)
+    event_items: int = 0  # most event items per minute of a long recording
+
+    def items_per_hour(self) -> tuple[float, float]:
+        """(windows, most event items) per hour of long recordings."""
+        hop = self.item_hop or self.item_seconds
+        return 3600.0 / hop, 60.0 * self.event_items
 
     def to_json(self) -> dict:
         return {
@@ -141,6 +148,8 @@ class StoreStats:
                 "params": self.featurizer_params,
             },
             "item_seconds": self.item_seconds,
+            "item_hop": self.item_hop if self.item_hop is not None else self.item_seconds,
+            "event_items": self.event_items,
             "files": self.files,
             "items": self.items,
             "duration_seconds": round(self.duration, 3),
@@ -377,11 +386,15 @@ class Store:
         create: bool = False,
         featurizer: Featurizer | None = None,
         item_seconds: float | None = None,
+        item_hop: float | None = None,
+        event_items: int | None = None,
     ) -> Store:
         """Open the store at `path`; with `create`, make it (recording `featurizer`) if absent.
 
-        Raises FeaturizerMismatchError when `featurizer` (or `item_seconds`) differs from what
-        the store was built with, StoreError when there is no usable store.
+        Raises FeaturizerMismatchError when `featurizer` (or `item_seconds`, `item_hop`,
+        `event_items`) differs from what the store was built with, StoreError when there is no
+        usable store. A new store's hop and event items default to audio.DEFAULT_HOP_FRACTION of
+        its item length and audio.DEFAULT_EVENT_ITEMS.
         """
         path = Path(path).expanduser().absolute()
         _check_store_path(path)
@@ -408,7 +421,7 @@ class Store:
                         raise StoreMissingError(f"no store at {printable(path)}: run `soundsearch index PATH` first")
                     if readonly:
                         raise StoreError(f"the store at {printable(path)} is read-only: check permissions on it")
-                    _create(db, path, featurizer, item_seconds)
+                    _create(db, path, featurizer, item_seconds, item_hop, event_items)
                 else:
                     _migrate(db, path, version, readonly)
             store = cls(path, db, readonly)
@@ -416,13 +429,19 @@ class Store:
             db.close()
             raise
         try:
-            store._check_request(featurizer, item_seconds)
+            store._check_request(featurizer, item_seconds, item_hop, event_items)
         except FeaturizerMismatchError:
             store.close()
             raise
         return store
 
-    def _check_request(self, featurizer: Featurizer | None, item_seconds: float | None) -> None:
+    def _check_request(
+        self,
+        featurizer: Featurizer | None,
+        item_seconds: float | None,
+        item_hop: float | None = None,
+        event_items: int | None = None,
+    ) -> None:
         if featurizer is not None and featurizer.identity != self.featurizer_identity:
             raise FeaturizerMismatchError(
                 f"the store at {printable(self.path)} holds features made by {self.featurizer_identity!r}, "
@@ -433,6 +452,16 @@ class Store:
             raise FeaturizerMismatchError(
                 f"the store at {printable(self.path)} cuts recordings into {self.item_seconds:g} s items, "
                 f"not {float(item_seconds):g} s: use another store for another item length"
+            )
+        if item_hop is not None and abs(min(float(item_hop), self.item_seconds) - self.cutting.hop) > 1e-9:
+            raise FeaturizerMismatchError(
+                f"the store at {printable(self.path)} starts an item every {self.cutting.hop:g} s, "
+                f"not every {float(item_hop):g} s: use another store for another hop"
+            )
+        if event_items is not None and int(event_items) != self.cutting.event_items:
+            raise FeaturizerMismatchError(
+                f"the store at {printable(self.path)} adds up to {self.cutting.event_items} event items a minute, "
+                f"not {int(event_items)}: use another store for another setting"
             )
 
     def _load_meta(self) -> None:
@@ -454,10 +483,30 @@ class Store:
             self.item_seconds = float("nan")
         if not (np.isfinite(self.item_seconds) and self.item_seconds > 0):
             raise self._bad_meta("item_seconds", f"is {meta['item_seconds']!r}, not a positive number of seconds")
+        self.cutting = self._load_cutting()
         # Checked now, not when first needed: a missing n_slots raised KeyError from query and
         # index alike.
         self._array_meta()
         self._meta_rows("generation", "array_seq")
+
+    def _load_cutting(self):
+        """How this store cuts recordings. A store made before item_hop/event_items existed
+        has neither row and cuts consecutive windows, as it always did."""
+        from soundsearch.audio import Cutting
+
+        with _sql_errors(self.path):
+            rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('item_hop', 'event_items')").fetchall())
+        hop, events = None, 0
+        if "item_hop" in rows:
+            try:
+                hop = float(rows["item_hop"])
+            except (TypeError, ValueError):
+                hop = float("nan")
+            if not (np.isfinite(hop) and hop > 0):
+                raise self._bad_meta("item_hop", f"is {rows['item_hop']!r}, not a positive number of seconds")
+        if "event_items" in rows:
+            events = self._parse_int("event_items", str(rows["event_items"]), 0)
+        return Cutting(self.item_seconds, hop, events)
 
     def _bad_meta(self, key: str, what: str) -> StoreError:
         return StoreError(
@@ -592,6 +641,8 @@ class Store:
             bytes_on_disk=size,
             roots=tuple(self.roots()),
             schema_version=version,
+            item_hop=self.cutting.hop,
+            event_items=self.cutting.event_items,
         )
 
     def verify(self) -> list[str]:
@@ -815,7 +866,16 @@ def _check_foreign(path: Path) -> None:
             )
 
 
-def _create(db: sqlite3.Connection, path: Path, featurizer: Featurizer | None, item_seconds: float | None) -> None:
+def _create(
+    db: sqlite3.Connection,
+    path: Path,
+    featurizer: Featurizer | None,
+    item_seconds: float | None,
+    item_hop: float | None = None,
+    event_items: int | None = None,
+) -> None:
+    from soundsearch.audio import DEFAULT_EVENT_ITEMS, DEFAULT_HOP_FRACTION
+
     if featurizer is None:
         from soundsearch.features import DEFAULT_FEATURIZER, get_featurizer
 
@@ -832,6 +892,13 @@ def _create(db: sqlite3.Connection, path: Path, featurizer: Featurizer | None, i
         "steps": str(featurizer.steps),
         "dim": str(featurizer.dim),
         "item_seconds": repr(float(item_seconds if item_seconds is not None else 10.0)),
+        # item_hop/event_items: finer items for long recordings (audio.Cutting); stores made
+        # before them lack the rows and cut as they always did.
+        "item_hop": repr(
+            min(float(item_hop), float(item_seconds if item_seconds is not None else 10.0)) if item_hop is not None
+            else DEFAULT_HOP_FRACTION * float(item_seconds if item_seconds is not None else 10.0)
+        ),
+        "event_items": str(int(event_items if event_items is not None else DEFAULT_EVENT_ITEMS)),
         "array_file": array_file,
         "array_seq": "1",
         "n_slots": "0",

@@ -108,7 +108,8 @@ def build_library(corpus: Path, root: Path) -> dict:
         entries[str(src.absolute())] = _entry(src, featurize_file(src, fz))
     stores = {}
     for held in (True, False):
-        st = Store.open(root / f"store-{'with' if held else 'without'}", create=True, featurizer=fz)
+        # The entries are cut by featurize_file's default (consecutive windows): the store says so.
+        st = Store.open(root / f"store-{'with' if held else 'without'}", create=True, featurizer=fz, item_hop=10.0, event_items=0)
         with st.writer() as w:
             w.write_files([e for p, e in entries.items() if held or p not in copies])
         stores[held] = st

@@ -57,7 +57,9 @@ def library(tmp_path):
 
 def test_index_then_status(library, store_dir):
     lib, expected = library
-    result = run("index", str(lib), "--jobs", "1", "--item-seconds", "5", "--json")
+    # --item-hop equal to the item length: consecutive windows, the rule of stores made before
+    # finer items (test_moments.py covers the default).
+    result = run("index", str(lib), "--jobs", "1", "--item-seconds", "5", "--item-hop", "5", "--event-items", "0", "--json")
     assert result.exit_code == 0, result.output
     rep = json.loads(result.stdout)
     assert (rep["added"], rep["updated"], rep["unchanged"], rep["removed"], rep["failed"]) == (5, 0, 0, [], [])

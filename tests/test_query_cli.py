@@ -36,7 +36,9 @@ def library(tmp_path_factory) -> dict:
     deep = lib / "field recordings" / "a rather long folder name for a session" / "take 3"
     write_audio(deep / "street-ambience-with-a-long-descriptive-file-name.wav", np.concatenate([chirp(seconds=4.0)] * 6))
     store_dir = root / "store"
-    index_paths(store_dir, [lib], jobs=1)
+    # Consecutive windows (the cutting of stores made before finer items), so item counts
+    # below are those of the files' lengths; test_moments.py searches finer items.
+    index_paths(store_dir, [lib], jobs=1, item_hop=10.0, event_items=0)
     with Store.open(store_dir) as st:
         feats = np.asarray(st.features())
         spec, identity = st.featurizer_spec, st.featurizer_identity

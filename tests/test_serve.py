@@ -31,7 +31,8 @@ def client(tmp_path_factory):
     write_audio(lib / "long.wav", np.concatenate([chirp(seconds=5.0)] * 4))
     (root / "outside.wav").write_bytes((lib / "tone-220.wav").read_bytes())
     store = root / "store"
-    index_paths(store, [lib], jobs=1)
+    # Consecutive windows (as stores made before finer items): the item counts below follow.
+    index_paths(store, [lib], jobs=1, item_hop=10.0, event_items=0)
     with TestClient(create_app(store, max_upload_mb=1)) as c:
         c.root = root
         c.lib = lib

@@ -40,6 +40,16 @@ def _human_duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def _finer(stats) -> str:
+    """How a store's long recordings are cut beyond consecutive windows, for `status`."""
+    parts = []
+    if stats.item_hop is not None and stats.item_hop < stats.item_seconds - 1e-9:
+        parts.append(f"one every {stats.item_hop:g} s")
+    if stats.event_items:
+        parts.append(f"up to {stats.event_items} event items a minute")
+    return ", " + ", ".join(parts) if parts else ""
+
+
 def index(
     paths: Annotated[
         Optional[list[Path]],
@@ -56,6 +66,23 @@ def index(
     item_seconds: Annotated[
         Optional[float],
         typer.Option("--item-seconds", min=0.1, metavar="SECONDS", help="Item length for a new store: longer recordings are cut into items this long. Default 10.", show_default=False),
+    ] = None,
+    item_hop: Annotated[
+        Optional[float],
+        typer.Option(
+            "--item-hop", min=0.1, metavar="SECONDS",
+            help="For a new store: start a window every SECONDS in long recordings (overlapping items, found moments). "
+            "Default half the item length; equal to --item-seconds: consecutive windows, as stores made before it.",
+            show_default=False,
+        ),
+    ] = None,
+    event_items: Annotated[
+        Optional[int],
+        typer.Option(
+            "--event-items", min=0, metavar="N",
+            help="For a new store: up to N short items a minute of a long recording, each starting at a detected sound event. Default 6; 0: none.",
+            show_default=False,
+        ),
     ] = None,
     quiet: QuietOption = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 1 if any file could not be indexed.")] = False,
@@ -112,6 +139,8 @@ def index(
                 featurizer_params=params or None,
                 jobs=jobs,
                 item_seconds=item_seconds,
+                item_hop=item_hop,
+                event_items=event_items,
                 on_progress=on_progress,
                 wait=wait,
                 batch_size=batch_size,
@@ -261,7 +290,7 @@ def status(
         ("store", shown(stats.path)),
         ("featurizer", f"{escape(stats.featurizer_name)}  [dim]{escape(stats.featurizer_identity)}[/]"),
         ("files", f"{stats.files}"),
-        ("items", f"{stats.items} (items of up to {stats.item_seconds:g} s)"),
+        ("items", f"{stats.items} (items of up to {stats.item_seconds:g} s{_finer(stats)})"),
         ("audio", _human_duration(stats.duration)),
         ("failures", f"{stats.failures}"),
         ("on disk", _human_bytes(stats.bytes_on_disk)),

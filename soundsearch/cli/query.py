@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 # One glyph per category: who has the sound ("differs" resolved by the query's own presence).
 GLYPHS = {"both": ("●", "bold green"), "neither": ("·", "dim"), "query": ("◐", "yellow"), "result": ("◑", "cyan")}
 LEGEND = "● both have it  · neither has it  ◐ only the query has it  ◑ only the result has it"
+
+
+class GroupBy(str, Enum):
+    FILE = "file"
 
 
 def _complete_category(incomplete: str) -> list[str]:
@@ -77,6 +82,18 @@ def query(
     paths_out: Annotated[
         bool, typer.Option("--paths", help="Print one full path per line (each file once) instead of the table.")
     ] = False,
+    start: Annotated[
+        Optional[str],
+        typer.Option("--start", metavar="TIME", help="Search with FILE from this time on (seconds or m:ss, e.g. 1:35).", show_default=False),
+    ] = None,
+    end: Annotated[
+        Optional[str],
+        typer.Option("--end", metavar="TIME", help="Search with FILE up to this time (seconds or m:ss, e.g. 1:36).", show_default=False),
+    ] = None,
+    group_by: Annotated[
+        Optional[GroupBy],
+        typer.Option("--group-by", help="One row per file: its best moment and how many of its moments matched.", show_default=False),
+    ] = None,
 ) -> None:
     """Find the recordings most similar to FILE: same sound events present, same absent.
 
@@ -91,9 +108,14 @@ def query(
     The query's own items are hidden unless --include-self. --html writes a page to listen to
     every result; --csv, --m3u and --paths export them.
 
+    Every result names its moment (the time range of the matched item in a long recording);
+    --start/--end search with a region of FILE; --group-by file lists each file once.
+
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog --html dog.html
+
+    Example:  soundsearch query street-2.wav --start 1:35 --end 1:36 --group-by file
     """
-    from soundsearch.audio import not_regular_reason
+    from soundsearch.audio import not_regular_reason, parse_time
     from soundsearch.errors import AudioError
 
     path = file.expanduser()
@@ -106,6 +128,8 @@ def query(
         elif reason.startswith("no such file"):
             reason = "no such file"
         raise AudioError(path, reason)
+    t_start = parse_time(start, "--start") if start is not None else None
+    t_end = parse_time(end, "--end") if end is not None else None
     # Only now torch & co: a mistyped path is answered at once.
     from soundsearch.model.checkpoint import load_model
     from soundsearch.model.registry import resolve_model
@@ -127,7 +151,7 @@ def query(
             )
         results = engine.search(
             path, k=k, require=require or (), exclude=exclude or (), min_level=min_level, mode=mode,
-            include_self=include_self,
+            include_self=include_self, start=t_start, end=t_end, group_by=group_by.value if group_by else None,
         )
         roots = st.roots()
         doc = to_json(results, st, loaded, roots)
@@ -203,6 +227,15 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _moment_clock(seconds: float) -> str:
+    """m:ss.s: event items start at any tenth of a second, whole seconds would hide it."""
+    if abs(seconds - round(seconds)) < 0.05:
+        return _clock(seconds)
+    m, s = divmod(seconds, 60.0)
+    h, m = divmod(int(m), 60)
+    return f"{h}:{m:02d}:{s:04.1f}" if h else f"{m}:{s:04.1f}"
+
+
 def _length(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else _clock(seconds)
 
@@ -248,9 +281,18 @@ def build_table(results: "SearchResults", roots: list[Path], width: int | None) 
     rows = results.results
     names = display_paths([r.item.path for r in rows], roots)
     times = [
-        f"{_clock(r.item.start)}–{_clock(r.item.end)}" if r.item.end - r.item.start < r.item.file_duration - 1e-6 else ""
+        f"{_moment_clock(r.item.start)}–{_moment_clock(r.item.end)}"
+        if r.item.end - r.item.start < r.item.file_duration - 1e-6 else ""
         for r in rows
     ]
+    # Which moment of a long query matched, and how many moments of a grouped file matched.
+    if any(r.query_moment for r in rows):
+        times = [
+            t + (f" ← {_moment_clock(r.query_moment[0])}–{_moment_clock(r.query_moment[1])}" if r.query_moment else "")
+            for t, r in zip(times, rows)
+        ]
+    if results.group_by == "file":
+        times = [t + (f" ({r.moments} moments)" if r.moments > 1 else "") for t, r in zip(times, rows)]
     c = len(results.taxonomy)
     codes = short_codes(list(results.taxonomy.categories))
     cells = {
@@ -313,6 +355,8 @@ def render(results: "SearchResults", roots: list[Path], model_name: str, notes: 
     n_seg = len(results.query_segments)
     head = Text(f"{_shown(q.name) if q else 'query'}", style="bold")
     head.append(f"  {n_seg} items" if n_seg > 1 else "")
+    if results.region:
+        head.append(f"  {_moment_clock(results.region[0])}–{_moment_clock(results.region[1])}")
     ranked = results.mode + (f" w={results.weight:.2f}" if results.weight is not None else "")
     head.append(f"  model {model_name}, ranked by {ranked}  {results.items_searched:,} items searched", style="dim")
     f = results.filters

@@ -195,6 +195,10 @@ def dataset_features(
         jobs=jobs,
         on_progress=on_progress,
         item_seconds=item_seconds,
+        # A new cache cuts consecutive windows: training and eval count every item as an
+        # example of its recording, so overlapping items would count a recording several
+        # times. A user's own store may cut finer; its overlapping items are refused below.
+        **({} if (store_dir / "catalog.sqlite").exists() else {"item_hop": item_seconds, "event_items": 0}),
     )
     failed = list(report.failed) + list(report.still_failed)
     with Store.open(store_dir, featurizer=featurizer) as store:
@@ -207,7 +211,15 @@ def dataset_features(
         def gather(examples: list[Example]):
             rows, labels, recs, src = [], [], [], []
             for ei, ex in enumerate(examples):
-                for row in by_path.get(_key(ex.path), []):
+                mine = by_path.get(_key(ex.path), [])
+                spans = sorted((items[r].start, items[r].end) for r in mine)
+                if any(b[0] < a[1] - 1e-6 for a, b in zip(spans, spans[1:])):
+                    raise DatasetError(
+                        f"{store_dir}: {ex.path} is cut into overlapping items (a store made with finer items "
+                        "for long recordings); training and eval count each item once, so use a store indexed "
+                        "with --item-hop equal to --item-seconds and --event-items 0, or the default cache"
+                    )
+                for row in mine:
                     rows.append(row)
                     labels.append(ex.labels)
                     recs.append(items[row])

@@ -265,16 +265,27 @@ _BATCH_ITEMS = 4
 
 
 def featurize_file(
-    path: Any, featurizer: Featurizer, item_seconds: float = 10.0, min_last_seconds: float = 1.0
+    path: Any,
+    featurizer: Featurizer,
+    item_seconds: float = 10.0,
+    min_last_seconds: float = 1.0,
+    *,
+    cutting: Any = None,
+    start: float | None = None,
+    end: float | None = None,
 ) -> FileFeatures:
-    """Decode a file, cut it into items and featurize each. Raises AudioError.
+    """Decode a file (or its region start..end seconds), cut it into items and featurize each.
+    Raises AudioError.
 
-    The file is streamed item by item (see audio.iter_items), so a long recording costs memory
-    for a batch of items, not for the whole decoded file.
+    The file is streamed item by item (see audio.iter_items; `cutting` as there), so a long
+    recording costs memory for a batch of items, not for the whole decoded file. Items come
+    back in time order (start, then end).
     """
     from soundsearch import audio
 
-    info, items, warnings = audio.iter_items(path, featurizer.sample_rate, item_seconds, min_last_seconds)
+    info, items, warnings = audio.iter_items(
+        path, featurizer.sample_rate, item_seconds, min_last_seconds, cutting=cutting, start=start, end=end
+    )
     segments: list[tuple[float, float]] = []
     chunks: list[np.ndarray] = []
     pending: list[np.ndarray] = []
@@ -295,6 +306,11 @@ def featurize_file(
     if not chunks:
         raise AudioError(info.path, "no audio samples could be decoded")
     feats = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    # Event items are cut after the windows of their minute: one time order for the store.
+    order = sorted(range(len(segments)), key=lambda i: segments[i])
+    if order != list(range(len(segments))):
+        segments = [segments[i] for i in order]
+        feats = feats[np.asarray(order)]
     return FileFeatures(info.path, info, segments, feats, warnings, total / featurizer.sample_rate)
 
 

@@ -69,7 +69,8 @@ def is_windowed(start: float, end: float, file_duration: float) -> bool:
 
 def results_document(results: "SearchResults", store, model, roots: list[Path] | None = None) -> dict:
     """The --json document. Keys older than the page (everything but `display`, `side`,
-    `presence`, `self_hidden`, `filter_effects`, `row`, `windowed`) keep their meaning."""
+    `presence`, `self_hidden`, `filter_effects`, `row`, `windowed`, and the moment keys
+    `region`, `group_by`, `moment`, `query_moment`, `moments`) keep their meaning."""
     from soundsearch.presence import STATES
 
     cats = list(results.taxonomy.categories)
@@ -82,6 +83,8 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
             "path": shown(results.query) if results.query else None,
             "name": shown(results.query.name) if results.query else None,
             "items": [{"start": round(s, 3), "end": round(e, 3)} for s, e in results.query_segments],
+            # The region of the file searched with (--start/--end), else null.
+            "region": {"start": round(results.region[0], 3), "end": round(results.region[1], 3)} if results.region else None,
             "in_store": results.query_in_store,
             "self_hidden": results.self_hidden,
             # The model's probability that the query holds each category.
@@ -96,6 +99,7 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
         "filter_effects": results.filter_effects,
         "mode": results.mode,
         "weight": results.weight,
+        "group_by": results.group_by,
         "items_searched": results.items_searched,
         "matches": results.matches,
         "results": [
@@ -108,6 +112,14 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
                 "end": round(r.item.end, 3),
                 "file_duration": round(r.item.file_duration, 3),
                 "windowed": is_windowed(r.item.start, r.item.end, r.item.file_duration),
+                # The matched moment: the item's time range in its file (start/end repeat it).
+                "moment": {"start": round(r.item.start, 3), "end": round(r.item.end, 3)},
+                # The query's item that matches this moment best (a query of several items).
+                "query_moment": (
+                    {"start": round(r.query_moment[0], 3), "end": round(r.query_moment[1], 3)} if r.query_moment else None
+                ),
+                # group_by file: this file's moments ranked above the first file left out.
+                "moments": r.moments,
                 "level": r.level,
                 "score": round(r.score, 6),
                 "closeness": round(r.closeness, 6),

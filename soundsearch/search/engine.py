@@ -96,6 +96,9 @@ class ScoreMatrix:
     closeness: np.ndarray  # (Q, N) float32: cosine of pooled tower embeddings
     probs: np.ndarray | None = None  # (Q, N, C, 3) float32 in STATES order, when asked for
     acoustic: np.ndarray | None = None  # (Q, N) float32: cosine of standardised item statistics
+    # (1, N) float32, aggregated scores of a query of several items only: the best acoustic
+    # cosine of any one query item (moment) with each stored item.
+    acoustic_best: np.ndarray | None = None
 
     @property
     def states(self) -> np.ndarray:
@@ -117,6 +120,12 @@ class Result:
     acoustic: float = 0.0  # cosine of the standardised whole-item statistics
     rank_score: float = 0.0  # the ranking mode's score (ranking.rank_score)
     duplicate: bool = False  # a near-duplicate of the query (acoustic >= DUPLICATE_COSINE)
+    # The query's item (its start, end in seconds) that matches this result best, by the
+    # ranking mode's score; None for a query of one item.
+    query_moment: tuple[float, float] | None = None
+    # With group_by="file": this file's distinct moments (non-overlapping items) that rank
+    # above the best item of the first file left out; 1 otherwise.
+    moments: int = 1
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,9 @@ class SearchResults:
     # "min_level": n or None, "others": items that are not the query's own}, so a filter that removes nothing or everything can say why.
     filter_effects: dict = field(default_factory=dict)
     self_hidden: int = 0  # the query's own items left out of `results` (include_self=False)
+    group_by: str | None = None  # "file": one result per file, at its best moment
+    # The query region asked for (start, end seconds), when the query is part of its file.
+    region: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -396,8 +408,13 @@ class SearchEngine:
             qpooled = qpooled / qpooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
         closeness = np.zeros((out_q, n), dtype=np.float32)
         acoustic = np.zeros((out_q, n), dtype=np.float32)
+        # A long query's moments, one by one: a copy of one of its stretches is a near-duplicate
+        # of that moment even though the query's average says little about it.
+        best = aggregate and nq > 1
+        acoustic_best = np.zeros((1, n), dtype=np.float32) if best else None
+        qacoustic_each = torch.from_numpy(self.acoustic_of(q)) if best else None
         if n == 0:
-            return ScoreMatrix(level, expected, closeness, all_probs, acoustic)
+            return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
         e = self.embed_width
 
         t, k = self.head.steps, self.head.width
@@ -421,7 +438,10 @@ class SearchEngine:
             halves = db[:, : 2 * t * k].view(m, 2, t, k)
             db_pooled = db[:, 2 * t * k : 2 * t * k + e].float()
             closeness[:, start:stop] = (qpooled @ db_pooled.T).numpy()
-            acoustic[:, start:stop] = (qacoustic @ db[:, 2 * t * k + e :].float().T).numpy()
+            db_acoustic = db[:, 2 * t * k + e :].float().T
+            acoustic[:, start:stop] = (qacoustic @ db_acoustic).numpy()
+            if best:
+                acoustic_best[0, start:stop] = (qacoustic_each @ db_acoustic).amax(0).numpy()
             acc = None
             for j in range(nq):
                 y = block.pool(block.logits(halves, qpair[j]), m)  # (m, 3, C)
@@ -433,7 +453,7 @@ class SearchEngine:
                 self._emit(acc.div_(nq), 0, start, stop, level, expected, all_probs)
 
         _run_chunks(score_chunk, range(0, n, chunk), self.workers)
-        return ScoreMatrix(level, expected, closeness, all_probs, acoustic)
+        return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
 
     @staticmethod
     def _emit(y, j, start, stop, level, expected, all_probs) -> None:
@@ -466,13 +486,24 @@ class SearchEngine:
         min_level: int | None = None,
         mode: "str | RankingMode | None" = None,
         include_self: bool = True,
+        start: float | None = None,
+        end: float | None = None,
+        group_by: str | None = None,
     ) -> SearchResults:
         """The k best items for a query file (or raw (T, D) / (Q, T, D) features, or a
         StoredQuery).
 
         `mode` (ranking.MODES) defaults to the one the model file records (presence when it
         records none). With include_self=False the query's own stored items are left out and
-        the k results are the best other items."""
+        the k results are the best other items. `start`/`end` (seconds): only that region of
+        the query file is the query.
+
+        One result per moment: an item mostly inside a better-ranked item of the same file
+        (overlapping windows, event items; see audio.Cutting) is the same moment and is left
+        out. group_by="file": one result per file, its best moment, with the count of its
+        moments that rank above the first file left out (Result.moments). A query of several
+        items is ranked by its items' average (the file-level score) and each result names the
+        query item that matches it best (Result.query_moment)."""
         from soundsearch.search.ranking import order_items, resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
@@ -491,7 +522,9 @@ class SearchEngine:
         n = self.n_items
         if n == 0:
             raise StoreError(f"the store at {self.store.path} holds no items: run `soundsearch index PATH` first")
-        query_path, segments, feats, self_rows = self._query_features(query)
+        if group_by not in (None, "file"):
+            raise SearchError(f"results can be grouped by file only, not by {group_by!r}")
+        query_path, segments, feats, self_rows = self._query_features(query, start, end)
         scores = self.score_all(feats, probs=True, aggregate=True)
         query_presence = self.self_presence(feats)
         level, expected, closeness = scores.level[0], scores.expected[0], scores.closeness[0]
@@ -530,18 +563,30 @@ class SearchEngine:
         if not include_self:
             keep &= ~is_self
         cand = np.flatnonzero(keep)
+        items = self.store.items()
+        dup_cos = None if scores.acoustic_best is None else scores.acoustic_best[0][cand]
         # The query recording itself comes first whatever the model says (its presence matrix
-        # with itself has no "differs" by construction), then its near-duplicates.
-        ordered = order_items(
-            ranking, level[cand], expected[cand], closeness[cand], acoustic[cand], c, k=k, is_query=is_self[cand]
-        )
-        order = cand[ordered.order]
+        # with itself has no "differs" by construction), then its near-duplicates. Overlapping
+        # items of one file are one moment, so the walk may need more than k of the order:
+        # it asks for a few times k first and for all of it only when those do not suffice.
+        want = min(cand.size, max(8 * k, 64))
+        while True:
+            ordered = order_items(
+                ranking, level[cand], expected[cand], closeness[cand], acoustic[cand], c, k=want,
+                is_query=is_self[cand], duplicate_acoustic=dup_cos,
+            )
+            order = cand[ordered.order]
+            chosen, moments, done = _walk_moments(order, items, is_self, k, group_by == "file")
+            if done or want >= cand.size:
+                break
+            want = min(cand.size, want * 8)
+        order = np.asarray(chosen, dtype=np.int64)
         duplicate = np.zeros(n, dtype=bool)
         duplicate[cand] = ordered.duplicate
         rank_score = np.zeros(n, dtype=np.float64)
         rank_score[cand] = ordered.score
+        query_moment = self._query_moments(feats, segments, order, ranking, c)
 
-        items = self.store.items()
         results = [
             Result(
                 rank=i + 1,
@@ -555,6 +600,8 @@ class SearchEngine:
                 acoustic=float(acoustic[row]),
                 rank_score=float(rank_score[row]),
                 duplicate=bool(duplicate[row]),
+                query_moment=query_moment[i] if query_moment is not None else None,
+                moments=moments.get(row, 1),
             )
             for i, row in enumerate(order.tolist())
         ]
@@ -572,7 +619,22 @@ class SearchEngine:
             query_presence=query_presence,
             filter_effects=effects,
             self_hidden=0 if include_self else n_self,
+            group_by=group_by,
+            region=(segments[0][0], segments[-1][1]) if (start is not None or end is not None) and segments else None,
         )
+
+    def _query_moments(self, feats, segments, rows: np.ndarray, ranking, c: int):
+        """Per result row, the (start, end) of the query item matching it best by the mode's
+        score; None for a query of one item. Scores the query's items one by one against the
+        results only, so it costs Q x k pairs, not Q x N."""
+        from soundsearch.search.ranking import rank_score
+
+        q = np.asarray(feats)
+        if q.ndim != 3 or q.shape[0] < 2 or rows.size == 0 or len(segments) != q.shape[0]:
+            return None
+        each = self.score_all(q, rows=rows)
+        best = rank_score(ranking, each.level, each.expected, each.acoustic, c).argmax(0)
+        return [tuple(segments[int(j)]) for j in best]
 
     @torch.no_grad()
     def self_presence(self, feats_raw: np.ndarray) -> np.ndarray:
@@ -603,8 +665,11 @@ class SearchEngine:
             )
         return [self.taxonomy.index(name) for name in names]
 
-    def _query_features(self, query):
-        """(path or None, segments, (Q, T, D) raw features, store rows of the query itself or None)."""
+    def _query_features(self, query, start: float | None = None, end: float | None = None):
+        """(path or None, segments, (Q, T, D) raw features, store rows of the query itself or None).
+
+        A file is cut as the store cuts (so an unchanged stored file is recognised as the
+        query itself); `start`/`end` take only that region of it (never "itself")."""
         if isinstance(query, np.ndarray):
             feats = query[None] if query.ndim == 2 else query
             return None, [], feats, None
@@ -622,15 +687,66 @@ class SearchEngine:
         from soundsearch.features import featurize_file
 
         path = Path(query).expanduser().absolute()
-        ff = featurize_file(path, self.store.featurizer(), item_seconds=self.store.item_seconds)
+        region = start is not None or end is not None
+        if region and start is not None and end is not None and not end > start:
+            raise SearchError(f"the query region must end after it starts, not {start:g}-{end:g} s")
+        ff = featurize_file(path, self.store.featurizer(), cutting=self.store.cutting, start=start, end=end)
         feats = ff.features
         self_rows = None
+        if region:
+            return path, list(ff.segments), feats, None
         stored = self.store.items_for_path(path)
         if len(stored) == feats.shape[0]:
             rows = np.array([r.row for r in stored], dtype=np.int64)
             if np.allclose(self.store.features()[rows], feats, rtol=1e-5, atol=1e-5):
                 self_rows = rows
         return path, list(ff.segments), feats, self_rows
+
+
+def _overlap(a: "ItemRecord", b: "ItemRecord") -> bool:
+    """Whether two items of one file are the same moment: they share at least half of the
+    shorter one (consecutive windows, which only touch, are two moments)."""
+    shared = min(a.end, b.end) - max(a.start, b.start)
+    return shared > 0 and shared >= 0.5 * min(a.end - a.start, b.end - b.start)
+
+
+def _walk_moments(order: np.ndarray, items, is_self: np.ndarray, k: int, by_file: bool):
+    """(rows to show, {row: moments}, whether the order sufficed) from rows best first.
+
+    An item that is the same moment as a better one of its file is passed over (the query's
+    own items are listed as they are). By file: the first item of each file, until k files;
+    each file's moments are counted until the best item of the first file left out."""
+    chosen: list[int] = []
+    moments: dict[int, int] = {}
+    spans: dict[str, list] = {}
+    first_of: dict[str, int] = {}
+    for row in order.tolist():
+        if is_self[row]:
+            if not by_file and len(chosen) < k:
+                chosen.append(row)
+            if not by_file and len(chosen) >= k:
+                return chosen, moments, True
+            if not by_file:
+                continue
+        it = items[row]
+        key = str(it.path)
+        seen = spans.setdefault(key, [])
+        if not is_self[row] and any(_overlap(it, other) for other in seen):
+            continue
+        seen.append(it)
+        if not by_file:
+            chosen.append(row)
+            if len(chosen) >= k:
+                return chosen, moments, True
+        elif key in first_of:
+            moments[first_of[key]] += 1
+        elif len(first_of) >= k:
+            return chosen, moments, True  # the first file left out: counting stops here
+        else:
+            first_of[key] = row
+            moments[row] = 1
+            chosen.append(row)
+    return chosen, moments, False
 
 
 __all__ = [

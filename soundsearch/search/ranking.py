@@ -216,20 +216,25 @@ def order_items(
     n_categories: int,
     k: int | None = None,
     is_query: np.ndarray | None = None,
+    duplicate_acoustic: np.ndarray | None = None,
 ) -> Ordered:
     """The one ordering search and eval share: the query's own items (`is_query`) first, then
-    near-duplicates by acoustic cosine, then the rest by the mode; the best k of it."""
+    near-duplicates by acoustic cosine, then the rest by the mode; the best k of it.
+
+    `duplicate_acoustic` (default `acoustic`) is the cosine that decides and orders
+    near-duplicates: a long query's best single moment (ScoreMatrix.acoustic_best)."""
     from soundsearch.search.engine import rank
 
     n = np.asarray(level).shape[0]
     acoustic = np.asarray(acoustic)
     own = np.zeros(n, dtype=bool) if is_query is None else np.asarray(is_query, dtype=bool)
-    dup = (acoustic >= DUPLICATE_COSINE) & ~own
+    dup_cos = acoustic if duplicate_acoustic is None else np.asarray(duplicate_acoustic)
+    dup = (dup_cos >= DUPLICATE_COSINE) & ~own
     score = rank_score(ranking, level, expected, acoustic, n_categories)
     first = np.flatnonzero(own)
     first = first[rank(level[first], expected[first], closeness[first])]
     dups = np.flatnonzero(dup)
-    dups = dups[top_by_score(acoustic[dups])]
+    dups = dups[top_by_score(dup_cos[dups])]
     rest = np.flatnonzero(~own & ~dup)
     left = None if k is None else max(0, k - first.size - dups.size)
     if ranking.mode is RankingMode.PRESENCE:
