@@ -92,7 +92,7 @@ def query(
     ] = None,
     group_by: Annotated[
         Optional[GroupBy],
-        typer.Option("--group-by", help="One row per file: its best moment and how many of its moments matched.", show_default=False),
+        typer.Option("--group-by", metavar="file", help="One row per file: its best moment and how many of its moments matched.", show_default=False),
     ] = None,
 ) -> None:
     """Find the recordings most similar to FILE: same sound events present, same absent.
