@@ -102,9 +102,9 @@ def _render(doc: dict, rows: list[dict]) -> None:
             out.print(Text(f"\ngroup {current}  {r['kind']}", style="bold cyan"), soft_wrap=True)
         when = ""
         if r["windowed"]:
-            from soundsearch.cli.query import _clock
+            from soundsearch.present.document import clock
 
-            when = f"  {_clock(r['start'])}–{_clock(r['end'])}"
+            when = f"  {clock(r['start'])}–{clock(r['end'])}"
         line = Text(f"  {r['cosine']:.3f}  ", style="dim")
         line.append(r["display"] + when)
         out.print(line, soft_wrap=True, highlight=False)

@@ -12,6 +12,7 @@ import typer
 
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
 from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
+from soundsearch.present.document import clock, display_paths
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -220,47 +221,17 @@ def short_codes(names: list[str]) -> list[str]:
     return codes
 
 
-def _clock(seconds: float) -> str:
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def _moment_clock(seconds: float) -> str:
+def _momentclock(seconds: float) -> str:
     """m:ss.s: event items start at any tenth of a second, whole seconds would hide it."""
     if abs(seconds - round(seconds)) < 0.05:
-        return _clock(seconds)
+        return clock(seconds)
     m, s = divmod(seconds, 60.0)
     h, m = divmod(int(m), 60)
     return f"{h}:{m:02d}:{s:04.1f}" if h else f"{m}:{s:04.1f}"
 
 
 def _length(seconds: float) -> str:
-    return f"{seconds:.1f}s" if seconds < 60 else _clock(seconds)
-
-
-def display_paths(paths: list[Path], roots: list[Path]) -> list[str]:
-    """Each path relative to the indexed folder holding it, else to the results' common folder."""
-    roots = sorted((Path(r) for r in roots), key=lambda r: len(r.parts), reverse=True)
-    shown: list[str | None] = []
-    for p in paths:
-        rel = None
-        for r in roots:
-            if r != p and p.is_relative_to(r):
-                rel = p.relative_to(r)
-                break
-        shown.append(_shown(rel) if rel is not None else None)
-    rest = [p for p, s in zip(paths, shown) if s is None]
-    if rest:
-        try:
-            common = Path(os.path.commonpath([str(p.parent) for p in rest]))
-        except ValueError:
-            common = None
-        for i, (p, s) in enumerate(zip(paths, shown)):
-            if s is None:
-                shown[i] = _shown(p.relative_to(common)) if common is not None and p != common else _shown(p)
-    return [s or "" for s in shown]
+    return f"{seconds:.1f}s" if seconds < 60 else clock(seconds)
 
 
 def _fit_left(text: str, width: int) -> str:
@@ -281,14 +252,14 @@ def build_table(results: "SearchResults", roots: list[Path], width: int | None) 
     rows = results.results
     names = display_paths([r.item.path for r in rows], roots)
     times = [
-        f"{_moment_clock(r.item.start)}–{_moment_clock(r.item.end)}"
+        f"{_momentclock(r.item.start)}–{_momentclock(r.item.end)}"
         if r.item.end - r.item.start < r.item.file_duration - 1e-6 else ""
         for r in rows
     ]
     # Which moment of a long query matched, and how many moments of a grouped file matched.
     if any(r.query_moment for r in rows):
         times = [
-            t + (f" ← {_moment_clock(r.query_moment[0])}–{_moment_clock(r.query_moment[1])}" if r.query_moment else "")
+            t + (f" ← {_momentclock(r.query_moment[0])}–{_momentclock(r.query_moment[1])}" if r.query_moment else "")
             for t, r in zip(times, rows)
         ]
     if results.group_by == "file":
@@ -356,7 +327,7 @@ def render(results: "SearchResults", roots: list[Path], model_name: str, notes: 
     head = Text(f"{_shown(q.name) if q else 'query'}", style="bold")
     head.append(f"  {n_seg} items" if n_seg > 1 else "")
     if results.region:
-        head.append(f"  {_moment_clock(results.region[0])}–{_moment_clock(results.region[1])}")
+        head.append(f"  {_momentclock(results.region[0])}–{_momentclock(results.region[1])}")
     ranked = results.mode + (f" w={results.weight:.2f}" if results.weight is not None else "")
     head.append(f"  model {model_name}, ranked by {ranked}  {results.items_searched:,} items searched", style="dim")
     f = results.filters

@@ -26,6 +26,14 @@ def shown(path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss past an hour: how a time in a recording reads to a person."""
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 def display_paths(paths: list[Path], roots: list[Path]) -> list[str]:
     """Each path relative to the indexed folder holding it, else to the results' common folder."""
     roots = sorted((Path(r) for r in roots), key=lambda r: len(r.parts), reverse=True)

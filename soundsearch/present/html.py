@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable
 
-from soundsearch.present.document import SIDE_TEXT
+from soundsearch.present.document import SIDE_TEXT, clock
 
 CSS = """
 :root { --fg:#1d2330; --muted:#6b7385; --line:#e3e6ec; --bg:#f6f7f9; --card:#fff;
@@ -119,15 +119,8 @@ class AppContext:
     max_upload_mb: int = 0
 
 
-def _clock(seconds: float) -> str:
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def _length(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else _clock(seconds)
+    return f"{seconds:.1f} s" if seconds < 60 else clock(seconds)
 
 
 def _title(display: str) -> str:
@@ -276,7 +269,7 @@ def render_page(
         c = len(cats)
         for r in doc["results"]:
             sides = {cat: r["categories"][cat]["side"] for cat in cats}
-            when = f'{_clock(r["start"])}–{_clock(r["end"])} of {_length(r["file_duration"])}' if r["windowed"] else _length(r["file_duration"])
+            when = f'{clock(r["start"])}–{clock(r["end"])} of {_length(r["file_duration"])}' if r["windowed"] else _length(r["file_duration"])
             badges = ""
             if r.get("is_query"):
                 badges += '<span class="badge">the query</span>'
