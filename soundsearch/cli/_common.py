@@ -149,8 +149,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def register(app: typer.Typer, fn: Callable, name: str) -> None:
-    """Add `fn` as command `name`, turning SoundsearchError into one line and exit code 1."""
+def one_line_errors(fn: Callable) -> Callable:
+    """`fn` with SoundsearchError turned into one stderr line and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -159,7 +159,12 @@ def register(app: typer.Typer, fn: Callable, name: str) -> None:
         except SoundsearchError as exc:
             raise fail(str(exc)) from None
 
-    app.command(name)(wrapper)
+    return wrapper
+
+
+def register(app: typer.Typer, fn: Callable, name: str) -> None:
+    """Add `fn` as command `name`, turning SoundsearchError into one line and exit code 1."""
+    app.command(name)(one_line_errors(fn))
 
 
 def clock(seconds: float | None) -> str:

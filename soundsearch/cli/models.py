@@ -7,7 +7,6 @@ so `soundsearch models` and `soundsearch models --json` work as they always did.
 
 from __future__ import annotations
 
-import functools
 import json
 from enum import Enum
 from pathlib import Path
@@ -16,21 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from soundsearch.cli._common import JsonOption, QuietOption, err, fail, out, progress
-from soundsearch.errors import SoundsearchError
-
-
-def _one_line_errors(fn):
-    # What _common.register does for plain commands, for the group's callback and subcommands.
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SoundsearchError as exc:
-            raise fail(str(exc)) from None
-
-    return wrapper
-
+from soundsearch.cli._common import JsonOption, QuietOption, err, one_line_errors, out, progress
 
 app = typer.Typer(
     invoke_without_command=True,
@@ -40,7 +25,7 @@ app = typer.Typer(
 
 
 @app.callback(invoke_without_command=True)
-@_one_line_errors
+@one_line_errors
 def models(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """List the available models: shipped ones and those you trained.
 
@@ -126,7 +111,7 @@ class InputRepr(str, Enum):
 
 
 @app.command("fetch")
-@_one_line_errors
+@one_line_errors
 def fetch(
     model: Annotated[Fetchable, typer.Argument(metavar="WEIGHTS", help="What to fetch: openl3 (the OpenL3 featurizer's audio weights).")],
     content_type: Annotated[ContentType, typer.Option("--content-type", metavar="env|music", help="Weights trained on environmental sounds or music.")] = ContentType.env,
