@@ -177,16 +177,27 @@ def model_info(path: Path, source: str = "file") -> ModelInfo:
         config = _config_from_header(path, header.get("config"))
     except (ModelError, KeyError, TypeError, ValueError) as exc:
         return ModelInfo(name=name, path=path, source=source, error=str(exc))
+    try:
+        return _info_from_header(path, name, source, header, config)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # A header field of the wrong type (taxonomy null, meta a list): listing models goes on.
+        return ModelInfo(name=name, path=path, source=source, error=f"{path}: corrupt model header ({exc})")
+
+
+def _info_from_header(path: Path, name: str, source: str, header: dict, config: ModelConfig) -> ModelInfo:
     meta = header.get("meta", {})
     val = meta.get("validation") or {}
     spec = header.get("featurizer", {}).get("spec", {})
+    names = header.get("taxonomy", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TypeError("taxonomy is not a list of names")
     return ModelInfo(
         name=name,
         path=path,
         source=source,
         featurizer=str(spec.get("name", "")),
         featurizer_identity=str(header.get("featurizer", {}).get("identity", "")),
-        categories=tuple(header.get("taxonomy", ())),
+        categories=tuple(names),
         variant=config.variant,
         epochs=meta.get("epochs") if type(meta.get("epochs")) is int else None,
         val_loss=_finite_or_none(val.get("loss")),
