@@ -119,6 +119,13 @@ def test_a_region_of_a_long_file_is_the_query(moments):
     result = query(moments, str(moments["outside"] / "other-street.wav"), "--start", "11.8", "--end", "13", "-k", "1")
     assert result.exit_code == 0, result.output
     assert f"0:{top['moment']['start']:04.1f}" in result.stdout
+    # The page (query --html) shows the region too, its waveform and player at the region.
+    page = moments["root"] / "region.html"
+    result = query(moments, str(moments["outside"] / "other-street.wav"), "--start", "11.8", "--end", "13", "-k", "1",
+                   "--html", str(page))
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert '<span class="region">0:11.8–0:13</span>' in html and 'data-start="11.8"' in html
 
 
 def test_a_long_query_names_its_best_moment_per_result(moments):

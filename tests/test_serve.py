@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,112 @@ def test_bad_parameters_are_one_line_errors(client):
     assert r.status_code == 400 and "k must be between" in r.json()["error"]
     r = client.get("/search?row=0&require=unicorn&format=json")
     assert r.status_code == 400 and "unknown category" in r.json()["error"]
+
+
+# ---- query regions (from / to), as `query --start/--end`
+
+SR = 22050
+BURST_AT = 27.3  # seconds into the long library recording
+QUERY_BURST_AT = 12.0  # seconds into the long uploaded recording
+
+
+def _ambience(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.02 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+def _with_burst(x: np.ndarray, at: float) -> np.ndarray:
+    y = x.copy()
+    b = tone(1000, 0.5, amp=0.4)
+    y[int(at * SR) : int(at * SR) + b.size] += b
+    return y
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory):
+    import torch
+    from starlette.testclient import TestClient
+
+    from soundsearch.indexing import index_paths
+    from soundsearch.model.checkpoint import save_model
+    from soundsearch.model.config import ModelConfig
+    from soundsearch.model.network import PresenceNet
+    from soundsearch.present.app import create_app
+    from soundsearch.store import Store
+    from soundsearch.taxonomy import Taxonomy
+
+    root = tmp_path_factory.mktemp("regions")
+    lib = root / "library"
+    write_audio(lib / "street.wav", _with_burst(_ambience(40.0, 1), BURST_AT))
+    write_audio(lib / "room.wav", _ambience(12.0, 2))
+    write_audio(lib / "sweep.wav", chirp(seconds=3.0))
+    query = write_audio(root / "other-street.wav", _with_burst(_ambience(20.0, 3), QUERY_BURST_AT))
+    store = root / "store"
+    index_paths(store, [lib], jobs=1)  # the default cutting: windows and event items
+    with Store.open(store) as st:
+        feats = np.asarray(st.features())
+        spec, identity = st.featurizer_spec, st.featurizer_identity
+        street = [(i.row, i.start, i.end) for i in st.items_for_path(lib / "street.wav")]
+    # A small random model: the tests rank by sound (mode=acoustic), which does not depend on it.
+    torch.manual_seed(0)
+    cats = Taxonomy.default()
+    config = ModelConfig(steps=feats.shape[1], dim=feats.shape[2], n_categories=len(cats.categories))
+    model = root / "tiny.safetensors"
+    save_model(model, PresenceNet(config).eval(), config, cats, spec, identity, feats.mean((0, 1)), feats.std((0, 1)) + 1e-3)
+    with TestClient(create_app(store, model=str(model), max_upload_mb=5)) as c:
+        c.query_file, c.street = query, street
+        yield c
+
+
+def _holds_burst(r: dict, at: float) -> bool:
+    return r["moment"]["start"] <= at + 0.5 and r["moment"]["end"] >= at and r["end"] - r["start"] <= 2.0
+
+
+def test_a_region_of_an_upload_is_the_query(regions):
+    r = regions.post("/search", files={"file": ("other-street.wav", regions.query_file.read_bytes(), "audio/wav")},
+                     data={"k": "3", "mode": "acoustic", "start": "0:11.8", "end": "13"}, follow_redirects=False)
+    assert r.status_code == 303
+    where = r.headers["location"]
+    assert "start=0%3A11.8" in where and "end=13" in where  # carried in the URL as typed
+    doc = regions.get("/" + where + "&format=json").json()
+    assert doc["query"]["region"] == {"start": 11.8, "end": 13.0}
+    assert doc["query"]["items"] == [{"start": 11.8, "end": 13.0}]
+    top = doc["results"][0]
+    assert top["display"] == "street.wav" and _holds_burst(top, BURST_AT), top
+    # The page shows the region, keeps it in the form and its links, and leaves it out of "more like this".
+    page = regions.get("/" + where).text
+    assert '<span class="region">0:11.8–0:13</span>' in page
+    assert 'name="start" value="0:11.8"' in page and 'name="end" value="13"' in page
+    assert "start=0%3A11.8&amp;end=13&amp;" in page  # the JSON / CSV links
+    more = re.findall(r'class="more" href="([^"]*)"', page)
+    assert more and not any("start=" in h or "end=" in h for h in more)
+    # Without the region the whole upload is the query.
+    whole = regions.get("/" + where.replace("&start=0%3A11.8", "").replace("&end=13", "") + "&format=json").json()
+    assert whole["query"]["region"] is None and len(whole["query"]["items"]) > 1
+
+
+def test_a_region_of_a_stored_long_recording(regions):
+    row = next(row for row, a, b in regions.street if a == 0.0)  # its first window, 0-10 s
+    doc = regions.get(f"/search?row={row}&k=3&mode=acoustic&start=27.2&end=28&format=json").json()
+    assert doc["query"]["region"] == {"start": 27.2, "end": 28.0}
+    top = doc["results"][0]
+    # The region's times are the recording's, not the row's: the burst at 27.3 s is the query.
+    assert top["display"] == "street.wav" and _holds_burst(top, BURST_AT), top
+    page = regions.get(f"/search?row={row}&k=3&mode=acoustic&start=27.2&end=28")
+    assert page.status_code == 200 and '<span class="region">0:27.2–0:28</span>' in page.text
+    assert 'data-start="27.2"' in page.text  # the query's player starts at the region
+
+
+@pytest.mark.parametrize("start,end,message", [
+    ("1:7x", "", "from '1:7x' is not a time"),
+    ("", "-3", "to '-3' is not a time"),
+    ("0:30", "0:20", "must end after it starts"),
+])
+def test_bad_times_are_clear_errors(regions, start, end, message):
+    q = f"/search?row=0&k=3&start={start}&end={end}"
+    r = regions.get(q + "&format=json")
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+    page = regions.get(q)
+    assert page.status_code == 400 and message.replace("'", "&#x27;") in page.text
+    # The form keeps the query and the times as typed, to correct them.
+    assert 'name="row" value="0"' in page.text and f'name="start" value="{start}"' in page.text

@@ -13,6 +13,7 @@ import typer
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
 from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
 from soundsearch.present.document import clock, display_paths
+from soundsearch.present.document import moment_clock as _momentclock
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -219,15 +220,6 @@ def short_codes(names: list[str]) -> list[str]:
             n += 1
         codes.append(code)
     return codes
-
-
-def _momentclock(seconds: float) -> str:
-    """m:ss.s: event items start at any tenth of a second, whole seconds would hide it."""
-    if abs(seconds - round(seconds)) < 0.05:
-        return clock(seconds)
-    m, s = divmod(seconds, 60.0)
-    h, m = divmod(int(m), 60)
-    return f"{h}:{m:02d}:{s:04.1f}" if h else f"{m}:{s:04.1f}"
 
 
 def _length(seconds: float) -> str:

@@ -52,9 +52,24 @@ class Params:
     min_level: int | None = None
     mode: str | None = None
     include_self: bool = False
+    # The query region (seconds) and the times as typed (m:ss or seconds), kept for the URL.
+    start: float | None = None
+    end: float | None = None
+    start_text: str = ""
+    end_text: str = ""
 
-    def query_string(self) -> list[tuple[str, str]]:
+    @property
+    def region(self) -> bool:
+        return self.start is not None or self.end is not None
+
+    def query_string(self, region: bool = True) -> list[tuple[str, str]]:
+        """The filters as URL parameters; region=False leaves the query region out (a
+        "more like this" link starts a new query)."""
         q = [("k", str(self.k))]
+        if region and self.start_text:
+            q.append(("start", self.start_text))
+        if region and self.end_text:
+            q.append(("end", self.end_text))
         q += [("require", c) for c in self.require] + [("exclude", c) for c in self.exclude]
         if self.min_level is not None:
             q.append(("min_level", str(self.min_level)))
@@ -84,8 +99,24 @@ def _params(values) -> Params:
             raise BadRequest(f"{name} must be between {lo} and {hi}")
         return v
 
+    def time(name: str, label: str) -> tuple[float | None, str]:
+        from soundsearch.audio import parse_time
+
+        raw = (values.get(name) or "").strip()
+        if not raw:
+            return None, ""
+        try:
+            return parse_time(raw, label), raw
+        except SoundsearchError as exc:
+            raise BadRequest(str(exc)) from None
+
+    start, start_text = time("start", "from")
+    end, end_text = time("end", "to")
+    if start is not None and end is not None and not end > start:
+        raise BadRequest(f"the query region must end after it starts: from {start_text} to {end_text}")
     mode = (values.get("mode") or "").strip() or None
     return Params(
+        start=start, end=end, start_text=start_text, end_text=end_text,
         k=integer("k", 10, 1, MAX_K),
         require=tuple(v for v in values.getlist("require") if v),
         exclude=tuple(v for v in values.getlist("exclude") if v),
@@ -140,11 +171,17 @@ class Service:
 
         if "row" in source:
             query = StoredQuery((source["row"],))
+            if p.region:
+                # A region of the row's recording: its times are the recording's, not the item's.
+                items = self.store.items()
+                if not 0 <= source["row"] < len(items):
+                    raise BadRequest(f"row must lie in 0..{len(items) - 1}")
+                query = items[source["row"]].path
         else:
             query = source["path"]
         results = self.engine.search(
             query, k=p.k, require=p.require, exclude=p.exclude, min_level=p.min_level, mode=p.mode,
-            include_self=p.include_self,
+            include_self=p.include_self, start=p.start, end=p.end,
         )
         doc = results_document(results, self.store, self.model, self.roots)
         if "upload" in source:
@@ -211,7 +248,12 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
     def error(request: Request, exc: Exception, status: int) -> Response:
         if request.query_params.get("format") == "json" or "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"error": str(exc)}, status_code=status)
-        page = render_page(None, audio_src=lambda r: None, errors=[str(exc)], app=_ctx(Params(), {}, None),
+        # The form keeps the query and the times as typed, so a bad time can be corrected.
+        values = request.query_params
+        ctx = _ctx(Params(), {}, None)
+        ctx.hidden = {k: values[k] for k in ("row", "upload") if values.get(k)}
+        ctx.form.update(start=values.get("start", ""), end=values.get("end", ""))
+        page = render_page(None, audio_src=lambda r: None, errors=[str(exc)], app=ctx,
                            categories=list(svc.model.taxonomy.categories) if svc.model else [])
         return HTMLResponse(page, status_code=status)
 
@@ -227,10 +269,10 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
                      "M3U playlist": f"search?{here}&format=m3u", "paths": f"search?{here}&format=paths"}
         return AppContext(
             form={"k": p.k, "require": p.require, "exclude": p.exclude, "min_level": p.min_level, "mode": p.mode,
-                  "include_self": p.include_self},
+                  "include_self": p.include_self, "start": p.start_text, "end": p.end_text},
             hidden=hidden,
             modes=list(MODES),
-            more_like=lambda r: "search?" + urlencode([("row", r["row"])] + base),
+            more_like=lambda r: "search?" + urlencode([("row", r["row"])] + p.query_string(region=False)),
             links=links,
             max_upload_mb=svc.max_upload_mb,
         )
@@ -298,6 +340,7 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
         query_src = None
         if "upload" in source:
             query_src = "upload/" + source["upload"]
+            doc["query"]["windowed"] = bool(doc["query"].get("region"))  # the player starts at the region
         elif doc["query"]["path"]:
             q = doc["query"]
             windowed = bool(q["items"]) and svc.engine.store.items()[source["row"]].file_duration > q["items"][-1]["end"] - q["items"][0]["start"] + 1e-6

@@ -34,6 +34,16 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def moment_clock(seconds: float) -> str:
+    """m:ss.s: event items and query regions start at any tenth of a second, whole seconds
+    would hide it (m:ss when the time is whole)."""
+    if abs(seconds - round(seconds)) < 0.05:
+        return clock(seconds)
+    m, s = divmod(seconds, 60.0)
+    h, m = divmod(int(m), 60)
+    return f"{h}:{m:02d}:{s:04.1f}" if h else f"{m}:{s:04.1f}"
+
+
 def display_paths(paths: list[Path], roots: list[Path]) -> list[str]:
     """Each path relative to the indexed folder holding it, else to the results' common folder."""
     roots = sorted((Path(r) for r in roots), key=lambda r: len(r.parts), reverse=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable
 
-from soundsearch.present.document import SIDE_TEXT, clock
+from soundsearch.present.document import SIDE_TEXT, clock, moment_clock
 
 CSS = """
 :root { --fg:#1d2330; --muted:#6b7385; --line:#e3e6ec; --bg:#f6f7f9; --card:#fff;
@@ -21,6 +21,7 @@ body { margin:0; font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helve
 main { max-width: 1100px; margin: 0 auto; padding: 20px 20px 48px; }
 h1 { font-size: 20px; margin: 0 0 2px; font-weight: 650; letter-spacing: -.01em; }
 h1 small { font-weight: 400; color: var(--muted); font-size: 14px; }
+h1 .region { font-weight: 500; font-size: 15px; color: var(--q); background: var(--q-bg); border-radius: 6px; padding: 1px 7px; vertical-align: 2px; }
 .meta { color: var(--muted); font-size: 13px; margin: 0 0 14px; }
 .meta b { color: var(--fg); font-weight: 600; }
 .note { background: #fff8e1; border: 1px solid #f3df9b; border-radius: 6px; padding: 6px 10px;
@@ -59,7 +60,7 @@ form.search { background: var(--card); border: 1px solid var(--line); border-rad
 .drop.over { border-color: var(--accent); background: #f0f3ff; }
 .filters { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: end; font-size: 13px; }
 .filters label { display: flex; flex-direction: column; gap: 3px; color: var(--muted); }
-.filters select, .filters input[type=number] { font: inherit; padding: 4px 6px; border: 1px solid #c9cfdb; border-radius: 6px; background: #fff; color: var(--fg); }
+.filters select, .filters input[type=number], .filters input[type=text] { font: inherit; padding: 4px 6px; border: 1px solid #c9cfdb; border-radius: 6px; background: #fff; color: var(--fg); }
 .cats { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; margin: 0 0 8px; font-size: 13px; color: var(--muted); }
 .cats .what { width: 5.5em; }
 .pick { font-size: 12px; padding: 2px 9px; border-radius: 11px; border: 1px solid #c9cfdb; color: var(--fg); cursor: pointer; user-select: none; background: #fff; }
@@ -111,7 +112,7 @@ GLYPH = {"both": "●", "neither": "·", "query": "◐", "result": "◑"}
 class AppContext:
     """What the served page adds to the static one."""
 
-    form: dict = field(default_factory=dict)  # current k, require, exclude, min_level, mode, include_self
+    form: dict = field(default_factory=dict)  # current k, require, exclude, min_level, mode, include_self, start, end
     hidden: dict = field(default_factory=dict)  # row / upload of the current query, kept by the form
     modes: list[str] = field(default_factory=list)
     more_like: Callable[[dict], str] | None = None  # result -> URL of its "more like this"
@@ -190,6 +191,8 @@ def _form(doc: dict | None, categories: list[str], ctx: AppContext) -> str:
     <label>results <input type="number" name="k" min="1" max="500" value="{int(f.get('k', 10))}" style="width:5em"></label>
     <label>min level <input type="number" name="min_level" min="0" max="{len(categories)}" value="{level}" style="width:5em"></label>
     <label>rank by <select name="mode">{modes}</select></label>
+    <label title="search with the query from this time on (m:ss or seconds)">from <input type="text" name="start" value="{escape(str(f.get('start') or ''))}" placeholder="0:00" inputmode="decimal" style="width:5.5em"></label>
+    <label title="search with the query up to this time (m:ss or seconds)">to <input type="text" name="end" value="{escape(str(f.get('end') or ''))}" placeholder="end" inputmode="decimal" style="width:5.5em"></label>
     <label style="flex-direction:row;align-items:center;gap:6px"><input type="checkbox" name="include_self" value="1"{" checked" if f.get("include_self") else ""}> show the query's own items</label>
     <button type="submit">{"Search again" if doc else "Search"}</button>
   </div>
@@ -216,8 +219,11 @@ def render_page(
     if doc:
         q = doc["query"]
         n_items = len(q["items"])
+        region = q.get("region")
+        where = (f' <span class="region">{moment_clock(region["start"])}–{moment_clock(region["end"])}</span>'
+                 if region else "")
         body.append(
-            f'<h1>Like <span title="{escape(q["path"] or "")}">{escape(q["name"] or "the query")}</span>'
+            f'<h1>Like <span title="{escape(q["path"] or "")}">{escape(q["name"] or "the query")}</span>{where}'
             f' <small>{len(doc["results"])} result{"s" if len(doc["results"]) != 1 else ""}</small></h1>'
         )
         f = doc["filters"]
@@ -252,11 +258,14 @@ def render_page(
         if q["items"]:
             total = max(i["end"] for i in q["items"])
             span = f'{_length(total)}' + (f' · {len(q["items"])} items' if len(q["items"]) > 1 else "")
+            if region:
+                span = (f'{moment_clock(region["start"])}–{moment_clock(region["end"])}'
+                        + (f' · {len(q["items"])} items' if len(q["items"]) > 1 else ""))
         body.append(
             f'<section class="card query" aria-label="query"><div><div class="title">{escape(q["path"] or "")}'
             f'<span class="badge">query</span></div><div class="sub">{span}</div>'
             + _player(query_src, q["items"][0]["start"] if q["items"] else 0, q["items"][-1]["end"] if q["items"] else 0,
-                      bool(q.get("windowed")), query_thumb)
+                      bool(q.get("windowed") or region), query_thumb)
             + (_chips(heard) if heard else "")
             + '</div><div class="scores">the model hears<br>in the query:<br><b>'
             + (escape(", ".join(c for c, s in heard.items() if s == "both")) or "none of its categories")
@@ -326,7 +335,8 @@ def static_page(doc: dict, notes: list[str] | None = None) -> str:
     if q.get("path"):
         query_src = file_url(q["path"])
         end = max((i["end"] for i in q["items"]), default=30.0)
-        query_thumb = thumbnail(q["path"], 0.0, end)
+        start = q["region"]["start"] if q.get("region") else 0.0  # a region: its waveform, its player
+        query_thumb = thumbnail(q["path"], start, end)
     return render_page(
         doc,
         audio_src=lambda r: file_url(r["path"]),
