@@ -95,19 +95,13 @@ def as_path(path: PathLike) -> Path:
 
 def _diagnose(bpath: bytes, exc: Exception) -> str:
     """A plain reason for a failed open: the OS reason if there is one, else the decoder's."""
+    # The file may have changed since _open checked it: check it again the same way.
+    reason = not_regular_reason(bpath)
+    if reason is not None:
+        return reason
     try:
-        st = os.stat(bpath)
-    except FileNotFoundError:
-        return "no such file (or a broken link)"
-    except PermissionError:
-        return "permission denied"
-    except OSError as e:
-        return f"cannot read: {e.strerror or e}"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not an audio file"
-    if st.st_size == 0:
-        return "empty file (0 bytes)"
-    try:
+        if os.path.getsize(bpath) == 0:
+            return "empty file (0 bytes)"
         with open(bpath, "rb"):
             pass
     except PermissionError:

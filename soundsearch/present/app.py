@@ -394,10 +394,15 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
             start, end = _floats(request, "start"), _floats(request, "end")
         except BadRequest as exc:
             return PlainTextResponse(str(exc), status_code=exc.status)
-        if real.suffix.lower() in BROWSER_AUDIO:
-            return FileResponse(real)  # Range requests: the player seeks to the window
+        return await playable(real, start, end)
+
+    async def playable(path: Path, start, end) -> Response:
+        """The file itself where browsers play its format (Range requests let the player seek
+        to the window), else the span decoded to 16-bit WAV."""
+        if path.suffix.lower() in BROWSER_AUDIO:
+            return FileResponse(path)
         try:
-            data = await svc.run(svc.wav, str(real), start, end)
+            data = await svc.run(svc.wav, str(path), start, end)
         except SoundsearchError as exc:
             return PlainTextResponse(str(exc), status_code=415)
         return Response(data, media_type="audio/wav")
@@ -406,13 +411,7 @@ def create_app(store_dir: Path, model: str | None = None, max_upload_mb: int = 2
         path = svc.uploads.get(request.path_params["token"])
         if path is None or not path.is_file():
             return PlainTextResponse("upload expired", status_code=404)
-        if path.suffix.lower() in BROWSER_AUDIO:
-            return FileResponse(path)
-        try:
-            data = await svc.run(svc.wav, str(path), None, None)
-        except SoundsearchError as exc:
-            return PlainTextResponse(str(exc), status_code=415)
-        return Response(data, media_type="audio/wav")
+        return await playable(path, None, None)
 
     async def thumb(request: Request) -> Response:
         try:
