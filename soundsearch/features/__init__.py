@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from soundsearch.constants import TUNABLE_DEFAULTS
 from soundsearch.errors import AudioError, AudioWarning, FeaturizerError, SoundsearchError
 
 # The shipped default model's featurizer (with its default parameters), so that a store made by
@@ -194,19 +195,6 @@ def get_featurizer(name: str | None = None, **params: Any) -> Featurizer:
         return factory(**params)
     except TypeError as e:
         raise FeaturizerError(f"bad parameters for featurizer {name!r}: {e}") from None
-
-
-# Each featurizer's tunable parameters with their defaults, the same on every machine (unlike
-# the checksum of whichever weights are installed). Describing a model by these needs no
-# featurizer built: building aisfx or openl3 imports torch and loads weights, seconds that
-# `soundsearch models` should not cost. Tests check they agree with the featurizers' own.
-TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "logmel": {"sample_rate": 22050, "n_fft": 4096, "hop_length": 2048, "n_mels": 128, "fmin": 0.0,
-               "fmax": 11025.0, "steps": 10, "stats": "mean,std,max"},
-    "aisfx": {"steps": 10, "stats": "mean,max", "hop_frames": 100},
-    "openl3": {"content_type": "env", "input_repr": "mel256", "embedding_size": 512, "hop_seconds": 1.0,
-               "steps": 10, "stats": "mean", "frontend": "kapre-0.1.4"},
-}
 
 
 def departures(identity: str, build: bool = True) -> tuple[str, list[str]]:
