@@ -238,14 +238,20 @@ def index_paths(
     if featurizer_name is not None or featurizer_params:
         requested = get_featurizer(featurizer_name, **(featurizer_params or {}))
 
-    _ensure_store(store_dir, requested, (item_seconds, item_hop, event_items), bool(roots), wait)
-
-    with Store.open(store_dir, item_seconds=item_seconds, item_hop=item_hop, event_items=event_items) as store:
+    cutting = {"item_seconds": item_seconds, "item_hop": item_hop, "event_items": event_items}
+    try:
+        store = Store.open(store_dir, **cutting)
+    except StoreMissingError:
+        if not roots:
+            raise StoreMissingError(f"no store at {printable(store_dir)}: give the folders to index") from None
+        # A first run makes the store (under its lock) with the featurizer asked for, or the default.
+        store = Store.open(store_dir, create=True, featurizer=requested, wait=wait, **cutting)
+    with store:
         spec, identity = store.featurizer_spec, store.featurizer_identity
         # `--featurizer logmel` on a store made by logmel with other parameters means "this
         # store's logmel", not "logmel with default parameters".
         if requested is not None and (featurizer_params or requested.name != spec.get("name")):
-            store._check_request(requested, None)
+            store.check_request(requested)
         else:
             requested = None
         fz = requested or featurizer_from_spec(spec)  # fails early, e.g. for missing weights
@@ -259,33 +265,6 @@ def index_paths(
             _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report, verify)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _ensure_store(store_dir: Path, requested, cutting: tuple, have_roots: bool, wait: bool) -> None:
-    """Create the store if it does not exist, or finish a creation that a kill interrupted."""
-    from soundsearch.features import get_featurizer
-    from soundsearch.store import _check_foreign, store_lock
-
-    def exists() -> bool:
-        try:
-            Store.open(store_dir).close()
-            return True
-        except StoreMissingError:
-            return False
-
-    if exists():
-        return
-    if not have_roots:
-        raise StoreMissingError(f"no store at {printable(store_dir)}: give the folders to index")
-    _check_foreign(store_dir)  # before the lock file lands in someone else's folder
-    # Under the lock, and asking again there, so two first runs do not both create it.
-    with store_lock(store_dir, wait=wait):
-        if not exists():
-            fz = requested or get_featurizer(None)
-            item_seconds, item_hop, event_items = cutting
-            Store.open(
-                store_dir, create=True, featurizer=fz, item_seconds=item_seconds, item_hop=item_hop, event_items=event_items
-            ).close()
 
 
 def _run(
