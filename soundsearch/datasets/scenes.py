@@ -192,7 +192,7 @@ class _AudioCache:
     def get(self, path: Path) -> np.ndarray:
         sig = self._cache.get(path)
         if sig is None:
-            from soundsearch.audio import load  # soundfile and soxr only when mixing
+            from soundsearch.audio.decode import load  # soundfile and soxr only when mixing
 
             sig = load(path, self.sample_rate).signal
             self._cache[path] = sig

@@ -269,9 +269,10 @@ def featurize_file(
     recording costs memory for a batch of items, not for the whole decoded file. Items come
     back in time order (start, then end).
     """
-    from soundsearch import audio
+    from soundsearch.audio.items import iter_items
+    from soundsearch.audio.validate import short_warning
 
-    info, items, warnings = audio.iter_items(
+    info, items, warnings = iter_items(
         path, featurizer.sample_rate, item_seconds, min_last_seconds, cutting=cutting, start=start, end=end
     )
     segments: list[tuple[float, float]] = []
@@ -290,7 +291,7 @@ def featurize_file(
     if pending:
         chunks.append(featurizer.batch(pending))
     if shortest is not None and shortest < featurizer.frame_samples:
-        warnings.append(audio._short_warning(info.path, shortest, featurizer.sample_rate, featurizer.frame_samples))
+        warnings.append(short_warning(info.path, shortest, featurizer.sample_rate, featurizer.frame_samples))
     if not chunks:
         raise AudioError(info.path, "no audio samples could be decoded")
     feats = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

@@ -55,7 +55,7 @@ def index_paths(
     `item_seconds`, `item_hop` and `event_items` say how a new store cuts recordings (see
     audio.Cutting; None: the defaults); for an existing store they must match its own.
     """
-    from soundsearch import audio
+    from soundsearch.audio.files import AUDIO_EXTENSIONS, has_audio_extension
     from soundsearch.features import featurizer_from_spec, get_featurizer
 
     t0 = time.perf_counter()
@@ -71,9 +71,9 @@ def index_paths(
             raise SoundsearchError(f"{printable(r)}: permission denied (on it or a folder above it)") from None
         except OSError as exc:
             raise SoundsearchError(f"{printable(r)}: cannot read ({exc.strerror or exc})") from None
-        if os.path.isfile(r) and not audio.has_audio_extension(r):
+        if os.path.isfile(r) and not has_audio_extension(r):
             raise SoundsearchError(
-                f"{printable(r)}: not a supported audio file (extensions: {', '.join(sorted(audio.AUDIO_EXTENSIONS))})"
+                f"{printable(r)}: not a supported audio file (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})"
             )
 
     requested = None
@@ -121,7 +121,7 @@ def _run(
     report: IndexReport,
     verify: bool = False,
 ) -> None:
-    from soundsearch import audio
+    from soundsearch.audio.files import scan
 
     notify = on_progress or (lambda _p: None)
     if not roots:
@@ -140,7 +140,7 @@ def _run(
     todo: list[tuple[str, int, int]] = []
     seen: set[str] = set()
     scanned_dirs: set[str] = set()
-    for p in audio.scan(roots, on_skip=lambda path, why: report.skipped.append((path, why)), dirs=scanned_dirs):
+    for p in scan(roots, on_skip=lambda path, why: report.skipped.append((path, why)), dirs=scanned_dirs):
         key = str(p)
         seen.add(key)
         try:

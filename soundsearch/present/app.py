@@ -100,7 +100,7 @@ def _params(values) -> Params:
         return v
 
     def time(name: str, label: str) -> tuple[float | None, str]:
-        from soundsearch.audio import parse_time
+        from soundsearch.audio.items import parse_time
 
         raw = (values.get(name) or "").strip()
         if not raw:
@@ -204,7 +204,7 @@ class Service:
 
         import soundfile as sf
 
-        from soundsearch.audio import probe, read_seconds
+        from soundsearch.audio.decode import probe, read_seconds
 
         if start is None or end is None:
             start, end = 0.0, probe(path).duration

@@ -26,7 +26,7 @@ from soundsearch.store.snapshot import Snapshot, load_snapshot
 from soundsearch.store.writer import StoreWriter
 
 if TYPE_CHECKING:
-    from soundsearch.audio import Cutting
+    from soundsearch.audio.items import Cutting
     from soundsearch.features import Featurizer
 
 
@@ -177,7 +177,7 @@ class Store:
     def _load_cutting(self) -> Cutting:
         """How this store cuts recordings. A store made before item_hop/event_items existed
         has neither row and cuts consecutive windows, as it always did."""
-        from soundsearch.audio import Cutting
+        from soundsearch.audio.items import Cutting
 
         rows = self.catalog.optional_meta("item_hop", "event_items")
         hop, events = None, 0
@@ -353,7 +353,7 @@ def _create(
     event_items: int | None = None,
 ) -> None:
     """Make a new store in the folder of `catalog`: an empty array file, then the catalog naming it."""
-    from soundsearch.audio import DEFAULT_EVENT_ITEMS, DEFAULT_HOP_FRACTION
+    from soundsearch.audio.items import DEFAULT_EVENT_ITEMS, DEFAULT_HOP_FRACTION
 
     if featurizer is None:
         from soundsearch.features import DEFAULT_FEATURIZER, get_featurizer
