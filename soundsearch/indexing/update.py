@@ -55,40 +55,17 @@ def index_paths(
     `item_seconds`, `item_hop` and `event_items` say how a new store cuts recordings (see
     audio.Cutting; None: the defaults); for an existing store they must match its own.
     """
-    from soundsearch.audio.files import AUDIO_EXTENSIONS, has_audio_extension
     from soundsearch.features import featurizer_from_spec, get_featurizer
 
     t0 = time.perf_counter()
     store_dir = Path(store_dir).expanduser().absolute()
-    roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
-    for r in roots:
-        try:
-            os.stat(r)
-        except FileNotFoundError:
-            raise SoundsearchError(f"{printable(r)}: no such file or directory") from None
-        except PermissionError:
-            # os.path.exists says False here, which made a folder we may not enter "no such file".
-            raise SoundsearchError(f"{printable(r)}: permission denied (on it or a folder above it)") from None
-        except OSError as exc:
-            raise SoundsearchError(f"{printable(r)}: cannot read ({exc.strerror or exc})") from None
-        if os.path.isfile(r) and not has_audio_extension(r):
-            raise SoundsearchError(
-                f"{printable(r)}: not a supported audio file (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})"
-            )
-
+    roots = _checked_roots(paths)
     requested = None
     if featurizer_name is not None or featurizer_params:
         requested = get_featurizer(featurizer_name, **(featurizer_params or {}))
 
     cutting = {"item_seconds": item_seconds, "item_hop": item_hop, "event_items": event_items}
-    try:
-        store = Store.open(store_dir, **cutting)
-    except StoreMissingError:
-        if not roots:
-            raise StoreMissingError(f"no store at {printable(store_dir)}: give the folders to index") from None
-        # A first run makes the store (under its lock) with the featurizer asked for, or the default.
-        store = Store.open(store_dir, create=True, featurizer=requested, wait=wait, **cutting)
-    with store:
+    with _open_store(store_dir, bool(roots), requested, wait, cutting) as store:
         spec, identity = store.featurizer_spec, store.featurizer_identity
         # `--featurizer logmel` on a store made by logmel with other parameters means "this
         # store's logmel", not "logmel with default parameters".
@@ -109,6 +86,40 @@ def index_paths(
     return report
 
 
+def _open_store(store_dir: Path, have_roots: bool, requested, wait: bool, cutting: dict) -> Store:
+    """The store to index into; a first run (given folders) makes it, under its lock, with the
+    featurizer asked for or the default. Its featurizer is checked by the caller."""
+    try:
+        return Store.open(store_dir, **cutting)
+    except StoreMissingError:
+        if not have_roots:
+            raise StoreMissingError(f"no store at {printable(store_dir)}: give the folders to index") from None
+    return Store.open(store_dir, create=True, featurizer=requested, wait=wait, **cutting)
+
+
+def _checked_roots(paths: Iterable[Path | str]) -> list[Path]:
+    """The absolute paths to index; SoundsearchError for one that is missing, unreadable or
+    a file without an audio extension."""
+    from soundsearch.audio.files import AUDIO_EXTENSIONS, has_audio_extension
+
+    roots = [Path(os.path.abspath(os.fsdecode(p))) for p in paths]
+    for r in roots:
+        try:
+            os.stat(r)
+        except FileNotFoundError:
+            raise SoundsearchError(f"{printable(r)}: no such file or directory") from None
+        except PermissionError:
+            # os.path.exists says False here, which made a folder we may not enter "no such file".
+            raise SoundsearchError(f"{printable(r)}: permission denied (on it or a folder above it)") from None
+        except OSError as exc:
+            raise SoundsearchError(f"{printable(r)}: cannot read ({exc.strerror or exc})") from None
+        if os.path.isfile(r) and not has_audio_extension(r):
+            raise SoundsearchError(
+                f"{printable(r)}: not a supported audio file (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})"
+            )
+    return roots
+
+
 def _run(
     store: Store,
     writer: StoreWriter,
@@ -121,8 +132,6 @@ def _run(
     report: IndexReport,
     verify: bool = False,
 ) -> None:
-    from soundsearch.audio.files import scan
-
     notify = on_progress or (lambda _p: None)
     if not roots:
         known = store.roots()
@@ -137,25 +146,8 @@ def _run(
     if verify:
         damaged = set(store.check_checksums()[0])
         writer.record_missing_checksums()
-    todo: list[tuple[str, int, int]] = []
-    seen: set[str] = set()
     scanned_dirs: set[str] = set()
-    for p in scan(roots, on_skip=lambda path, why: report.skipped.append((path, why)), dirs=scanned_dirs):
-        key = str(p)
-        seen.add(key)
-        try:
-            st = os.stat(p)
-        except OSError:
-            continue  # vanished since the scan; the next run removes it
-        known = catalog.get(key)
-        if key in damaged:
-            report.repaired.append(p)
-        elif known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns and not _decodable_now(known):
-            report.unchanged += 1
-            if known[2] == STATUS_FAILED:
-                report.still_failed.append((p, known[3] or ""))
-            continue
-        todo.append((key, st.st_size, st.st_mtime_ns))
+    todo, seen = _changed(roots, catalog, damaged, scanned_dirs, report)
 
     # Only folders named in this run (or refreshed) are checked for deletions. Files are known by
     # their real paths, so the real paths of the roots and of every folder listed count too.
@@ -173,6 +165,33 @@ def _run(
     if writer.holes():
         notify(IndexProgress("compact"))
         report.compacted = writer.compact()
+
+
+def _changed(roots: list[Path], catalog: dict, damaged: set[str], scanned_dirs: set[str], report: IndexReport):
+    """(files to featurize as (path, size, mtime_ns), every path the scan found): new, changed
+    or damaged files; unchanged ones are counted in `report`. `scanned_dirs` receives every
+    folder listed."""
+    from soundsearch.audio.files import scan
+
+    todo: list[tuple[str, int, int]] = []
+    seen: set[str] = set()
+    for p in scan(roots, on_skip=lambda path, why: report.skipped.append((path, why)), dirs=scanned_dirs):
+        key = str(p)
+        seen.add(key)
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # vanished since the scan; the next run removes it
+        known = catalog.get(key)
+        if key in damaged:
+            report.repaired.append(p)
+        elif known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns and not _decodable_now(known):
+            report.unchanged += 1
+            if known[2] == STATUS_FAILED:
+                report.still_failed.append((p, known[3] or ""))
+            continue
+        todo.append((key, st.st_size, st.st_mtime_ns))
+    return todo, seen
 
 
 def _decodable_now(known: tuple) -> bool:

@@ -211,13 +211,7 @@ class SearchEngine(DatabaseSide):
 
         ranking = resolve_ranking(self.model, mode)
         filters = check_filters(require, exclude, min_level, self.taxonomy, self.model.name)
-        if k < 1:
-            raise SearchError(f"k must be at least 1, not {k}")
-        n = self.n_items
-        if n == 0:
-            raise StoreError(f"the store at {self.store.path} holds no items: run `soundsearch index PATH` first")
-        if group_by not in (None, "file"):
-            raise SearchError(f"results can be grouped by file only, not by {group_by!r}")
+        n = self._items_to_search(k, group_by)
         c = len(self.taxonomy)
         query_path, segments, feats, self_rows = query_features(self.store, query, start, end)
         scores = self.score_all(feats, probs=True, aggregate=True)
@@ -246,6 +240,17 @@ class SearchEngine(DatabaseSide):
             group_by=group_by,
             region=(segments[0][0], segments[-1][1]) if (start is not None or end is not None) and segments else None,
         )
+
+    def _items_to_search(self, k: int, group_by: str | None) -> int:
+        """The number of stored items; SearchError or StoreError for a search that cannot run."""
+        if k < 1:
+            raise SearchError(f"k must be at least 1, not {k}")
+        n = self.n_items
+        if n == 0:
+            raise StoreError(f"the store at {self.store.path} holds no items: run `soundsearch index PATH` first")
+        if group_by not in (None, "file"):
+            raise SearchError(f"results can be grouped by file only, not by {group_by!r}")
+        return n
 
     def _query_moments(self, feats, segments, rows: np.ndarray, ranking, c: int):
         """Per result row, the (start, end) of the query item matching it best by the mode's
