@@ -119,7 +119,11 @@ class Result:
     is_query: bool = False  # the query recording itself (it is in the store, unchanged)
     acoustic: float = 0.0  # cosine of the standardised whole-item statistics
     rank_score: float = 0.0  # the ranking mode's score (ranking.rank_score)
-    duplicate: bool = False  # a near-duplicate of the query (acoustic >= DUPLICATE_COSINE)
+    # A near-duplicate of the query: fingerprint >= DUPLICATE_FINGERPRINT where the sounds were
+    # compared, else acoustic >= DUPLICATE_COSINE (ranking.order_items).
+    duplicate: bool = False
+    # search.fingerprint.similarity of this item's sound with the query's; None where not compared.
+    fingerprint: float | None = None
     # The query's item (its start, end in seconds) that matches this result best, by the
     # ranking mode's score; None for a query of one item.
     query_moment: tuple[float, float] | None = None
@@ -504,6 +508,7 @@ class SearchEngine:
         moments that rank above the first file left out (Result.moments). A query of several
         items is ranked by its items' average (the file-level score) and each result names the
         query item that matches it best (Result.query_moment)."""
+        from soundsearch.search.fingerprint import compare_candidates
         from soundsearch.search.ranking import order_items, resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
@@ -565,6 +570,8 @@ class SearchEngine:
         cand = np.flatnonzero(keep)
         items = self.store.items()
         dup_cos = None if scores.acoustic_best is None else scores.acoustic_best[0][cand]
+        sounds = compare_candidates(query_path, segments, items, acoustic if dup_cos is None else scores.acoustic_best[0],
+                                    keep & ~is_self)
         # The query recording itself comes first whatever the model says (its presence matrix
         # with itself has no "differs" by construction), then its near-duplicates. Overlapping
         # items of one file are one moment, so the walk may need more than k of the order:
@@ -574,6 +581,7 @@ class SearchEngine:
             ordered = order_items(
                 ranking, level[cand], expected[cand], closeness[cand], acoustic[cand], c, k=want,
                 is_query=is_self[cand], duplicate_acoustic=dup_cos,
+                fingerprint=None if sounds is None else sounds[cand],
             )
             order = cand[ordered.order]
             chosen, moments, done = _walk_moments(order, items, is_self, k, group_by == "file")
@@ -600,6 +608,7 @@ class SearchEngine:
                 acoustic=float(acoustic[row]),
                 rank_score=float(rank_score[row]),
                 duplicate=bool(duplicate[row]),
+                fingerprint=None if sounds is None or np.isnan(sounds[row]) else float(sounds[row]),
                 query_moment=query_moment[i] if query_moment is not None else None,
                 moments=moments.get(row, 1),
             )
