@@ -30,6 +30,8 @@ store. An item whose file cannot be read any more keeps the acoustic rule.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 SAMPLE_RATE = 16000
@@ -174,9 +176,18 @@ def compare_candidates(query_path, segments, items, cosine: np.ndarray, eligible
     cosine = np.asarray(cosine, dtype=np.float64)
     out = np.full(cosine.shape[0], np.nan)
     pool = np.flatnonzero(np.asarray(eligible, dtype=bool) & (cosine >= CANDIDATE_COSINE))
-    for row in pool[top_by_score(cosine[pool], CANDIDATES)].tolist():
+    rows = pool[top_by_score(cosine[pool], CANDIDATES)].tolist()
+
+    def compare(row: int) -> float:
         item = items[row]
-        out[row] = similarity(query, read_fingerprint(item.path, item.start, item.end))
+        return similarity(query, read_fingerprint(item.path, item.start, item.end))
+
+    # Decoding dominates; soundfile, soxr and numpy's FFT release the GIL, so threads overlap it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(rows), os.cpu_count() or 1))) as pool_:
+        for row, value in zip(rows, pool_.map(compare, rows)):
+            out[row] = value
     return out
 
 
