@@ -84,3 +84,19 @@ def test_fit_ranking_weight_reports_every_grid_point(store, model_file):
 @pytest.fixture
 def model_file(tmp_path):
     return make_model(tmp_path / "m.safetensors")
+
+
+def test_fingerprints_decide_duplicates_where_the_sounds_were_compared():
+    level = np.array([3, 3, 3, 3, 3])
+    expected = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    closeness = np.zeros(5)
+    # Row 0: acoustically close but another take (fingerprint 0.3); row 1: a slowed copy the
+    # acoustic cosine misses (0.5) but its time course matches; row 2: never compared, close.
+    acoustic = np.array([0.97, 0.5, 0.93, 0.1, 0.2])
+    fingerprint = np.array([0.3, 0.97, np.nan, np.nan, np.nan])
+    got = order_items(Ranking(RankingMode.ACOUSTIC), level, expected, closeness, acoustic, 8, fingerprint=fingerprint)
+    assert got.duplicate.tolist() == [False, True, True, False, False]
+    # Duplicates first, by fingerprint where known, else acoustic cosine; then the mode's order.
+    assert got.order.tolist() == [1, 2, 0, 4, 3]
+    without = order_items(Ranking(RankingMode.ACOUSTIC), level, expected, closeness, acoustic, 8)
+    assert without.duplicate.tolist() == [True, False, True, False, False]

@@ -145,6 +145,9 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
                 "acoustic": round(r.acoustic, 6),
                 "rank_score": round(r.rank_score, 6),
                 "duplicate": r.duplicate,
+                # How much this item's sound follows the query's over time (search.fingerprint);
+                # null where the two were not compared.
+                "fingerprint": None if r.fingerprint is None else round(r.fingerprint, 6),
                 "categories": {
                     cat: {
                         **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},

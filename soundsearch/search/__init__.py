@@ -9,5 +9,6 @@
     ranking.py     the ranking modes, near-duplicates, the fitted blend weight
     moments.py     one result per moment, or per file
     results.py     ScoreMatrix, Result, SearchResults, and the model's own order (rank)
+    fingerprint.py a time-aware fingerprint of the sound that confirms near-duplicates
     duplicates.py  groups of exact and near-identical recordings in a store
 """

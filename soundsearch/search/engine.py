@@ -220,13 +220,13 @@ class SearchEngine(DatabaseSide):
         keep, effects, n_self = apply_filters(filters, scored.states, scored.level, scored.is_self, include_self)
         cand = np.flatnonzero(keep)
         items = self.store.items()
-        dup_cos = None if scores.acoustic_best is None else scores.acoustic_best[0][cand]
-        order, moments, ordered = choose_rows(ranking, scored, cand, c, k, items, group_by == "file", dup_cos)
+        dup_cos, sounds = _duplicate_evidence(scores, scored, query_path, segments, items, keep)
+        order, moments, ordered = choose_rows(ranking, scored, cand, c, k, items, group_by == "file", dup_cos, sounds)
         query_moment = self._query_moments(feats, segments, order, ranking, c)
         return SearchResults(
             query=query_path,
             query_segments=segments,
-            results=build_results(scored, order, items, cand, ordered, moments, query_moment),
+            results=build_results(scored, order, items, cand, ordered, moments, query_moment, sounds),
             taxonomy=self.taxonomy,
             items_searched=n,
             matches=int(cand.size),
@@ -284,6 +284,19 @@ class SearchEngine(DatabaseSide):
         y = y.mean(0)  # (3, C)
         both, neither = y[BOTH].double(), y[NEITHER].double()
         return (both / (both + neither).clamp_min(1e-12)).float().numpy()
+
+
+def _duplicate_evidence(scores: ScoreMatrix, scored, query_path, segments, items, keep: np.ndarray):
+    """(each kept item's best acoustic cosine with a query item, for a query of several items,
+    else None; each store row's fingerprint similarity with the query, nan where not compared,
+    or None): what decides which results are near-duplicates of the query."""
+    from soundsearch.search.fingerprint import compare_candidates
+
+    cand = np.flatnonzero(keep)
+    dup_cos = None if scores.acoustic_best is None else scores.acoustic_best[0][cand]
+    sounds = compare_candidates(query_path, segments, items, scored.acoustic if dup_cos is None else scores.acoustic_best[0],
+                                keep & ~scored.is_self)
+    return dup_cos, sounds
 
 
 __all__ = [

@@ -56,7 +56,8 @@ MODE_HELP = {
     RankingMode.ACOUSTIC: "acoustic similarity alone (sounds like, rather than contains the same)",
 }
 
-# Acoustic cosine at or above which a stored item counts as a near-duplicate of the query.
+# Acoustic cosine at or above which a stored item counts as a near-duplicate of the query when
+# its sound was not compared with the query's (search.fingerprint decides for those it was).
 # Measured on the real corpus with the default aisfx features (tests/test_duplicates.py: 20
 # originals x 7 altered copies among 100 other recordings, 40 queries, 350 copy items):
 #   threshold  copies flagged  other recordings flagged
@@ -217,24 +218,38 @@ def order_items(
     k: int | None = None,
     is_query: np.ndarray | None = None,
     duplicate_acoustic: np.ndarray | None = None,
+    fingerprint: np.ndarray | None = None,
 ) -> Ordered:
     """The one ordering search and eval share: the query's own items (`is_query`) first, then
-    near-duplicates by acoustic cosine, then the rest by the mode; the best k of it.
+    its near-duplicates, then the rest by the mode; the best k of it.
 
-    `duplicate_acoustic` (default `acoustic`) is the cosine that decides and orders
-    near-duplicates: a long query's best single moment (ScoreMatrix.acoustic_best)."""
+    `fingerprint` (N,) holds search.fingerprint.similarity for the items whose sound was
+    compared with the query's, nan for the others: those items are near-duplicates when it
+    reaches DUPLICATE_FINGERPRINT, whatever their acoustic cosine (another take of the source
+    is not a copy; a copy a few percent slower still is). The others are near-duplicates when
+    their acoustic cosine reaches DUPLICATE_COSINE; `duplicate_acoustic` (default `acoustic`)
+    is that cosine: a long query's best single moment (ScoreMatrix.acoustic_best).
+    Near-duplicates are ordered by their fingerprint similarity, else that cosine."""
     from soundsearch.search.engine import rank
+    from soundsearch.search.fingerprint import DUPLICATE_FINGERPRINT
 
     n = np.asarray(level).shape[0]
     acoustic = np.asarray(acoustic)
     own = np.zeros(n, dtype=bool) if is_query is None else np.asarray(is_query, dtype=bool)
     dup_cos = acoustic if duplicate_acoustic is None else np.asarray(duplicate_acoustic)
-    dup = (dup_cos >= DUPLICATE_COSINE) & ~own
+    dup_key = np.asarray(dup_cos, dtype=np.float64)
+    threshold = np.full(n, DUPLICATE_COSINE)
+    if fingerprint is not None:
+        fp = np.asarray(fingerprint, dtype=np.float64)
+        known = ~np.isnan(fp)
+        dup_key = np.where(known, fp, dup_key)
+        threshold[known] = DUPLICATE_FINGERPRINT
+    dup = (dup_key >= threshold) & ~own
     score = rank_score(ranking, level, expected, acoustic, n_categories)
     first = np.flatnonzero(own)
     first = first[rank(level[first], expected[first], closeness[first])]
     dups = np.flatnonzero(dup)
-    dups = dups[top_by_score(dup_cos[dups])]
+    dups = dups[top_by_score(dup_key[dups])]
     rest = np.flatnonzero(~own & ~dup)
     left = None if k is None else max(0, k - first.size - dups.size)
     if ranking.mode is RankingMode.PRESENCE:

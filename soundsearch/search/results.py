@@ -49,7 +49,11 @@ class Result:
     is_query: bool = False  # the query recording itself (it is in the store, unchanged)
     acoustic: float = 0.0  # cosine of the standardised whole-item statistics
     rank_score: float = 0.0  # the ranking mode's score (ranking.rank_score)
-    duplicate: bool = False  # a near-duplicate of the query (acoustic >= DUPLICATE_COSINE)
+    # A near-duplicate of the query: fingerprint >= DUPLICATE_FINGERPRINT where the sounds were
+    # compared, else acoustic >= DUPLICATE_COSINE (ranking.order_items).
+    duplicate: bool = False
+    # search.fingerprint.similarity of this item's sound with the query's; None where not compared.
+    fingerprint: float | None = None
     # The query's item (its start, end in seconds) that matches this result best, by the
     # ranking mode's score; None for a query of one item.
     query_moment: tuple[float, float] | None = None
@@ -113,9 +117,12 @@ def rank(level: np.ndarray, expected: np.ndarray, closeness: np.ndarray, k: int 
     return cand[order[:k]]
 
 
-def build_results(scored: Scored, order: np.ndarray, items, cand: np.ndarray, ordered, moments: dict, query_moment) -> list[Result]:
+def build_results(
+    scored: Scored, order: np.ndarray, items, cand: np.ndarray, ordered, moments: dict, query_moment, sounds
+) -> list[Result]:
     """The Results of store rows `order` (best first); `ordered` is the ranking's order of the
-    candidate rows `cand` (ranking.order_items), `query_moment` the best query item per result."""
+    candidate rows `cand` (ranking.order_items), `query_moment` the best query item per result,
+    `sounds` the fingerprint similarity per store row (nan: not compared; None: none were)."""
     s = scored
     n = s.level.shape[0]
     duplicate = np.zeros(n, dtype=bool)
@@ -135,6 +142,7 @@ def build_results(scored: Scored, order: np.ndarray, items, cand: np.ndarray, or
             acoustic=float(s.acoustic[row]),
             rank_score=float(rank_score[row]),
             duplicate=bool(duplicate[row]),
+            fingerprint=None if sounds is None or np.isnan(sounds[row]) else float(sounds[row]),
             query_moment=query_moment[i] if query_moment is not None else None,
             moments=moments.get(row, 1),
         )
