@@ -1,7 +1,7 @@
 """Decoding through PyAV (FFmpeg) for formats libsndfile cannot read: m4a/aac, wma, webm...
 
 Optional: `pip install 'soundsearch[formats]'`. `AVFile` offers the small part of
-soundfile.SoundFile that audio.py uses (samplerate, channels, frames, subtype, format, read,
+soundfile.SoundFile that audio/decode.py uses (samplerate, channels, frames, subtype, format, read,
 seek, close, context manager), so the rest of the decoding path is shared.
 """
 

@@ -11,6 +11,7 @@ import soundfile as sf
 
 from conftest import chirp, noise_bursts, tone, write_audio
 from soundsearch import audio
+from soundsearch.audio import decode, validate
 from soundsearch.audio import AUDIO_EXTENSIONS, iter_items, load, probe, scan, split_items
 from soundsearch.errors import AudioError, AudioWarning, printable
 
@@ -199,8 +200,8 @@ def test_permission_denied_is_named_as_such(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio.sf, "SoundFile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("System error")))
-    monkeypatch.setattr(audio, "open", refuse, raising=False)
+    monkeypatch.setattr(decode.sf, "SoundFile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("System error")))
+    monkeypatch.setattr(validate, "open", refuse, raising=False)
     _assert_audio_error(p, "permission denied")
 
 
@@ -254,11 +255,11 @@ def test_errors_about_a_non_utf8_name_keep_the_path_and_print_cleanly(tmp_path):
 
 def test_long_file_streams_in_blocks(tmp_path, monkeypatch):
     # Small blocks stand in for an hour-long file: many blocks, resampler state carried across.
-    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.37)
+    monkeypatch.setattr(decode, "BLOCK_SECONDS", 0.37)
     x = noise_bursts(seconds=3.0, sr=44100)
     p = write_audio(tmp_path / "long.wav", x, 44100, subtype="FLOAT")
     streamed = load(p, SR).signal
-    monkeypatch.setattr(audio, "BLOCK_SECONDS", 1000.0)
+    monkeypatch.setattr(decode, "BLOCK_SECONDS", 1000.0)
     whole = load(p, SR).signal
     assert abs(streamed.size - whole.size) <= 1
     n = min(streamed.size, whole.size)
@@ -269,14 +270,14 @@ def test_load_copes_with_a_header_that_undercounts(tmp_path, monkeypatch):
     # MP3 and truncated files can announce fewer frames than they decode to.
     x = chirp(seconds=1.0)
     p = write_audio(tmp_path / "x.wav", x, SR, subtype="FLOAT")
-    real_info_of = audio._info_of
+    real_info_of = decode.header_info
 
     def lying(f, path):
         info = real_info_of(f, path)
         return audio.AudioInfo(info.path, info.samplerate, info.channels, 10, 10 / info.samplerate)
 
-    monkeypatch.setattr(audio, "_info_of", lying)
-    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.1)
+    monkeypatch.setattr(decode, "header_info", lying)
+    monkeypatch.setattr(decode, "BLOCK_SECONDS", 0.1)
     got = load(p, SR)
     assert got.signal.size == x.size and np.array_equal(got.signal, x)
 
@@ -373,7 +374,7 @@ def test_split_single_sample_is_one_item():
 @pytest.mark.parametrize("block_seconds", [0.3, 1.0, 2.5, 100.0])
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 2.05, 4.2, 5.99, 6.0, 6.1])
 def test_iter_items_streams_the_same_items_as_split_items(tmp_path, monkeypatch, block_seconds, seconds):
-    monkeypatch.setattr(audio, "BLOCK_SECONDS", block_seconds)
+    monkeypatch.setattr(decode, "BLOCK_SECONDS", block_seconds)
     sr = 8000
     x = np.random.default_rng(0).uniform(-0.5, 0.5, int(seconds * sr)).astype(np.float32)
     p = write_audio(tmp_path / "x.wav", x, sr, subtype="FLOAT")
@@ -387,7 +388,7 @@ def test_iter_items_streams_the_same_items_as_split_items(tmp_path, monkeypatch,
 
 
 def test_iter_items_reports_nan_found_late(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio, "BLOCK_SECONDS", 0.5)
+    monkeypatch.setattr(decode, "BLOCK_SECONDS", 0.5)
     x = tone(seconds=3.0)
     x[-10] = np.nan
     p = write_audio(tmp_path / "late.wav", x, SR, subtype="FLOAT")

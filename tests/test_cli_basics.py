@@ -70,19 +70,23 @@ def test_status_models_and_early_errors_do_not_import_torch(tmp_path):
         assert "torch" not in _modules_after(argv, env), argv
 
 
-def test_light_mirrors_agree_with_the_library():
-    # What the command line spells out to stay light must say what the library does.
+def test_light_values_are_what_the_library_uses():
+    # The command line shows values from soundsearch.constants so that --help needs no numpy;
+    # the library reads the same module, and what it defines itself must say the same.
     import inspect
 
-    from soundsearch.cli import _common, duplicates
-    from soundsearch.features import TUNABLE_DEFAULTS, get_featurizer
+    from soundsearch import constants
+    from soundsearch.constants import TUNABLE_DEFAULTS
+    from soundsearch.features import get_featurizer
     from soundsearch.presence import STATES
     from soundsearch.search import ranking
     from soundsearch.training import config, pairs
 
-    assert _common.MODE_HELP == {m.value: text for m, text in ranking.MODE_HELP.items()}
-    assert duplicates.DUPLICATE_COSINE == ranking.DUPLICATE_COSINE
+    # ranking.py declares the modes as an enum with its own help table.
+    assert ranking.MODES == constants.RANKING_MODES
+    assert constants.MODE_HELP == {m.value: text for m, text in ranking.MODE_HELP.items()}
     assert config.N_STATES == len(STATES) and pairs.SCHEMES is config.SCHEMES
+    # The featurizers' constructors declare their defaults; models describes them by the table.
     for name in ("logmel", "aisfx"):
         built = get_featurizer(name).params
         assert {k: built[k] for k in TUNABLE_DEFAULTS[name]} == TUNABLE_DEFAULTS[name], name
@@ -90,6 +94,12 @@ def test_light_mirrors_agree_with_the_library():
 
     signature = inspect.signature(OpenL3.__init__).parameters
     assert {k: signature[k].default for k in TUNABLE_DEFAULTS["openl3"]} == TUNABLE_DEFAULTS["openl3"]
+
+
+def test_the_constants_module_imports_nothing_heavy():
+    code = "import sys, json, soundsearch.constants; print(json.dumps([m for m in ('numpy', 'torch') if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(done.stdout) == []
 
 
 def test_version_and_short_help():

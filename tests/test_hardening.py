@@ -346,7 +346,7 @@ def test_mp3_whose_decode_the_file_size_contradicts_is_refused(tmp_path):
 
 
 def test_store_with_emptied_catalog_and_a_cache_is_recovered(lib, store_dir, tmp_path):
-    from soundsearch.store import _check_foreign
+    from soundsearch.store.folder import check_foreign
 
     indexed(lib, store_dir)
     (store_dir / "cache").mkdir()
@@ -355,7 +355,7 @@ def test_store_with_emptied_catalog_and_a_cache_is_recovered(lib, store_dir, tmp
     _sql(store_dir, "DROP TABLE items")
     for table in ("files", "roots", "meta"):
         _sql(store_dir, f"DROP TABLE {table}")
-    _check_foreign(store_dir)  # no error
+    check_foreign(store_dir)  # no error
     doc = indexed(lib, store_dir)
     assert doc["added"] == 2
     with Store.open(store_dir) as st:
@@ -421,13 +421,14 @@ def test_disk_full_is_said_plainly(tmp_path, monkeypatch):
     import errno as errno_
     import shutil
 
-    from soundsearch.store import _friendly, _os_errors
+    from soundsearch.store.catalog import friendly
+    from soundsearch.store.folder import os_errors
     from soundsearch.errors import StoreError
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
-    err = _friendly(sqlite3.OperationalError("disk I/O error"), tmp_path)
+    err = friendly(sqlite3.OperationalError("disk I/O error"), tmp_path)
     assert str(err) == f"disk full: no space left for the store at {tmp_path}"
-    with pytest.raises(StoreError) as exc, _os_errors(tmp_path, "writing feature rows"):
+    with pytest.raises(StoreError) as exc, os_errors(tmp_path, "writing feature rows"):
         raise OSError(errno_.ENOSPC, "No space left on device")
     assert str(exc.value) == f"disk full: no space left for the store at {tmp_path} (writing feature rows failed: No space left on device)"
 

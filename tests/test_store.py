@@ -187,10 +187,10 @@ def test_leftovers_of_a_killed_writer_are_ignored_then_cleaned(tmp_path, fz):
     with open(array, "r+b") as f:
         f.seek(0, os.SEEK_END)
         f.write(np.full((3, T, D), 7.0, np.float32).tobytes())
-        from soundsearch.store import _npy_header
+        from soundsearch.store.arrays import npy_header
 
         f.seek(0)
-        f.write(_npy_header(5, T, D))
+        f.write(npy_header(5, T, D))
     (arrays / "features-2.npy.tmp").write_bytes(b"half")
     (arrays / "features-2.npy").write_bytes(b"uncommitted")
 
@@ -360,7 +360,7 @@ def test_read_only_store_reads_but_refuses_writes(tmp_path, fz):
 
 
 def test_a_failure_before_the_catalog_commit_leaves_no_trace(tmp_path, fz, monkeypatch):
-    import soundsearch.store as store_mod
+    import soundsearch.store.arrays as arrays_mod
 
     st = Store.open(tmp_path / "s", create=True, featurizer=fz)
     a = entry("/lib/a.wav", 2, 1)
@@ -373,7 +373,7 @@ def test_a_failure_before_the_catalog_commit_leaves_no_trace(tmp_path, fz, monke
         raise OSError(5, "Input/output error")
 
     with monkeypatch.context() as m:
-        m.setattr(store_mod.os, "fsync", broken_fsync)
+        m.setattr(arrays_mod.os, "fsync", broken_fsync)
         with st.writer() as w:
             with pytest.raises(StoreError, match="writing feature rows failed: Input/output error"):
                 w.write_files([entry("/lib/b.wav", 3, 2)])
@@ -387,7 +387,7 @@ def test_a_failure_before_the_catalog_commit_leaves_no_trace(tmp_path, fz, monke
         w.remove_files(["/lib/a.wav"])
         w.write_files([entry("/lib/c.wav", 1, 3)])
         with monkeypatch.context() as m:
-            m.setattr(store_mod, "_fsync_dir", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            m.setattr(arrays_mod, "fsync_dir", lambda path: (_ for _ in ()).throw(OSError(28, "No space left on device")))
             with pytest.raises(StoreError, match="compacting the feature array failed: No space left"):
                 w.compact()
     assert sorted(os.listdir(tmp_path / "s" / ARRAYS)) == ["features-1.npy", "features-2.npy"]

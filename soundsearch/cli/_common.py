@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from soundsearch.constants import MODE_HELP, RANKING_MODES
 from soundsearch.errors import SoundsearchError, printable
 
 
@@ -117,15 +118,6 @@ def print_some(console: Console, lines: Sequence[str], more: str = "", limit: in
         console.print(f"  ... and {len(lines) - limit} more{more}", highlight=False, soft_wrap=True)
 
 
-# Mirrors soundsearch.search.ranking's RankingMode and MODE_HELP (tests check they agree);
-# spelled out here because that module needs numpy, which `--help` would otherwise pay for.
-MODE_HELP = {
-    "presence": "the model's similarity level, then its expected agreement (same sound events present and absent)",
-    "blend": "the model's expected agreement blended with acoustic similarity, by the weight fitted on validation data",
-    "acoustic": "acoustic similarity alone (sounds like, rather than contains the same)",
-}
-
-
 def _mode_help() -> str:
     return "How to order results: " + "; ".join(f"{m}: {text}" for m, text in MODE_HELP.items()) + (
         ". Default: the mode recorded in the model file (presence for models that record none)."
@@ -133,12 +125,12 @@ def _mode_help() -> str:
 
 
 def _complete_mode(incomplete: str) -> list[str]:
-    return [m for m in MODE_HELP if m.startswith(incomplete)]
+    return [m for m in RANKING_MODES if m.startswith(incomplete)]
 
 
 ModeOption = Annotated[
     Optional[str],
-    typer.Option("--mode", metavar="|".join(MODE_HELP), help=_mode_help(), autocompletion=_complete_mode, show_default=False),
+    typer.Option("--mode", metavar="|".join(RANKING_MODES), help=_mode_help(), autocompletion=_complete_mode, show_default=False),
 ]
 
 

@@ -8,10 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, StoreOption, err, out
-
-# search.ranking.DUPLICATE_COSINE, for the help text (tests check they agree): that module
-# needs numpy, which `--help` and completion would otherwise pay for.
-DUPLICATE_COSINE = 0.90
+from soundsearch.constants import DUPLICATE_COSINE
 
 
 def duplicates(
@@ -44,7 +41,6 @@ def duplicates(
     from soundsearch.paths import resolve_store_dir
     from soundsearch.present.document import display_paths
     from soundsearch.present.export import to_csv, to_m3u
-    from soundsearch.search.ranking import DUPLICATE_COSINE
     from soundsearch.search.engine import SearchEngine
     from soundsearch.store import Store
 

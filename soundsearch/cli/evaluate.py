@@ -68,7 +68,8 @@ def eval_(
 
     Example: soundsearch eval --dataset my-labels.csv --model mymodel --plot fig3.png
     """
-    from soundsearch.evaluate import evaluate, parse_ints, plot_report
+    from soundsearch.evaluate.plot import plot_report
+    from soundsearch.evaluate.protocol import evaluate, parse_ints
 
     ks = parse_ints(k, "--k")
     ss = parse_ints(thresholds, "--thresholds")
@@ -125,7 +126,7 @@ def render(report) -> None:
     import numpy as np
     from rich.table import Table
 
-    from soundsearch.evaluate import GROUP_TITLES
+    from soundsearch.evaluate.report import GROUP_TITLES
 
     out.print(
         f"[bold]{report.dataset.get('name', '')}[/]: {report.database_size} database items, "

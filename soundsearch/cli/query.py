@@ -117,7 +117,8 @@ def query(
 
     Example:  soundsearch query street-2.wav --start 1:35 --end 1:36 --group-by file
     """
-    from soundsearch.audio import not_regular_reason, parse_time
+    from soundsearch.audio.files import not_regular_reason
+    from soundsearch.audio.items import parse_time
     from soundsearch.errors import AudioError
 
     path = file.expanduser()

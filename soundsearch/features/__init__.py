@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from soundsearch.constants import TUNABLE_DEFAULTS
 from soundsearch.errors import AudioError, AudioWarning, FeaturizerError, SoundsearchError
 
 # The shipped default model's featurizer (with its default parameters), so that a store made by
@@ -196,19 +197,6 @@ def get_featurizer(name: str | None = None, **params: Any) -> Featurizer:
         raise FeaturizerError(f"bad parameters for featurizer {name!r}: {e}") from None
 
 
-# Each featurizer's tunable parameters with their defaults, the same on every machine (unlike
-# the checksum of whichever weights are installed). Describing a model by these needs no
-# featurizer built: building aisfx or openl3 imports torch and loads weights, seconds that
-# `soundsearch models` should not cost. Tests check they agree with the featurizers' own.
-TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "logmel": {"sample_rate": 22050, "n_fft": 4096, "hop_length": 2048, "n_mels": 128, "fmin": 0.0,
-               "fmax": 11025.0, "steps": 10, "stats": "mean,std,max"},
-    "aisfx": {"steps": 10, "stats": "mean,max", "hop_frames": 100},
-    "openl3": {"content_type": "env", "input_repr": "mel256", "embedding_size": 512, "hop_seconds": 1.0,
-               "steps": 10, "stats": "mean", "frontend": "kapre-0.1.4"},
-}
-
-
 def departures(identity: str, build: bool = True) -> tuple[str, list[str]]:
     """(name, ["key=value", ...]) of a featurizer identity: the parameters where it departs from
     that featurizer's defaults (all of them when the defaults cannot be built here), so a store
@@ -281,9 +269,10 @@ def featurize_file(
     recording costs memory for a batch of items, not for the whole decoded file. Items come
     back in time order (start, then end).
     """
-    from soundsearch import audio
+    from soundsearch.audio.items import iter_items
+    from soundsearch.audio.validate import short_warning
 
-    info, items, warnings = audio.iter_items(
+    info, items, warnings = iter_items(
         path, featurizer.sample_rate, item_seconds, min_last_seconds, cutting=cutting, start=start, end=end
     )
     segments: list[tuple[float, float]] = []
@@ -302,7 +291,7 @@ def featurize_file(
     if pending:
         chunks.append(featurizer.batch(pending))
     if shortest is not None and shortest < featurizer.frame_samples:
-        warnings.append(audio._short_warning(info.path, shortest, featurizer.sample_rate, featurizer.frame_samples))
+        warnings.append(short_warning(info.path, shortest, featurizer.sample_rate, featurizer.frame_samples))
     if not chunks:
         raise AudioError(info.path, "no audio samples could be decoded")
     feats = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

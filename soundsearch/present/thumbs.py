@@ -15,7 +15,7 @@ def read_range(path: Path | str, start: float, end: float, max_seconds: float = 
 
     Reads only that range: a thumbnail of a window of an hour-long session must not decode the
     hour. Formats libsndfile cannot read go through the audio module's PyAV fallback."""
-    from soundsearch.audio import read_seconds
+    from soundsearch.audio.decode import read_seconds
 
     return read_seconds(path, start, min(end, start + max_seconds))
 

@@ -1,1 +1,14 @@
-"""Searching a store: the engine (kernel, cache, search), the ranking modes and duplicate finding."""
+"""Searching a store with a presence model.
+
+    engine.py      SearchEngine: scores a query against every stored item, and search()
+    database.py    the database side: per-item rows computed once per (store, model)
+    cache.py       where that database side is cached beside the store, and its layout
+    kernel.py      the pair-specific arithmetic on chunks of items
+    query.py       what the query is, and which stored items are the query itself
+    filters.py     --require, --exclude, --min-level, and what each removes
+    ranking.py     the ranking modes, near-duplicates, the fitted blend weight
+    moments.py     one result per moment, or per file
+    results.py     ScoreMatrix, Result, SearchResults, and the model's own order (rank)
+    fingerprint.py a time-aware fingerprint of the sound that confirms near-duplicates
+    duplicates.py  groups of exact and near-identical recordings in a store
+"""

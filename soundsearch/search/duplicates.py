@@ -3,7 +3,7 @@ gain-changed), from the acoustic vectors the search engine already caches.
 
 Exact copies: items whose stored features are identical (hashed rows). Near copies: items whose
 acoustic cosine (ranking's standardised whole-item statistics) reaches the threshold,
-ranking.DUPLICATE_COSINE by default, the value the search flags copies of a query with. Pairs
+constants.DUPLICATE_COSINE by default, the value the search flags copies of a query with. Pairs
 are found with a blocked matrix product over the upper triangle (memory stays at one block of
 similarities) and grouped transitively with union-find. Items of one recording never pair with
 each other: the windows of a steady ambience are alike, not copies.
@@ -78,7 +78,7 @@ def near_pairs(vectors: np.ndarray, file_ids: np.ndarray, threshold: float, bloc
 
 def find_duplicates(engine, threshold: float | None = None) -> list[Group]:
     """Exact groups first (largest first), then near groups (largest, then closest first)."""
-    from soundsearch.search.ranking import DUPLICATE_COSINE
+    from soundsearch.constants import DUPLICATE_COSINE
 
     threshold = DUPLICATE_COSINE if threshold is None else float(threshold)
     store = engine.store

@@ -68,7 +68,7 @@ MODE_HELP = {
 # not copies. aisfx is level-invariant (a -6 dB copy scores 1.00); what falls short is light
 # noise over a one-shot's silences (40 dB SNR: down to 0.48) and +-3% speed (down to 0.57).
 # With logmel features the same test flagged 75% of copies at 0.95.
-DUPLICATE_COSINE = 0.90
+from soundsearch.constants import DUPLICATE_COSINE  # noqa: E402  (light: the CLI's help shows it)
 # Per-dimension std floor of the acoustic standardisation, as a fraction of the median std:
 # a dimension constant across the store (bands above a low sample rate's Nyquist) must not
 # blow a query's small deviation there up into the whole vector.

@@ -1,0 +1,42 @@
+"""Values the library and the command line share, importable without numpy or torch.
+
+`soundsearch --help`, shell completion and `soundsearch models` run without numpy (and torch):
+completion runs the program on every Tab. The help texts and defaults they show live here, and
+the library modules that need numpy read the same values from here, so nothing is copied:
+
+    DUPLICATE_COSINE   search.ranking flags near-duplicates of a query with it; `duplicates`
+                       groups copies at it by default
+    RANKING_MODES,     the `--mode` choices and their help (search.ranking.RankingMode names
+    MODE_HELP          the same modes)
+    TUNABLE_DEFAULTS   each featurizer's tunable parameters with their defaults, which
+                       `models` describes a model's featurizer by
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Acoustic cosine at or above which a stored item counts as a near-duplicate of the query,
+# chosen on the real corpus with the default aisfx features (the measurements are written
+# beside its import in search/ranking.py; tests/test_duplicates.py repeats them).
+DUPLICATE_COSINE = 0.90
+
+# The ranking modes (search.ranking.RankingMode) and what each orders by, for `--mode`.
+MODE_HELP: dict[str, str] = {
+    "presence": "the model's similarity level, then its expected agreement (same sound events present and absent)",
+    "blend": "the model's expected agreement blended with acoustic similarity, by the weight fitted on validation data",
+    "acoustic": "acoustic similarity alone (sounds like, rather than contains the same)",
+}
+RANKING_MODES: tuple[str, ...] = tuple(MODE_HELP)
+
+# Each featurizer's tunable parameters with their defaults, the same on every machine (unlike
+# the checksum of whichever weights are installed). Describing a model by these needs no
+# featurizer built: building aisfx or openl3 imports torch and loads weights, seconds that
+# `soundsearch models` should not cost. Tests check they are the featurizers' own defaults.
+TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "logmel": {"sample_rate": 22050, "n_fft": 4096, "hop_length": 2048, "n_mels": 128, "fmin": 0.0,
+               "fmax": 11025.0, "steps": 10, "stats": "mean,std,max"},
+    "aisfx": {"steps": 10, "stats": "mean,max", "hop_frames": 100},
+    "openl3": {"content_type": "env", "input_repr": "mel256", "embedding_size": 512, "hop_seconds": 1.0,
+               "steps": 10, "stats": "mean", "frontend": "kapre-0.1.4"},
+}

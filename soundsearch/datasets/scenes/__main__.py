@@ -1,0 +1,5 @@
+import sys
+
+from soundsearch.datasets.scenes.command import main
+
+sys.exit(main())

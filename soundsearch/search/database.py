@@ -1,0 +1,206 @@
+"""The database side of a search: everything that depends on the stored items alone, computed
+once per (store, model) and cached beside the store (cache.py).
+
+The network's first pair layer is symmetric and splits into one half per item
+(model.PresenceNet.project), so with every batch norm folded into the weights (the model's
+inference form, soundsearch.model.inference) each stored item gets one row:
+
+    per item, per step t:  PA = s * W_a h,  PB = s * W_b h + shift   (s, shift: the pair BN)
+                           pooled = mean_t h / |mean_t h|             (for closeness)
+    per item:              acoustic = unit((item_stats - mu) / sigma)  (ranking.py)
+                           (mu, sigma: per-dimension mean and floored std of the whole-item
+                           statistics over every item of the store)
+
+A store folder that cannot be written to is searched all the same, with the database side
+recomputed in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from soundsearch.errors import SearchError, StoreError
+from soundsearch.search.cache import (
+    CACHE_DTYPES,
+    cache_name,
+    create_cache_file,
+    load_cache,
+    model_key,
+    norm_rows,
+    pack_norm,
+    publish_cache_file,
+    unpack_norm,
+)
+from soundsearch.search.kernel import _run_chunks, _torch_threads
+
+if TYPE_CHECKING:
+    from soundsearch.model.network import LoadedModel
+    from soundsearch.store import Store
+
+# Items embedded per chunk while building the cache.
+_BUILD_CHUNK = 2048
+
+
+class DatabaseSide:
+    """Rows [PB | PA | pooled | acoustic] of every stored item for one model, and the store's
+    acoustic standardisation; computed on first use (or loaded from `cache_dir`, default
+    `<store>/cache`), `prepare()` does it eagerly. The search engine is built on it."""
+
+    def __init__(
+        self,
+        store: "Store",
+        model: "LoadedModel",
+        cache_dir: Path | None,
+        cache_dtype: str,
+        persist: bool,
+        workers: int | None,
+    ):
+        if cache_dtype not in CACHE_DTYPES:
+            raise SearchError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not {cache_dtype!r}")
+        model.check_featurizer(store.featurizer_identity)
+        self.store = store
+        self.model = model
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.path) / "cache"
+        self.cache_dtype = cache_dtype
+        self.persist = persist
+        self.workers = max(1, int(workers if workers is not None else torch.get_num_threads()))
+        self.form = model.inference_form()
+        self.head = self.form.head
+        self.embed_width = self.form.embed_width
+        self._cache: np.ndarray | None = None
+        self._acoustic_width: int | None = None
+        self._ac_mean: np.ndarray | None = None  # the store's acoustic standardisation
+        self._ac_std: np.ndarray | None = None
+        self._model_key: str | None = None
+        self._cache_path: Path | None = None
+        self.built_cache = False  # whether the last prepare() had to compute the database side
+
+
+    @property
+    def n_items(self) -> int:
+        return int(self.store.features().shape[0])
+
+    @property
+    def acoustic_width(self) -> int:
+        """D': values of Featurizer.item_stats per item."""
+        if self._acoustic_width is None:
+            probe = np.zeros((1, self.model.config.steps, self.model.config.dim), np.float32)
+            self._acoustic_width = int(self.store.featurizer().item_stats(probe).shape[1])
+        return self._acoustic_width
+
+    @property
+    def _row_width(self) -> int:
+        return 2 * self.head.steps * self.head.width + self.embed_width + self.acoustic_width
+
+    def _norm_rows(self, storage: type) -> int:
+        return norm_rows(self.acoustic_width, self._row_width, storage)
+
+    def _item_stats(self, feats: np.ndarray) -> np.ndarray:
+        return self.store.featurizer().item_stats(feats)
+
+    def _store_norm(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The acoustic standardisation over every stored item, accumulated chunk by chunk."""
+        from soundsearch.search.ranking import acoustic_norm_from_sums
+
+        d = self.acoustic_width
+        total, squares = np.zeros(d), np.zeros(d)
+        for start in range(0, feats.shape[0], _BUILD_CHUNK):
+            st = self._item_stats(feats[start : start + _BUILD_CHUNK]).astype(np.float64)
+            total += st.sum(0)
+            squares += (st * st).sum(0)
+        return acoustic_norm_from_sums(feats.shape[0], total, squares)
+
+    def acoustic_of(self, feats_raw: np.ndarray, aggregate: bool = False) -> np.ndarray:
+        """(Q, D') unit acoustic vectors of raw (Q, T, D) items, standardised like the store's."""
+        from soundsearch.search.ranking import acoustic_vectors
+
+        self.prepare()
+        return acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std, aggregate)
+
+    def acoustic_matrix(self) -> np.ndarray:
+        """(N, D') float32 unit acoustic vectors of every stored item, from the cache."""
+        self.prepare()
+        off = 2 * self.head.steps * self.head.width + self.embed_width
+        part = self._cache[: self.n_items, off:]
+        if part.dtype == np.uint16:
+            return self._as_tensor(part).float().numpy()
+        return np.asarray(part, dtype=np.float32)
+
+    def cache_path(self) -> Path:
+        """Where the database side for this store state and model lives."""
+        if self._model_key is None:
+            self._model_key = model_key(self.model)
+        return self.cache_dir / cache_name(self.store.fingerprint(), self.model.path, self._model_key, self.cache_dtype)
+
+    def prepare(self) -> "DatabaseSide":
+        """Load the database side from the cache, or compute it (and cache it when possible)."""
+        if self._cache is not None:
+            return self
+        path = self.cache_path()
+        storage = np.uint16 if self.cache_dtype == "bfloat16" else np.float32
+        arr = load_cache(path, (self.n_items + self._norm_rows(storage), self._row_width), storage)
+        if arr is not None:
+            self._ac_mean, self._ac_std = unpack_norm(arr, self.n_items, self.acoustic_width)
+            self._cache, self._cache_path, self.built_cache = arr, path, False
+            return self
+        self._cache = self._build(path, storage)
+        self._cache_path = path
+        self.built_cache = True
+        return self
+
+    def _build(self, path: Path, storage: type) -> np.ndarray:
+        n, width = self.n_items, self._row_width
+        feats = self.store.features()
+        self._ac_mean, self._ac_std = self._store_norm(feats)
+        shape = (n + self._norm_rows(storage), width)
+        out, tmp = create_cache_file(self.cache_dir, path, shape, storage) if self.persist and n else (None, None)
+        if out is None:
+            out = np.empty(shape, dtype=storage)
+        try:
+            out[n:] = pack_norm(self._ac_mean, self._ac_std, width, storage)
+
+            def build_chunk(start: int) -> None:
+                rows = self._database_rows(feats[start : start + _BUILD_CHUNK])
+                if storage is np.uint16:
+                    out[start : start + rows.shape[0]] = rows.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+                else:
+                    out[start : start + rows.shape[0]] = rows.numpy()
+
+            _run_chunks(build_chunk, range(0, n, _BUILD_CHUNK), self.workers)
+            if tmp is None:
+                return out
+            arr = publish_cache_file(out, tmp, path)
+            tmp = None
+            return arr
+        except OSError as exc:
+            raise StoreError(f"cannot write the search cache in {self.cache_dir}: {exc}") from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    @torch.no_grad()
+    def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:
+        """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding,
+        acoustic vector."""
+        from soundsearch.search.ranking import acoustic_vectors
+
+        pa, pb, pooled = self._sides(feats_raw)
+        n = pa.shape[0]
+        acoustic = torch.from_numpy(acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std))
+        # PB before PA: a query's (PA_q, PB_q) then lines up with both orders in one add.
+        return torch.cat([pb.reshape(n, -1), pa.reshape(n, -1), pooled, acoustic], dim=1)
+
+    def _sides(self, feats_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Callers split big inputs into chunks across threads; a query's few rows are tiny
+        # work, where intra-op threads only add barriers (milliseconds each on a busy machine).
+        with _torch_threads(1):
+            return self.form.sides(feats_raw)
+
+    def _as_tensor(self, raw: np.ndarray) -> torch.Tensor:
+        if raw.dtype == np.uint16:
+            return torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(raw if raw.flags.c_contiguous else np.ascontiguousarray(raw))

@@ -1,0 +1,79 @@
+"""A consistent read of a store: every item and the feature rows they point at, row-aligned.
+
+The catalog's items and the array file are read in one catalog read transaction. The writer
+unlinks a replaced array file only after the commit that stops naming it, so the file opened
+inside the transaction matches the rows just read, or is gone (then the read is tried again).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from soundsearch.errors import StoreError, printable
+from soundsearch.store.records import ItemRecord
+
+if TYPE_CHECKING:
+    from soundsearch.store.store import Store
+
+
+@dataclass
+class Snapshot:
+    generation: int
+    items: list[ItemRecord]
+    features: np.ndarray
+    by_path: dict[str, list[ItemRecord]]
+
+
+def load_snapshot(store: Store) -> Snapshot:
+    # A compaction may replace the array file between our catalog read and the open;
+    # the catalog then names the new file, so read again.
+    for attempt in range(5):
+        try:
+            return _read_snapshot(store)
+        except FileNotFoundError:
+            if attempt == 4:
+                raise StoreError(
+                    f"the store at {printable(store.path)} lost its feature array: "
+                    "move the store folder away and index again"
+                ) from None
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def _read_snapshot(store: Store) -> Snapshot:
+    catalog = store.catalog
+    with catalog.transaction(write=False) as db:
+        generation = catalog.int_meta("generation")
+        n_slots, array_file = catalog.array_meta()
+        rows = catalog.item_rows(db)
+        # Opened inside the read transaction: see the module docstring.
+        mm = store.open_array(array_file, n_slots)
+    slots = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if len(slots) and (slots[0] < 0 or slots[-1] >= n_slots):
+        raise StoreError(
+            f"the store at {printable(store.path)} is inconsistent (items beyond the feature array): "
+            "move the store folder away and index again"
+        )
+    if len(slots) == n_slots:
+        features = mm  # rows are exactly 0..N-1: no copy
+    else:
+        # Holes left by a run that was stopped before compacting; the next `index` compacts.
+        features = np.ascontiguousarray(mm[slots])
+        features.flags.writeable = False
+    paths: dict[bytes, str] = {}
+    items: list[ItemRecord] = []
+    by_path: dict[str, list[ItemRecord]] = {}
+    for i, (_slot, p, start, end, duration) in enumerate(rows):
+        path = paths.get(p)
+        if path is None:
+            path = paths[p] = os.fsdecode(p)
+            by_path[path] = []
+        rec = ItemRecord(i, path, start, end, duration if duration is not None else end)
+        items.append(rec)
+        by_path[path].append(rec)
+    return Snapshot(generation, items, features, by_path)
