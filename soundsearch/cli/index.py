@@ -259,6 +259,7 @@ def status(
 
     Example:  soundsearch status --json
     """
+    from soundsearch.constants import PREFILTER_MIN_ITEMS
     from soundsearch.paths import resolve_store_dir
     from soundsearch.store import Store
 
@@ -280,6 +281,8 @@ def status(
             {"path": printable(p), "reason": r} for p, r in failures
         ]
         doc["problems"] = problems
+        doc["prefilter_min_items"] = PREFILTER_MIN_ITEMS
+        doc["prefilter"] = stats.items >= PREFILTER_MIN_ITEMS
         if verify:
             doc["damaged_files"] = [printable(p) for p in sorted(bad)]
             doc["unverified_items"] = unverified
@@ -294,6 +297,8 @@ def status(
         ("audio", _human_duration(stats.duration)),
         ("failures", f"{stats.failures}"),
         ("on disk", _human_bytes(stats.bytes_on_disk)),
+        ("prefilter", ("on" if stats.items >= PREFILTER_MIN_ITEMS else "off")
+         + f" (stores of {PREFILTER_MIN_ITEMS:,} items or more score only the prefilter's candidates)"),
     ]
     # A dataset cache names thousands of files as its roots: show a few, count the rest.
     for i, root in enumerate(stats.roots[:SHOW]):

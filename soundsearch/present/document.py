@@ -120,6 +120,7 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
         "group_by": results.group_by,
         "items_searched": results.items_searched,
         "matches": results.matches,
+        "candidates": results.candidates,
         "results": [
             {
                 "rank": r.rank,
