@@ -207,11 +207,7 @@ def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.n
     """prefilter_* figures (see the module docstring) into `fig`."""
     from soundsearch.search.prefilter import index_path
 
-    kw = {"candidates": args.candidates} if args.candidates else {"candidates": None}
-    if kw["candidates"] is None:
-        from soundsearch.constants import PREFILTER_CANDIDATES
-
-        kw["candidates"] = PREFILTER_CANDIDATES
+    kw = {"candidates": args.candidates}  # None: the engine's default count
     t0 = time.perf_counter()
     engine.prefilter().index("acoustic")
     fig["prefilter_build_s"] = round(time.perf_counter() - t0, 2)

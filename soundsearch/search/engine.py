@@ -214,7 +214,7 @@ class SearchEngine(DatabaseSide):
 
         Stores of PREFILTER_MIN_ITEMS items or more are searched in the blend and acoustic
         modes through the candidate prefilter (search.prefilter): only the `candidates`
-        (default PREFILTER_CANDIDATES) items an approximate index puts nearest the query are
+        (default PREFILTER_CANDIDATES, or PREFILTER_SHARE of the store when more) items an approximate index puts nearest the query are
         scored exactly, the query's own items always among them. `candidates` asks for it at
         any size and mode; `exact` scores every item. When the candidates leave fewer than k
         results (narrow filters), every item is scored after all."""
@@ -245,7 +245,7 @@ class SearchEngine(DatabaseSide):
 
     def _candidate_rows(self, ranking, feats, self_rows, candidates: int | None) -> np.ndarray | None:
         """Sorted store rows to score for this query, or None to score every item."""
-        from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS
+        from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
         from soundsearch.search.prefilter import DUPLICATE_CANDIDATES
         from soundsearch.search.ranking import RankingMode
 
@@ -253,7 +253,7 @@ class SearchEngine(DatabaseSide):
         presence = ranking.mode is RankingMode.PRESENCE
         if candidates is None and (n < PREFILTER_MIN_ITEMS or presence):
             return None  # small store, or a mode the prefilter predicts poorly (prefilter.py)
-        count = PREFILTER_CANDIDATES if candidates is None else int(candidates)
+        count = max(PREFILTER_CANDIDATES, int(n * PREFILTER_SHARE)) if candidates is None else int(candidates)
         if count >= n:
             return None
         pre = self.prefilter()
