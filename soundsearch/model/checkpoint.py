@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundsearch import __version__, paths
+from soundsearch import __version__, faults, paths
 from soundsearch.errors import ModelError
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.network import LoadedModel, PresenceNet
@@ -97,6 +97,9 @@ def save_model(
     try:
         save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(_jsonable(header), sort_keys=True)})
         paths.chmod_as_created(tmp)
+        # The whole model is in the temp file, nothing under the final name yet: a kill must
+        # leave `path` absent, or the previous model there intact.
+        faults.point("checkpoint.written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soundsearch import paths
+from soundsearch import faults, paths
 from soundsearch.errors import StoreError
 
 if TYPE_CHECKING:
@@ -131,7 +131,11 @@ def publish_cache_file(out: np.ndarray, tmp: str, path: Path) -> np.ndarray:
     memory-mapped from its final path."""
     out.flush()
     paths.chmod_as_created(tmp)
+    # Built and flushed, not yet under its name: a kill must leave no file a search would load.
+    faults.point("cache.written")
     os.replace(tmp, path)
+    # In place, stale caches not yet removed: the next search must pick this one, not a stale one.
+    faults.point("cache.published")
     remove_stale(path.parent, path)
     return np.load(path, mmap_mode="c", allow_pickle=False)
 
