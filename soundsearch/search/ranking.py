@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from soundsearch import constants as _constants
 from soundsearch.errors import DatasetError, ModelError, SearchError
 
 if TYPE_CHECKING:
@@ -50,11 +51,8 @@ class RankingMode(str, Enum):
 
 
 MODES: tuple[str, ...] = tuple(m.value for m in RankingMode)
-MODE_HELP = {
-    RankingMode.PRESENCE: "the model's similarity level, then its expected agreement (same sound events present and absent)",
-    RankingMode.BLEND: "the model's expected agreement blended with acoustic similarity, by the weight fitted on validation data",
-    RankingMode.ACOUSTIC: "acoustic similarity alone (sounds like, rather than contains the same)",
-}
+# What each mode orders by, declared once in constants (the CLI shows it without numpy).
+MODE_HELP = {m: _constants.MODE_HELP[m.value] for m in RankingMode}
 
 # Acoustic cosine at or above which a stored item counts as a near-duplicate of the query when
 # its sound was not compared with the query's (search.fingerprint decides for those it was).
