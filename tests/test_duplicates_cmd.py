@@ -72,3 +72,18 @@ def test_blocked_pairs_match_the_full_product():
     full = v @ v.T
     want = {(a, b) for a, b in zip(*np.nonzero(full >= 0.99)) if a < b and files[a] != files[b]}
     assert set(zip(i.tolist(), j.tolist())) == want and (3, 150) in want
+
+
+def test_a_low_threshold_still_groups_only_copies(store):
+    """With the cosine threshold at its floor every pair is a candidate: the sounds' time
+    courses (search.fingerprint) still keep apart recordings that are not copies."""
+    from soundsearch.cli import app
+
+    result = CliRunner().invoke(app, ["duplicates", "--store", str(store), "--json", "--threshold", "-1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    groups = [(g["kind"], sorted(m["path"].rsplit("/", 1)[1] for m in g["members"])) for g in doc["groups"]]
+    assert groups == [
+        ("exact", ["impact-copy.ogg", "scene-01-impact.ogg"]),
+        ("near", ["engine-quieter.flac", "scene-02-engine.ogg"]),
+    ]

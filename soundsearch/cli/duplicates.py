@@ -16,7 +16,7 @@ def duplicates(
     threshold: Annotated[
         Optional[float],
         typer.Option("--threshold", "-t", metavar="T", min=-1.0, max=1.0,
-                     help=f"Acoustic cosine at which two items count as copies. Default: the one search uses to flag copies ({DUPLICATE_COSINE:.2f}).",
+                     help=f"Acoustic cosine at which two items are compared as possible copies. Default: the one search uses ({DUPLICATE_COSINE:.2f}).",
                      show_default=False),
     ] = None,
     model: Annotated[
@@ -29,7 +29,8 @@ def duplicates(
     paths_out: Annotated[bool, typer.Option("--paths", help="Print each member's full path, one per line, groups separated by a blank line.")] = False,
 ) -> None:
     """Find recordings stored more than once: exact copies (identical features) and near copies
-    (the same audio re-encoded, trimmed, gain-changed: acoustic cosine at or above --threshold).
+    (the same audio re-encoded, trimmed, gain-changed, a little faster or slower: acoustic cosine
+    at or above --threshold, and sounds that follow each other over time, as search checks copies).
 
     Exact groups come first. Windows of one long recording are never paired with each other.
 

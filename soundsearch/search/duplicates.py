@@ -3,7 +3,10 @@ gain-changed), from the acoustic vectors the search engine already caches.
 
 Exact copies: items whose stored features are identical (hashed rows). Near copies: items whose
 acoustic cosine (ranking's standardised whole-item statistics) reaches the threshold,
-constants.DUPLICATE_COSINE by default, the value the search flags copies of a query with. Pairs
+constants.DUPLICATE_COSINE by default, the value the search flags copies of a query with, and
+whose sounds follow each other over time (search.fingerprint, as search confirms the copies of a
+query: other takes of one source reach the cosine too, but not the fingerprint; a pair whose
+files cannot be read is kept on the cosine alone). Pairs
 are found with a blocked matrix product over the upper triangle (memory stays at one block of
 similarities) and grouped transitively with union-find. Items of one recording never pair with
 each other: the windows of a steady ambience are alike, not copies.
@@ -76,6 +79,32 @@ def near_pairs(vectors: np.ndarray, file_ids: np.ndarray, threshold: float, bloc
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_c)
 
 
+class _Fingerprints:
+    """Each item's fingerprint (search.fingerprint), made once, when a pair first needs it."""
+
+    def __init__(self, items):
+        self.items = items
+        self.cache: dict[int, object] = {}
+
+    def get(self, row: int):
+        if row not in self.cache:
+            from soundsearch.search.fingerprint import read_fingerprint
+
+            it = self.items[row]
+            self.cache[row] = read_fingerprint(it.path, it.start, it.end)
+        return self.cache[row]
+
+    def same_sound(self, i: int, j: int) -> bool:
+        """Whether the pair's sounds follow each other over time; True when either cannot be
+        read (the acoustic cosine decides alone, as search does for items it did not compare)."""
+        from soundsearch.search.fingerprint import DUPLICATE_FINGERPRINT, similarity
+
+        a, b = self.get(i), self.get(j)
+        if a is None or b is None:
+            return True
+        return max(similarity(a, b), similarity(b, a)) >= DUPLICATE_FINGERPRINT
+
+
 def find_duplicates(engine, threshold: float | None = None) -> list[Group]:
     """Exact groups first (largest first), then near groups (largest, then closest first)."""
     from soundsearch.constants import DUPLICATE_COSINE
@@ -100,8 +129,10 @@ def find_duplicates(engine, threshold: float | None = None) -> list[Group]:
 
     uf = _UnionFind(n)
     ii, jj, _ = near_pairs(vectors, file_ids, threshold)
+    heard = _Fingerprints(items)
     for i, j in zip(ii.tolist(), jj.tolist()):
-        uf.union(i, j)
+        if heard.same_sound(i, j):
+            uf.union(i, j)
     near: dict[int, list[int]] = {}
     for r in range(n):
         near.setdefault(uf.find(r), []).append(r)
