@@ -108,7 +108,10 @@ def norm_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _check_inputs(feats: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> None:
+def _checked_training(train_feats, train_labels, groups, taxonomy: Taxonomy):
+    """The training arrays as float32 features, uint8 labels and each item's recording, checked."""
+    feats = np.asarray(train_feats, dtype=np.float32)
+    labels = np.asarray(train_labels)
     if feats.ndim != 3:
         raise DatasetError(f"features must be (items, steps, dim), got shape {feats.shape}")
     if labels.ndim != 2 or labels.shape[0] != feats.shape[0]:
@@ -127,6 +130,11 @@ def _check_inputs(feats: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> 
             "every category needs at least 2 training recordings with it and 2 without; "
             f"not so for: {', '.join(bad)}"
         )
+    n = feats.shape[0]
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if groups.shape != (n,):
+        raise DatasetError(f"groups must name the recording of each of the {n} items")
+    return feats, labels.astype(np.uint8), groups
 
 
 def split_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -330,19 +338,6 @@ def _train_and_validation(feats, labels, groups, cfg: TrainConfig, val_feats, va
         return (feats, labels), _checked_validation(val_feats, val_labels, val_groups, feats, labels), False
     held = split_holdout(labels, groups, cfg.val_fraction, cfg.seed)
     return (feats[~held], labels[~held]), (feats[held], labels[held], groups[held]), cfg.refit
-
-
-def _checked_training(train_feats, train_labels, groups, taxonomy: Taxonomy):
-    """The training arrays as float32 features, uint8 labels and each item's recording, checked."""
-    feats = np.asarray(train_feats, dtype=np.float32)
-    labels = np.asarray(train_labels)
-    _check_inputs(feats, labels, taxonomy)
-    labels = labels.astype(np.uint8)
-    n = feats.shape[0]
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    if groups.shape != (n,):
-        raise DatasetError(f"groups must name the recording of each of the {n} items")
-    return feats, labels, groups
 
 
 def _select(model_cfg, cfg: TrainConfig, train: _Side, val: _Side, val_groups: np.ndarray,
