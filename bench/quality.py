@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soundsearch import metrics  # noqa: E402
 from soundsearch.datasets import scenes as sc  # noqa: E402
 from soundsearch.features import get_featurizer  # noqa: E402
-from soundsearch.search.ranking import fit_ranking_weight, ranking_entry  # noqa: E402
+from soundsearch.search.blend_weight import fit_ranking_weight  # noqa: E402
+from soundsearch.search.ranking import ranking_entry  # noqa: E402
 from soundsearch.taxonomy import Taxonomy  # noqa: E402
 
 CATS = tuple(Taxonomy.default().categories)
@@ -265,7 +266,7 @@ def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
     the library is the store (its acoustic standardisation), queries come from outside it."""
     from soundsearch.evaluate import item_stats_scores
     from soundsearch.search.ranking import Ranking, RankingMode, order_items, recorded_ranking
-    from soundsearch.search.ranking import _MemoryStore
+    from soundsearch.search.blend_weight import MemoryStore
     from soundsearch.search.engine import SearchEngine
 
     agree = metrics.agreement(ql, dl).astype(np.int64)
@@ -273,7 +274,7 @@ def evaluate_setting(fz, model, qf, ql, df, dl, groups=("single", "multi")):
     res["cosine (steps mean+std+max)"] = cells(agree, order_of(step_cosine(qf, df)), ql, groups)
     res["cosine (whole-item stats)"] = cells(agree, order_of(item_stats_scores(fz, qf, df)), ql, groups)
     if model is not None:
-        engine = SearchEngine(_MemoryStore(df, fz), model, persist=False)
+        engine = SearchEngine(MemoryStore(df, fz), model, persist=False)
         sc_ = engine.score_all(qf)
         rankings = {"model (presence)": Ranking(RankingMode.PRESENCE)}
         recorded = recorded_ranking(model)

@@ -9,7 +9,8 @@ from test_search import FZ, make_model, queries
 from soundsearch.errors import SearchError
 from soundsearch.model.checkpoint import load_model
 from soundsearch.model.registry import read_header
-from soundsearch.search.ranking import Ranking, RankingMode, fit_ranking_weight, order_items, set_ranking
+from soundsearch.search.blend_weight import fit_ranking_weight
+from soundsearch.search.ranking import Ranking, RankingMode, order_items, set_ranking
 from soundsearch.search.engine import SearchEngine
 from test_search import store  # noqa: F401  (fixture)
 

@@ -7,11 +7,11 @@ without unpickling code). Headers are read by soundsearch.model.registry.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundsearch import __version__, paths
+from soundsearch import __version__, faults, paths
 from soundsearch.errors import ModelError
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.network import LoadedModel, PresenceNet
 from soundsearch.model.registry import FORMAT, FORMAT_VERSION, HEADER_KEY, _config_from_header, read_header
 from soundsearch.taxonomy import Taxonomy
+
+
+# Temporary files of save_model: `.<model name>.XXXXXXXX.save.tmp` (set_ranking's own end in
+# plain `.tmp`, so clearing abandoned saves never touches a rewrite in progress).
+_TEMP_SUFFIX = ".save.tmp"
 
 
 def library_versions() -> dict[str, str]:
@@ -68,7 +73,7 @@ def save_model(
     meta: dict | None = None,
 ) -> Path:
     """Write one safetensors file; atomically (temp file + rename), so no half-written model."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if len(taxonomy) != config.n_categories:
@@ -91,15 +96,25 @@ def save_model(
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     tensors["norm.mean"] = torch.from_numpy(mean.copy())
     tensors["norm.std"] = torch.from_numpy(std.copy())
+    data = save(tensors, metadata={HEADER_KEY: json.dumps(_jsonable(header), sort_keys=True)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Saves of this name killed before their rename left their temporary files; clear them.
+    paths.remove_abandoned(path.parent, f".{glob.escape(path.name)}.*{_TEMP_SUFFIX}")
+    tmp = paths.TempFile(path, _TEMP_SUFFIX)
     try:
-        save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(_jsonable(header), sort_keys=True)})
-        paths.chmod_as_created(tmp)
-        os.replace(tmp, path)
+        # Written through our own (locked) descriptor, and fsync'ed: renamed onto the final name
+        # only once the bytes are on disk, so not even a power cut leaves a short model there.
+        with open(tmp.fd, "wb", closefd=False) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        paths.chmod_as_created(tmp.name)
+        # The whole model is in the temp file, nothing under the final name yet: a kill must
+        # leave `path` absent, or the previous model there intact.
+        faults.point("checkpoint.written")
+        tmp.publish(path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.discard()
         raise
     return path
 

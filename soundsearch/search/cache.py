@@ -7,8 +7,8 @@ item [PB | PA | pooled | acoustic], then as few rows as hold the acoustic standa
 part costs D' values per item (logmel's default mean,std,max: 384, 1.5 KiB in float32, +7% on
 the 5.1k-value row of the default model). float32 by default; bfloat16 on request halves size
 and memory traffic but is not exact, so it is never the default. Written to a temporary file and
-renamed into place; writing one removes caches of older store states and of older versions of
-the same model file.
+renamed into place (paths.TempFile); writing one removes caches of older store states and of older
+versions of the same model file, and what builds killed before their rename left behind.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from soundsearch import paths
+from soundsearch import faults, paths
 from soundsearch.errors import StoreError
 
 if TYPE_CHECKING:
@@ -95,28 +94,29 @@ def load_cache(path: Path, shape: tuple[int, int], storage: type) -> np.ndarray 
     return arr if arr.shape == shape and arr.dtype == storage else None
 
 
-def create_cache_file(cache_dir: Path, path: Path, shape: tuple[int, int], storage: type) -> tuple[np.ndarray | None, str | None]:
-    """A writable memory map over a new temporary file beside `path`, and that file's name;
+def create_cache_file(
+    cache_dir: Path, path: Path, shape: tuple[int, int], storage: type
+) -> tuple[np.ndarray | None, paths.TempFile | None]:
+    """A writable memory map over a new temporary file beside `path`, and that file;
     (None, None) when the folder cannot be written to (a read-only store still searches, it just
     recomputes its side each time). A full disk is an error."""
-    tmp: str | None = None
+    tmp: paths.TempFile | None = None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=cache_dir)
-        os.close(fd)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=shape)
+        tmp = paths.TempFile(path)
+        out = np.lib.format.open_memmap(tmp.name, mode="w+", dtype=storage, shape=shape)
         # Claim the blocks now: a memory map over a full disk fails with SIGBUS on the
         # first write to a page that cannot be allocated, not with an error.
-        with open(tmp, "r+b") as fh:
+        with open(tmp.name, "r+b") as fh:
             try:
-                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
+                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp.name))
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise  # file systems without fallocate just write as they go
         return out, tmp
     except OSError as exc:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.discard()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             size = shape[0] * shape[1] * np.dtype(storage).itemsize
             raise StoreError(
@@ -126,19 +126,25 @@ def create_cache_file(cache_dir: Path, path: Path, shape: tuple[int, int], stora
         return None, None
 
 
-def publish_cache_file(out: np.ndarray, tmp: str, path: Path) -> np.ndarray:
+def publish_cache_file(out: np.ndarray, tmp: paths.TempFile, path: Path) -> np.ndarray:
     """Flush the written temporary file, rename it into place, drop stale caches; the cache
     memory-mapped from its final path."""
     out.flush()
-    paths.chmod_as_created(tmp)
-    os.replace(tmp, path)
+    paths.chmod_as_created(tmp.name)
+    # Built and flushed, not yet under its name: a kill must leave no file a search would load.
+    faults.point("cache.written")
+    tmp.publish(path)
+    # In place, stale caches not yet removed: the next search must pick this one, not a stale one.
+    faults.point("cache.published")
     remove_stale(path.parent, path)
     return np.load(path, mmap_mode="c", allow_pickle=False)
 
 
 def remove_stale(cache_dir: Path, current: Path) -> None:
     """Drop caches of an older store state, of an older version of this model file, or of
-    an older cache layout; other models' and other dtypes' caches of this state stay."""
+    an older cache layout, and the temporary files of builds that were killed; other models'
+    and other dtypes' caches of this state stay."""
+    paths.remove_abandoned(cache_dir, f".{CACHE_PREFIX}*.tmp")
     store_part, where_part, key_part = current.name[len(CACHE_PREFIX) :].split("-")[:3]
     for other in cache_dir.glob(f"{CACHE_PREFIX}*.npy"):
         if other == current:

@@ -180,7 +180,7 @@ class DatabaseSide:
             raise StoreError(f"cannot write the search cache in {self.cache_dir}: {exc}") from None
         finally:
             if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.discard()
 
     @torch.no_grad()
     def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from soundsearch import faults
 from soundsearch.errors import StoreError, printable
 
 HEADER_BYTES = 128
@@ -73,6 +74,9 @@ def write_new_array(path: Path, rows: Iterable[np.ndarray], n: int, steps: int, 
         if written != n:
             raise StoreError(f"internal error: wrote {written} rows, expected {n}")
         f.flush()
+        # Complete but neither durable nor in place: a kill leaves only the .tmp, which the next
+        # writer's recovery (or the next creation, which rewrites it) must clear.
+        faults.point("array.new_written")
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
@@ -86,7 +90,12 @@ def append_rows(path: Path, start: int, blocks: list[np.ndarray], steps: int, di
         for b in blocks:
             fh.write(np.ascontiguousarray(b, dtype="<f4").tobytes())
         fh.flush()
+        # Rows written, not yet fsync'ed, header still counting the old rows: past n_slots, so
+        # the next writer must truncate them, whatever state they are in.
+        faults.point("array.rows_written")
         os.fsync(fh.fileno())
+        # Rows durable but the header not yet grown: the file is longer than its header says.
+        faults.point("array.rows_synced")
         fh.seek(0)
         fh.write(npy_header(start + n_new, steps, dim))
         fh.flush()

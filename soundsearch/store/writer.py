@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+from soundsearch import faults
 from soundsearch.errors import StoreError, printable
 from soundsearch.store.arrays import (
     HEADER_BYTES,
@@ -88,6 +89,8 @@ class StoreWriter:
             for name in os.listdir(arrays):
                 if name != path.name:
                     os.unlink(arrays / name)
+            # Leftover files gone, leftover rows not yet cut: recovery itself must be re-runnable.
+            faults.point("recover.cleaned")
             if shape[0] != n_slots or os.path.getsize(path) != want:
                 truncate_rows(path, n_slots, store.steps, store.dim)
 
@@ -134,6 +137,8 @@ class StoreWriter:
             return 0
         with self.catalog.transaction(bump=True) as db:
             removed = db.executemany("DELETE FROM files WHERE path = ?", blobs).rowcount
+            # Deleted inside an open transaction: a kill must leave every file still catalogued.
+            faults.point("remove.before_commit")
         return removed  # counts files only; their items go by ON DELETE CASCADE
 
     def write_files(self, entries: list[FileEntry]) -> None:
@@ -170,6 +175,11 @@ class StoreWriter:
                     )
                     row += len(e.segments)
             db.execute("UPDATE meta SET value = ? WHERE key = 'n_slots'", (str(start + n_new),))
+            # Rows durable, items inserted, COMMIT not yet run: the batch must vanish whole
+            # (SQLite rolls back the WAL) and its rows be cut off as leftovers.
+            faults.point("write.before_commit")
+        # Committed; the caller has not yet counted the batch: a kill must lose nothing of it.
+        faults.point("write.committed")
 
     def record_missing_checksums(self, chunk_rows: int = 1024) -> int:
         """Checksum the items that have none (older stores) from the bytes they hold now."""
@@ -203,6 +213,9 @@ class StoreWriter:
         with os_errors(store.path, "compacting the feature array"):
             write_new_array(store.path / ARRAYS / new_name, blocks, n, store.steps, store.dim)
         del src
+        # The new array is in place under its final name, but the catalog still names the old
+        # one: the new file is a leftover that recovery must delete, never read.
+        faults.point("compact.written")
         with self.catalog.transaction(bump=True) as db:
             # Ascending old rows map to ascending new ones, so no UNIQUE clash on the way.
             db.executemany("UPDATE items SET array_row = ? WHERE id = ?", [(k, i) for k, (i, _) in enumerate(ids_slots)])
@@ -210,6 +223,12 @@ class StoreWriter:
                 "UPDATE meta SET value = ? WHERE key = ?",
                 [(new_name, "array_file"), (str(new_seq), "array_seq"), (str(n), "n_slots")],
             )
+            # Every item renumbered inside the open transaction: a kill must leave the old
+            # numbering and the old file, both whole.
+            faults.point("compact.before_commit")
+        # Switched to the new file; the old one is not yet removed: readers must follow the
+        # catalog to the new file, and the next writer remove the old.
+        faults.point("compact.switched")
         with os_errors(store.path, "removing the old feature array"):
             os.unlink(old_path)
             fsync_dir(old_path.parent)

@@ -178,7 +178,8 @@ def _fit_ranking(state, model_cfg, taxonomy, featurizer_spec, featurizer_identit
     without them (the select phase), or presence with the reason when it cannot be fitted."""
     from soundsearch.errors import SoundsearchError
     from soundsearch.features import featurizer_from_spec
-    from soundsearch.search.ranking import RankingMode, fit_ranking_weight, ranking_entry
+    from soundsearch.search.blend_weight import fit_ranking_weight
+    from soundsearch.search.ranking import RankingMode, ranking_entry
 
     net = PresenceNet(model_cfg)
     net.load_state_dict(state)
