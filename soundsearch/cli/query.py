@@ -117,6 +117,8 @@ def query(
 
     Example:  soundsearch query street-2.wav --start 1:35 --end 1:36 --group-by file
     """
+    # Over 60 lines on purpose: typer declares its 17 options as parameters (~60 lines);
+    # the body checks FILE, runs SearchEngine.search and hands the document to the exports and render.
     from soundsearch.audio.files import not_regular_reason
     from soundsearch.audio.items import parse_time
     from soundsearch.errors import AudioError
@@ -236,6 +238,8 @@ def _fit_left(text: str, width: int) -> str:
 
 def build_table(results: "SearchResults", roots: list[Path], width: int | None) -> "Table":
     """The results table; `width` None: nothing cut (output that is not a terminal)."""
+    # Over 60 lines on purpose: one table whose column widths are computed from each other and
+    # from the cells it is then built from; in pieces, the widths and cells would travel between them.
     from rich import box
     from rich.table import Table
     from rich.text import Text
