@@ -40,8 +40,6 @@ def duplicates(
     from soundsearch.model.checkpoint import load_model
     from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
-    from soundsearch.present.document import display_paths
-    from soundsearch.present.export import to_csv, to_m3u
     from soundsearch.search.engine import SearchEngine
     from soundsearch.store import Store
 
@@ -52,11 +50,37 @@ def duplicates(
         groups = find_duplicates(engine, threshold)
         roots = st.roots()
         doc = groups_document(groups, DUPLICATE_COSINE if threshold is None else threshold, engine.n_items)
+    rows = _member_rows(doc, roots)
+    written = _write_exports(rows, csv_out, m3u)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(doc))
+    elif paths_out:
+        blocks = ["".join(m["path"] + "\n" for m in dict((m["path"], m) for m in g["members"]).values()) for g in doc["groups"]]
+        typer.echo("\n".join(blocks), nl=False)
+    elif not any(w is not None and str(w) == "-" for w in (csv_out, m3u)):
+        _render(doc, rows)
+    for what, where in written:
+        err.print(f"wrote {what} to {where}", highlight=False, soft_wrap=True)
+
+
+def _member_rows(doc: dict, roots: list[Path]) -> list[dict]:
+    """One row per group member, numbered by group, with its display path and playlist label."""
+    from soundsearch.present.document import display_paths
+
     rows = []
     for n, g in enumerate(doc["groups"], 1):
         names = display_paths([Path(m["path"]) for m in g["members"]], roots)
         for m, name in zip(g["members"], names):
             rows.append({"group": n, "kind": g["kind"], **m, "display": name, "label": f"group {n}, {g['kind']}"})
+    return rows
+
+
+def _write_exports(rows: list[dict], csv_out: Path | None, m3u: Path | None) -> list[tuple[str, Path]]:
+    """--csv and --m3u: each to its file, or to stdout for '-'; the files written."""
+    from soundsearch.present.export import to_csv, to_m3u
+
     written = []
     for what, where, make in (
         ("CSV", csv_out, lambda: to_csv(rows, ["group", "kind", "path", "start", "end", "file_duration", "cosine"])),
@@ -69,17 +93,7 @@ def duplicates(
         else:
             where.expanduser().write_text(make(), encoding="utf-8")
             written.append((what, where))
-    if json_out:
-        import json
-
-        typer.echo(json.dumps(doc))
-    elif paths_out:
-        blocks = ["".join(m["path"] + "\n" for m in dict((m["path"], m) for m in g["members"]).values()) for g in doc["groups"]]
-        typer.echo("\n".join(blocks), nl=False)
-    elif not any(w is not None and str(w) == "-" for w in (csv_out, m3u)):
-        _render(doc, rows)
-    for what, where in written:
-        err.print(f"wrote {what} to {where}", highlight=False, soft_wrap=True)
+    return written
 
 
 def _render(doc: dict, rows: list[dict]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -15,6 +15,10 @@ from soundsearch.cli._common import (
     print_some, progress, shown, waiting,
 )
 from soundsearch.errors import printable
+from soundsearch.constants import PREFILTER_MIN_ITEMS
+
+if TYPE_CHECKING:
+    from soundsearch.indexing import IndexProgress
 
 
 NewStoreFeaturizerOption = featurizer_option("Featurizer for a new store (default logmel); an existing store keeps its own.")
@@ -99,7 +103,9 @@ def index(
 
     Example:  soundsearch index ~/Sounds/Foley ~/Sounds/Ambiences --jobs 4
     """
-    from soundsearch.indexing import IndexInterrupted, IndexProgress, index_paths
+    # Over 60 lines on purpose: typer declares its 14 options as parameters (~40 lines); the body
+    # calls indexing.index_paths with _IndexProgress and prints its report.
+    from soundsearch.indexing import IndexInterrupted, index_paths
     from soundsearch.paths import resolve_store_dir
 
     store_dir = resolve_store_dir(store)
@@ -108,29 +114,7 @@ def index(
     # with torch to import) a spinner shows; it vanishes, so an early error (missing path,
     # locked store) is the only thing on stderr. The bar then starts with the scan.
     with ExitStack() as stack:
-        opening = stack.enter_context(waiting(quiet, "opening the store"))
-        bar = None
-        task = None
-
-        def on_progress(p: IndexProgress) -> None:
-            nonlocal bar, task
-            if quiet:
-                return
-            if bar is None:
-                opening.stop()
-                bar = stack.enter_context(progress(False, *_rate_columns()))
-                task = bar.add_task("scanning", total=None, audio=0.0, rate=False)
-            if p.phase == "featurize":
-                if p.done == 0 and p.total == 0:
-                    bar.update(task, total=1, completed=1, description="up to date")
-                elif p.done == 0:
-                    # Workers load the featurizer before the first file is done: seconds at 0.
-                    bar.reset(task, total=p.total, description="starting", audio=0.0, rate=True)
-                else:
-                    bar.update(task, completed=p.done, audio=p.audio_seconds, description="indexing")
-            elif p.phase == "compact":
-                bar.update(task, description="compacting")
-
+        shows = _IndexProgress(stack, quiet)
         try:
             report = index_paths(
                 store_dir,
@@ -141,7 +125,7 @@ def index(
                 item_seconds=item_seconds,
                 item_hop=item_hop,
                 event_items=event_items,
-                on_progress=on_progress,
+                on_progress=shows.on_progress,
                 wait=wait,
                 batch_size=batch_size,
                 verify=verify,
@@ -158,6 +142,35 @@ def index(
     if strict and failing:
         err.print(f"[bold red]error:[/] {failing} file(s) could not be indexed (--strict)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+class _IndexProgress:
+    """index_paths's progress as the spinner, then the bar (both on `stack`, closed with it)."""
+
+    def __init__(self, stack: ExitStack, quiet: bool):
+        self.stack, self.quiet = stack, quiet
+        self.opening = stack.enter_context(waiting(quiet, "opening the store"))
+        self.bar = None
+        self.task = None
+
+    def on_progress(self, p: "IndexProgress") -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.opening.stop()
+            self.bar = self.stack.enter_context(progress(False, *_rate_columns()))
+            self.task = self.bar.add_task("scanning", total=None, audio=0.0, rate=False)
+        bar, task = self.bar, self.task
+        if p.phase == "featurize":
+            if p.done == 0 and p.total == 0:
+                bar.update(task, total=1, completed=1, description="up to date")
+            elif p.done == 0:
+                # Workers load the featurizer before the first file is done: seconds at 0.
+                bar.reset(task, total=p.total, description="starting", audio=0.0, rate=True)
+            else:
+                bar.update(task, completed=p.done, audio=p.audio_seconds, description="indexing")
+        elif p.phase == "compact":
+            bar.update(task, description="compacting")
 
 
 def _rate_columns() -> list:
@@ -259,7 +272,6 @@ def status(
 
     Example:  soundsearch status --json
     """
-    from soundsearch.constants import PREFILTER_MIN_ITEMS
     from soundsearch.paths import resolve_store_dir
     from soundsearch.store import Store
 
@@ -276,19 +288,29 @@ def status(
                     f"(first: {printable(first)})"
                 )
     if json_out:
-        doc = stats.to_json()
-        doc["failed_files"] = [
-            {"path": printable(p), "reason": r} for p, r in failures
-        ]
-        doc["problems"] = problems
-        doc["prefilter_min_items"] = PREFILTER_MIN_ITEMS
-        doc["prefilter"] = stats.items >= PREFILTER_MIN_ITEMS
-        if verify:
-            doc["damaged_files"] = [printable(p) for p in sorted(bad)]
-            doc["unverified_items"] = unverified
-        typer.echo(json.dumps(doc, allow_nan=False))
-        _damaged(stats.path, problems)
-        return
+        checks = {"damaged_files": [printable(p) for p in sorted(bad)], "unverified_items": unverified} if verify else {}
+        typer.echo(json.dumps(_status_json(stats, failures, problems, checks), allow_nan=False))
+    else:
+        _status_table(stats, failures, unverified if verify else 0)
+    _damaged(stats.path, problems)
+
+
+def _status_json(stats, failures: list, problems: list[str], checks: dict) -> dict:
+    """`status --json`: the store's figures, its failed files and problems, and with --verify
+    the damaged files and the items stored before checksums."""
+    doc = stats.to_json()
+    doc["failed_files"] = [
+        {"path": printable(p), "reason": r} for p, r in failures
+    ]
+    doc["problems"] = problems
+    doc["prefilter_min_items"] = PREFILTER_MIN_ITEMS
+    doc["prefilter"] = stats.items >= PREFILTER_MIN_ITEMS
+    doc.update(checks)
+    return doc
+
+
+def _status_table(stats, failures: list, unverified: int) -> None:
+    """`status`: one labelled line per figure, then the failed files."""
     rows = [
         ("store", shown(stats.path)),
         ("featurizer", f"{escape(stats.featurizer_name)}  [dim]{escape(stats.featurizer_identity)}[/]"),
@@ -310,9 +332,8 @@ def status(
     if failures:
         out.print("[yellow]failed files:[/]", highlight=False, soft_wrap=True)
         print_some(out, [f"  {shown(p)}: {escape(reason)}" for p, reason in failures], " (--json lists all)")
-    if verify and unverified:
+    if unverified:
         out.print(f"{unverified} items stored before checksums existed: `soundsearch index --verify` records them", highlight=False, soft_wrap=True)
-    _damaged(stats.path, problems)
 
 
 def _damaged(path: Path, problems: list[str]) -> None:

@@ -128,6 +128,8 @@ def query(
     In large stores (the blend and acoustic modes) a prefilter picks candidates and only those
     are scored: --exact scores every item, --candidates N sets how many.
     """
+    # Over 60 lines on purpose: typer declares its 17 options as parameters (~60 lines);
+    # the body checks FILE, runs SearchEngine.search and hands the document to the exports and render.
     from soundsearch.audio.files import not_regular_reason
     from soundsearch.audio.items import parse_time
     from soundsearch.errors import AudioError
@@ -250,6 +252,8 @@ def _fit_left(text: str, width: int) -> str:
 
 def build_table(results: "SearchResults", roots: list[Path], width: int | None) -> "Table":
     """The results table; `width` None: nothing cut (output that is not a terminal)."""
+    # Over 60 lines on purpose: one table whose column widths are computed from each other and
+    # from the cells it is then built from; in pieces, the widths and cells would travel between them.
     from rich import box
     from rich.table import Table
     from rich.text import Text

@@ -207,37 +207,39 @@ def dataset_features(
         for it in items:
             by_path.setdefault(_key(it.path), []).append(it.row)
         feats = store.features()
-
-        def gather(examples: list[Example]):
-            rows, labels, recs, src = [], [], [], []
-            for ei, ex in enumerate(examples):
-                mine = by_path.get(_key(ex.path), [])
-                spans = sorted((items[r].start, items[r].end) for r in mine)
-                if any(b[0] < a[1] - 1e-6 for a, b in zip(spans, spans[1:])):
-                    raise DatasetError(
-                        f"{store_dir}: {ex.path} is cut into overlapping items (a store made with finer items "
-                        "for long recordings); training and eval count each item once, so use a store indexed "
-                        "with --item-hop equal to --item-seconds and --event-items 0, or the default cache"
-                    )
-                for row in mine:
-                    rows.append(row)
-                    labels.append(ex.labels)
-                    recs.append(items[row])
-                    src.append(ei)
-            c = len(dataset.taxonomy)
-            if rows:
-                f = np.asarray(feats[np.asarray(rows)], dtype=np.float32)
-                lab = np.stack(labels).astype(np.uint8)
-            else:
-                f = np.zeros((0,) + tuple(feats.shape[1:]), dtype=np.float32)
-                lab = np.zeros((0, c), dtype=np.uint8)
-            return f, lab, recs, np.asarray(src, dtype=np.int64)
-
-        tr_f, tr_l, tr_i, tr_s = gather(dataset.train)
-        te_f, te_l, te_i, te_s = gather(dataset.test)
+        c = len(dataset.taxonomy)
+        tr_f, tr_l, tr_i, tr_s = _gather(dataset.train, by_path, items, feats, c, store_dir)
+        te_f, te_l, te_i, te_s = _gather(dataset.test, by_path, items, feats, c, store_dir)
     if tr_f.shape[0] == 0:
         raise DatasetError(f"{dataset.name}: none of the training recordings could be featurized")
     return DatasetFeatures(tr_f, tr_l, te_f, te_l, tr_i, te_i, tr_s, te_s, failed)
+
+
+def _gather(examples: list[Example], by_path: dict[Path, list[int]], items, feats, n_categories: int, store_dir: Path):
+    """The stored items of `examples`: features, labels (each item inherits its file's), the
+    items, and each item's example index. Raises if a file's items overlap."""
+    rows, labels, recs, src = [], [], [], []
+    for ei, ex in enumerate(examples):
+        mine = by_path.get(_key(ex.path), [])
+        spans = sorted((items[r].start, items[r].end) for r in mine)
+        if any(b[0] < a[1] - 1e-6 for a, b in zip(spans, spans[1:])):
+            raise DatasetError(
+                f"{store_dir}: {ex.path} is cut into overlapping items (a store made with finer items "
+                "for long recordings); training and eval count each item once, so use a store indexed "
+                "with --item-hop equal to --item-seconds and --event-items 0, or the default cache"
+            )
+        for row in mine:
+            rows.append(row)
+            labels.append(ex.labels)
+            recs.append(items[row])
+            src.append(ei)
+    if rows:
+        f = np.asarray(feats[np.asarray(rows)], dtype=np.float32)
+        lab = np.stack(labels).astype(np.uint8)
+    else:
+        f = np.zeros((0,) + tuple(feats.shape[1:]), dtype=np.float32)
+        lab = np.zeros((0, n_categories), dtype=np.uint8)
+    return f, lab, recs, np.asarray(src, dtype=np.int64)
 
 
 def _key(path: Path) -> Path:

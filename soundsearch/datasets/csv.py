@@ -46,6 +46,47 @@ def load(path: Path, seed: int = 0, taxonomy: Taxonomy | None = None) -> Labelle
         raise DatasetError(f"labels CSV not found: {path}")
     root = path.parent.absolute()
     rows, header = _read(path)
+    cols, category_cols = _columns(path, header)
+    has_labels = "labels" in cols
+    labels, tax, declared = _labels(path, rows, cols, category_cols, taxonomy)
+    paths = _paths(path, rows, cols["path"], root)
+    splits, split_source = _splits(path, rows, cols, labels, seed)
+    missing, keep = _existing(path, paths, root)
+
+    empty = [c for c, n in zip(tax, labels[keep].sum(0).tolist()) if n == 0]
+    # A column of zeros the file itself declares is a mistake; a category a given taxonomy (a
+    # model's) lacks examples of is only a gap, reported in `info`.
+    if declared and taxonomy is None and empty:
+        raise DatasetError(
+            f"{path}: no recording has category {', '.join(repr(c) for c in empty)} "
+            "(a column of only zeros): drop the column or label some recordings"
+        )
+
+    train, test, validate = _examples(path, paths, labels, splits, keep)
+    info = {
+        "source": str(path.absolute()),
+        "format": "labels column" if has_labels else "category columns",
+        "split": split_source,
+        "rows": len(rows),
+        "missing": len(missing),
+        "missing_listed": [str(p) for p in missing[:_MAX_LISTED]],
+        "empty_categories": empty,
+    }
+    return LabelledDataset(
+        name=path.name,
+        root=root,
+        taxonomy=tax,
+        train=train,
+        test=test,
+        missing=missing,
+        info=info,
+        validate=validate,
+    )
+
+
+def _columns(path: Path, header: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The header's reserved columns (lower-cased name -> as written) and its category columns;
+    raises unless it has a path column and exactly one of the two label shapes."""
     cols = {h.strip().lower(): h for h in header}
     if "path" not in cols:
         raise DatasetError(f"{path}: no 'path' column (columns: {', '.join(header)})")
@@ -61,22 +102,29 @@ def load(path: Path, seed: int = 0, taxonomy: Taxonomy | None = None) -> Labelle
             f"{path}: no category columns: add one 0/1 column per category, or a 'labels' column "
             "of ';'-separated category names"
         )
+    return cols, category_cols
 
-    if has_labels:
+
+def _labels(
+    path: Path, rows: list[dict], cols: dict[str, str], category_cols: list[str], taxonomy: Taxonomy | None
+) -> tuple[np.ndarray, Taxonomy, bool]:
+    """The label matrix, its taxonomy, and whether the file declared the categories itself."""
+    if "labels" in cols:
         tax = taxonomy or Taxonomy.default()
-        labels = _labels_from_names(path, rows, cols["labels"], tax)
-        declared = False
-    else:
-        tax = Taxonomy(tuple(c.strip() for c in category_cols))
-        labels = _labels_from_columns(path, rows, category_cols)
-        declared = True
-        if taxonomy is not None:
-            labels, tax = _conform(path, labels, tax, taxonomy)
+        return _labels_from_names(path, rows, cols["labels"], tax), tax, False
+    tax = Taxonomy(tuple(c.strip() for c in category_cols))
+    labels = _labels_from_columns(path, rows, category_cols)
+    if taxonomy is not None:
+        labels, tax = _conform(path, labels, tax, taxonomy)
+    return labels, tax, True
 
+
+def _paths(path: Path, rows: list[dict], column: str, root: Path) -> list[Path]:
+    """Each row's absolute path (relative ones read from `root`); raises on an empty or repeated one."""
     paths: list[Path] = []
     seen: dict[Path, int] = {}
     for i, row in enumerate(rows):
-        raw = (row.get(cols["path"]) or "").strip()
+        raw = (row.get(column) or "").strip()
         if not raw:
             raise DatasetError(f"{path}: row {i + 2}: empty path")
         p = Path(raw).expanduser()
@@ -85,21 +133,29 @@ def load(path: Path, seed: int = 0, taxonomy: Taxonomy | None = None) -> Labelle
             raise DatasetError(f"{path}: {raw} is listed twice (rows {seen[p] + 2} and {i + 2})")
         seen[p] = i
         paths.append(p)
+    return paths
 
-    if "split" in cols:
-        splits = []
-        for i, row in enumerate(rows):
-            raw = (row.get(cols["split"]) or "").strip().lower()
-            if raw not in SPLIT_ALIASES:
-                raise DatasetError(
-                    f"{path}: row {i + 2}: split {raw!r} is not one of train, test, validate"
-                )
-            splits.append(SPLIT_ALIASES[raw])
-        split_source = "column"
-    else:
+
+def _splits(
+    path: Path, rows: list[dict], cols: dict[str, str], labels: np.ndarray, seed: int
+) -> tuple[list[str], str]:
+    """Each row's split (from the split column, else seeded), and where the splits came from."""
+    if "split" not in cols:
         splits = _seeded_split(labels, seed)
-        split_source = f"seeded {int(round((1 - TEST_FRACTION) * 100))}/{int(round(TEST_FRACTION * 100))} (seed {seed})"
+        return splits, f"seeded {int(round((1 - TEST_FRACTION) * 100))}/{int(round(TEST_FRACTION * 100))} (seed {seed})"
+    splits = []
+    for i, row in enumerate(rows):
+        raw = (row.get(cols["split"]) or "").strip().lower()
+        if raw not in SPLIT_ALIASES:
+            raise DatasetError(
+                f"{path}: row {i + 2}: split {raw!r} is not one of train, test, validate"
+            )
+        splits.append(SPLIT_ALIASES[raw])
+    return splits, "column"
 
+
+def _existing(path: Path, paths: list[Path], root: Path) -> tuple[list[Path], list[int]]:
+    """The listed files that do not exist, and the rows of those that do; raises if none do."""
     missing = [p for p in paths if not p.is_file()]
     missing_set = set(missing)
     keep = [i for i, p in enumerate(paths) if p not in missing_set]
@@ -109,16 +165,13 @@ def load(path: Path, seed: int = 0, taxonomy: Taxonomy | None = None) -> Labelle
             f"{path}: none of the {len(paths)} listed files exist (e.g. {listed}); "
             f"paths are read relative to {root}"
         )
+    return missing, keep
 
-    empty = [c for c, n in zip(tax, labels[keep].sum(0).tolist()) if n == 0]
-    # A column of zeros the file itself declares is a mistake; a category a given taxonomy (a
-    # model's) lacks examples of is only a gap, reported in `info`.
-    if declared and taxonomy is None and empty:
-        raise DatasetError(
-            f"{path}: no recording has category {', '.join(repr(c) for c in empty)} "
-            "(a column of only zeros): drop the column or label some recordings"
-        )
 
+def _examples(
+    path: Path, paths: list[Path], labels: np.ndarray, splits: list[str], keep: list[int]
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """The kept rows as train, test and validate examples; raises if train or test is empty."""
     by_split: dict[str, list[Example]] = {"train": [], "test": [], "validate": []}
     for i in keep:
         by_split[splits[i]].append(Example(paths[i], labels[i].astype(np.uint8), splits[i]))
@@ -131,26 +184,7 @@ def load(path: Path, seed: int = 0, taxonomy: Taxonomy | None = None) -> Labelle
         raise DatasetError(f"{path}: no usable recording in the train split (the database)")
     if len(test) < 1:
         raise DatasetError(f"{path}: no usable recording in the test split (the queries)")
-
-    info = {
-        "source": str(path.absolute()),
-        "format": "labels column" if has_labels else "category columns",
-        "split": split_source,
-        "rows": len(rows),
-        "missing": len(missing),
-        "missing_listed": [str(p) for p in missing[:_MAX_LISTED]],
-        "empty_categories": empty,
-    }
-    return LabelledDataset(
-        name=path.name,
-        root=root,
-        taxonomy=tax,
-        train=by_split["train"],
-        test=test,
-        missing=missing,
-        info=info,
-        validate=validate,
-    )
+    return by_split["train"], test, validate
 
 
 def _read(path: Path) -> tuple[list[dict], list[str]]:

@@ -100,36 +100,45 @@ def download_sonyc_ust(
         raise DownloadError(f"Zenodo record {ZENODO_RECORD} lists none of the audio archives {AUDIO_ARCHIVES[0]} ...")
     report = DownloadReport(root)
     url_of = lambda name: f"{base_url(base)}/records/{ZENODO_RECORD}/files/{name}?download=1"  # noqa: E731
-
-    ann = root / ANNOTATIONS
-    if ann.is_file() and md5sum(ann) == pinned:
-        report.skipped.append(ANNOTATIONS)
-    else:
-        resumed = fetch(url_of(ANNOTATIONS), ann, md5=pinned, on_progress=on_progress)
-        report.fetched.append(ANNOTATIONS)
-        if resumed:
-            report.resumed.append(ANNOTATIONS)
-
+    _fetch_annotations(root / ANNOTATIONS, url_of(ANNOTATIONS), pinned, report, on_progress)
     for name in wanted:
         if name not in listing:
             raise DownloadError(f"Zenodo record {ZENODO_RECORD} has no file {name}")
-        md5 = listing[name]
-        marker = root / f".{name}.unpacked"
-        if marker.is_file() and marker.read_text().strip() == md5:
-            report.skipped.append(name)
-            continue
-        archive = root / name
-        if not (archive.is_file() and md5sum(archive) == md5):
-            resumed = fetch(url_of(name), archive, md5=md5, on_progress=on_progress)
-            report.fetched.append(name)
-            if resumed:
-                report.resumed.append(name)
-        unpack(archive, root / name.split(".")[0])
-        marker.write_text(md5 + "\n")
-        report.unpacked.append(name)
-        if not keep_archives:
-            archive.unlink()
+        _fetch_archive(root, name, url_of(name), listing[name], report, on_progress, keep_archives)
     return report
+
+
+def _fetch_annotations(ann: Path, url: str, md5: str, report: DownloadReport, on_progress: Progress | None) -> None:
+    """The annotations file, unless `ann` already holds it."""
+    if ann.is_file() and md5sum(ann) == md5:
+        report.skipped.append(ann.name)
+        return
+    resumed = fetch(url, ann, md5=md5, on_progress=on_progress)
+    report.fetched.append(ann.name)
+    if resumed:
+        report.resumed.append(ann.name)
+
+
+def _fetch_archive(
+    root: Path, name: str, url: str, md5: str, report: DownloadReport, on_progress: Progress | None, keep_archives: bool
+) -> None:
+    """One audio archive fetched (unless already here) and unpacked into root/<its stem>,
+    unless its marker says it was unpacked before."""
+    marker = root / f".{name}.unpacked"
+    if marker.is_file() and marker.read_text().strip() == md5:
+        report.skipped.append(name)
+        return
+    archive = root / name
+    if not (archive.is_file() and md5sum(archive) == md5):
+        resumed = fetch(url, archive, md5=md5, on_progress=on_progress)
+        report.fetched.append(name)
+        if resumed:
+            report.resumed.append(name)
+    unpack(archive, root / name.split(".")[0])
+    marker.write_text(md5 + "\n")
+    report.unpacked.append(name)
+    if not keep_archives:
+        archive.unlink()
 
 
 def fetch(url: str, dest: Path, md5: str | None = None, on_progress: Progress | None = None) -> bool:

@@ -45,50 +45,9 @@ def load(root: Path) -> LabelledDataset:
         raise DatasetError(missing_message(root))
     rows, coarse = _read_annotations(ann)
     tax = Taxonomy(tuple(name for _, name in coarse))
-    cols = [col for col, _ in coarse]
-
-    # recording -> split and the rows of each annotator kind
-    recs: dict[str, dict] = {}
-    for i, row in enumerate(rows):
-        fname = (row.get("audio_filename") or "").strip()
-        split = (row.get("split") or "").strip().lower()
-        if not fname:
-            raise DatasetError(f"{ann}: line {i + 2}: empty audio_filename")
-        if split not in ("train", "validate", "test"):
-            raise DatasetError(f"{ann}: line {i + 2}: unknown split {split!r}")
-        try:
-            annotator = int(float((row.get("annotator_id") or "").strip()))
-        except ValueError:
-            raise DatasetError(f"{ann}: line {i + 2}: annotator_id {row.get('annotator_id')!r} is not a number") from None
-        vals = np.empty(len(cols), dtype=np.int8)
-        for j, col in enumerate(cols):
-            raw = (row.get(col) or "").strip()
-            try:
-                v = int(float(raw)) if raw else -1
-            except ValueError:
-                raise DatasetError(f"{ann}: line {i + 2}, column {col}: {raw!r} is not 1, 0 or -1") from None
-            if v not in (1, 0, -1):
-                raise DatasetError(f"{ann}: line {i + 2}, column {col}: {raw!r} is not 1, 0 or -1")
-            vals[j] = v
-        rec = recs.setdefault(fname, {"split": split, "crowd": [], "verified": [], "team": []})
-        if rec["split"] != split:
-            raise DatasetError(f"{ann}: {fname} appears in both the {rec['split']} and {split} splits")
-        kind = "verified" if annotator == 0 else ("crowd" if annotator > 0 else "team")
-        rec[kind].append(vals)
-
+    recs = _recordings(ann, rows, [col for col, _ in coarse])
     audio = _find_audio(root)
-    sources = {"crowd-any": 0, "verified": 0, "team-any": 0}
-    by_split: dict[str, list[Example]] = {"train": [], "validate": [], "test": []}
-    missing: list[Path] = []
-    for fname in sorted(recs):
-        rec = recs[fname]
-        labels, source = _aggregate(rec)
-        sources[source] += 1
-        path = audio.get(fname)
-        if path is None:
-            missing.append(root / "audio" / fname)
-            continue
-        by_split[rec["split"]].append(Example(path, labels, rec["split"]))
+    by_split, missing, sources = _examples(recs, audio, root)
 
     if not audio:
         raise DatasetError(
@@ -123,6 +82,64 @@ def load(root: Path) -> LabelledDataset:
         info=info,
         validate=validate,
     )
+
+
+def _recordings(ann: Path, rows: list[dict], cols: list[str]) -> dict[str, dict]:
+    """recording -> its split and the label rows of each annotator kind (crowd, verified, team)."""
+    recs: dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        fname = (row.get("audio_filename") or "").strip()
+        split = (row.get("split") or "").strip().lower()
+        if not fname:
+            raise DatasetError(f"{ann}: line {i + 2}: empty audio_filename")
+        if split not in ("train", "validate", "test"):
+            raise DatasetError(f"{ann}: line {i + 2}: unknown split {split!r}")
+        try:
+            annotator = int(float((row.get("annotator_id") or "").strip()))
+        except ValueError:
+            raise DatasetError(f"{ann}: line {i + 2}: annotator_id {row.get('annotator_id')!r} is not a number") from None
+        vals = _row_values(ann, i, row, cols)
+        rec = recs.setdefault(fname, {"split": split, "crowd": [], "verified": [], "team": []})
+        if rec["split"] != split:
+            raise DatasetError(f"{ann}: {fname} appears in both the {rec['split']} and {split} splits")
+        kind = "verified" if annotator == 0 else ("crowd" if annotator > 0 else "team")
+        rec[kind].append(vals)
+    return recs
+
+
+def _row_values(ann: Path, i: int, row: dict, cols: list[str]) -> np.ndarray:
+    """One annotation row's coarse labels, each 1, 0 or -1 (an empty cell is -1, not labelled)."""
+    vals = np.empty(len(cols), dtype=np.int8)
+    for j, col in enumerate(cols):
+        raw = (row.get(col) or "").strip()
+        try:
+            v = int(float(raw)) if raw else -1
+        except ValueError:
+            raise DatasetError(f"{ann}: line {i + 2}, column {col}: {raw!r} is not 1, 0 or -1") from None
+        if v not in (1, 0, -1):
+            raise DatasetError(f"{ann}: line {i + 2}, column {col}: {raw!r} is not 1, 0 or -1")
+        vals[j] = v
+    return vals
+
+
+def _examples(
+    recs: dict[str, dict], audio: dict[str, Path], root: Path
+) -> tuple[dict[str, list[Example]], list[Path], dict[str, int]]:
+    """The recordings with audio as examples per split, those without audio, and how many
+    recordings took their labels from each source."""
+    sources = {"crowd-any": 0, "verified": 0, "team-any": 0}
+    by_split: dict[str, list[Example]] = {"train": [], "validate": [], "test": []}
+    missing: list[Path] = []
+    for fname in sorted(recs):
+        rec = recs[fname]
+        labels, source = _aggregate(rec)
+        sources[source] += 1
+        path = audio.get(fname)
+        if path is None:
+            missing.append(root / "audio" / fname)
+            continue
+        by_split[rec["split"]].append(Example(path, labels, rec["split"]))
+    return by_split, missing, sources
 
 
 def _aggregate(rec: dict) -> tuple[np.ndarray, str]:

@@ -85,29 +85,74 @@ def is_windowed(start: float, end: float, file_duration: float) -> bool:
     return end - start < file_duration - 1e-6
 
 
+def _query_part(results: "SearchResults", cats: list[str]) -> dict:
+    """The document's "query": what was searched with, and what the model hears in it."""
+    qp = results.query_presence
+    return {
+        "path": shown(results.query) if results.query else None,
+        "name": shown(results.query.name) if results.query else None,
+        "items": [{"start": round(s, 3), "end": round(e, 3)} for s, e in results.query_segments],
+        # The region of the file searched with (--start/--end), else null.
+        "region": {"start": round(results.region[0], 3), "end": round(results.region[1], 3)} if results.region else None,
+        "in_store": results.query_in_store,
+        "self_hidden": results.self_hidden,
+        # The model's probability that the query holds each category.
+        "presence": {c: round(float(qp[j]), 6) for j, c in enumerate(cats)} if qp is not None else None,
+    }
+
+
+def _result_entry(r, name: str, cats: list[str], query_presence) -> dict:
+    """One entry of the document's "results": the item, its scores and its categories."""
+    from soundsearch.presence import STATES
+
+    return {
+        "rank": r.rank,
+        "path": shown(r.item.path),
+        "display": name,
+        "row": r.item.row,
+        "start": round(r.item.start, 3),
+        "end": round(r.item.end, 3),
+        "file_duration": round(r.item.file_duration, 3),
+        "windowed": is_windowed(r.item.start, r.item.end, r.item.file_duration),
+        # The matched moment: the item's time range in its file (start/end repeat it).
+        "moment": {"start": round(r.item.start, 3), "end": round(r.item.end, 3)},
+        # The query's item that matches this moment best (a query of several items).
+        "query_moment": (
+            {"start": round(r.query_moment[0], 3), "end": round(r.query_moment[1], 3)} if r.query_moment else None
+        ),
+        # group_by file: this file's moments ranked above the first file left out.
+        "moments": r.moments,
+        "level": r.level,
+        "score": round(r.score, 6),
+        "closeness": round(r.closeness, 6),
+        "is_query": r.is_query,
+        "acoustic": round(r.acoustic, 6),
+        "rank_score": round(r.rank_score, 6),
+        "duplicate": r.duplicate,
+        # How much this item's sound follows the query's over time (search.fingerprint);
+        # null where the two were not compared.
+        "fingerprint": None if r.fingerprint is None else round(r.fingerprint, 6),
+        "categories": {
+            cat: {
+                **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},
+                "state": STATES[int(r.states[j])],
+                "side": side,
+            }
+            for j, (cat, side) in enumerate(zip(cats, sides(r.states, query_presence)))
+        },
+    }
+
+
 def results_document(results: "SearchResults", store, model, roots: list[Path] | None = None) -> dict:
     """The --json document. Keys older than the page (everything but `display`, `side`,
     `presence`, `self_hidden`, `filter_effects`, `row`, `windowed`, and the moment keys
     `region`, `group_by`, `moment`, `query_moment`, `moments`) keep their meaning."""
-    from soundsearch.presence import STATES
-
     cats = list(results.taxonomy.categories)
     roots = list(roots) if roots is not None else store.roots()
     rows = results.results
     display = display_paths([r.item.path for r in rows], roots)
-    qp = results.query_presence
     return {
-        "query": {
-            "path": shown(results.query) if results.query else None,
-            "name": shown(results.query.name) if results.query else None,
-            "items": [{"start": round(s, 3), "end": round(e, 3)} for s, e in results.query_segments],
-            # The region of the file searched with (--start/--end), else null.
-            "region": {"start": round(results.region[0], 3), "end": round(results.region[1], 3)} if results.region else None,
-            "in_store": results.query_in_store,
-            "self_hidden": results.self_hidden,
-            # The model's probability that the query holds each category.
-            "presence": {c: round(float(qp[j]), 6) for j, c in enumerate(cats)} if qp is not None else None,
-        },
+        "query": _query_part(results, cats),
         "model": {"name": model.name, "path": shown(model.path) if model.path else None, "variant": model.variant},
         "store": shown(store.path),
         "roots": [shown(r) for r in roots],
@@ -121,43 +166,5 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
         "items_searched": results.items_searched,
         "matches": results.matches,
         "candidates": results.candidates,
-        "results": [
-            {
-                "rank": r.rank,
-                "path": shown(r.item.path),
-                "display": name,
-                "row": r.item.row,
-                "start": round(r.item.start, 3),
-                "end": round(r.item.end, 3),
-                "file_duration": round(r.item.file_duration, 3),
-                "windowed": is_windowed(r.item.start, r.item.end, r.item.file_duration),
-                # The matched moment: the item's time range in its file (start/end repeat it).
-                "moment": {"start": round(r.item.start, 3), "end": round(r.item.end, 3)},
-                # The query's item that matches this moment best (a query of several items).
-                "query_moment": (
-                    {"start": round(r.query_moment[0], 3), "end": round(r.query_moment[1], 3)} if r.query_moment else None
-                ),
-                # group_by file: this file's moments ranked above the first file left out.
-                "moments": r.moments,
-                "level": r.level,
-                "score": round(r.score, 6),
-                "closeness": round(r.closeness, 6),
-                "is_query": r.is_query,
-                "acoustic": round(r.acoustic, 6),
-                "rank_score": round(r.rank_score, 6),
-                "duplicate": r.duplicate,
-                # How much this item's sound follows the query's over time (search.fingerprint);
-                # null where the two were not compared.
-                "fingerprint": None if r.fingerprint is None else round(r.fingerprint, 6),
-                "categories": {
-                    cat: {
-                        **{state: round(float(p), 6) for state, p in zip(STATES, r.probs[j])},
-                        "state": STATES[int(r.states[j])],
-                        "side": side,
-                    }
-                    for j, (cat, side) in enumerate(zip(cats, sides(r.states, qp)))
-                },
-            }
-            for r, name in zip(rows, display)
-        ],
+        "results": [_result_entry(r, name, cats, results.query_presence) for r, name in zip(rows, display)],
     }

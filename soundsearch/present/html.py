@@ -199,6 +199,108 @@ def _form(doc: dict | None, categories: list[str], ctx: AppContext) -> str:
 </form>"""
 
 
+def _heading(doc: dict | None) -> list[str]:
+    """The page's title line and, for a results document, the line of what was searched how."""
+    if not doc:
+        return ['<h1>soundsearch <small>search your sounds by example</small></h1>']
+    q = doc["query"]
+    region = q.get("region")
+    where = (f' <span class="region">{moment_clock(region["start"])}–{moment_clock(region["end"])}</span>'
+             if region else "")
+    heading = (
+        f'<h1>Like <span title="{escape(q["path"] or "")}">{escape(q["name"] or "the query")}</span>{where}'
+        f' <small>{len(doc["results"])} result{"s" if len(doc["results"]) != 1 else ""}</small></h1>'
+    )
+    f = doc["filters"]
+    bits = [f'model <b>{escape(doc["model"]["name"])}</b>', f'ranked by <b>{escape(doc["mode"])}</b>'
+            + (f' (w={doc["weight"]:.2f})' if doc.get("weight") is not None else ""),
+            f'{doc["items_searched"]:,} items searched']
+    if f.get("require"):
+        bits.append("require " + ", ".join(escape(c) for c in f["require"]))
+    if f.get("exclude"):
+        bits.append("exclude " + ", ".join(escape(c) for c in f["exclude"]))
+    if f.get("min_level") is not None:
+        bits.append(f"level ≥ {f['min_level']}")
+    if q.get("self_hidden"):
+        bits.append(f"{q['self_hidden']} of the query's own item{'s' if q['self_hidden'] != 1 else ''} hidden")
+    return [heading, f'<p class="meta">{" · ".join(bits)}</p>']
+
+
+def _query_card(doc: dict, query_src: str | None, query_thumb: str | None) -> str:
+    """The query's card: its path, length or region, player and what the model hears in it."""
+    q = doc["query"]
+    region = q.get("region")
+    presence = q.get("presence") or {}
+    heard = {c: ("both" if p >= 0.5 else "neither") for c, p in presence.items()}
+    span = ""
+    if q["items"]:
+        total = max(i["end"] for i in q["items"])
+        span = f'{_length(total)}' + (f' · {len(q["items"])} items' if len(q["items"]) > 1 else "")
+        if region:
+            span = (f'{moment_clock(region["start"])}–{moment_clock(region["end"])}'
+                    + (f' · {len(q["items"])} items' if len(q["items"]) > 1 else ""))
+    return (
+        f'<section class="card query" aria-label="query"><div><div class="title">{escape(q["path"] or "")}'
+        f'<span class="badge">query</span></div><div class="sub">{span}</div>'
+        + _player(query_src, q["items"][0]["start"] if q["items"] else 0, q["items"][-1]["end"] if q["items"] else 0,
+                  bool(q.get("windowed") or region), query_thumb)
+        + (_chips(heard) if heard else "")
+        + '</div><div class="scores">the model hears<br>in the query:<br><b>'
+        + (escape(", ".join(c for c, s in heard.items() if s == "both")) or "none of its categories")
+        + "</b></div></section>"
+    )
+
+
+def _result_item(
+    r: dict,
+    cats: list[str],
+    audio_src: Callable[[dict], str | None],
+    thumbs: dict[int, str | None],
+    app: AppContext | None,
+) -> str:
+    """One result's list item: rank, title and badges, player, category chips and scores."""
+    sides = {cat: r["categories"][cat]["side"] for cat in cats}
+    when = f'{clock(r["start"])}–{clock(r["end"])} of {_length(r["file_duration"])}' if r["windowed"] else _length(r["file_duration"])
+    badges = ""
+    if r.get("is_query"):
+        badges += '<span class="badge">the query</span>'
+    elif r.get("duplicate"):
+        badges += '<span class="badge" title="acoustically near-identical to the query">copy</span>'
+    more = ""
+    if app is not None and app.more_like is not None:
+        more = f'<a class="more" href="{escape(app.more_like(r))}">More like this</a>'
+    return (
+        f'<li class="card result" data-rank="{r["rank"]}" data-path="{escape(r["path"])}">'
+        f'<div class="rank">{r["rank"]}</div><div>'
+        f'<div class="title" title="{escape(r["path"])}">{_title(r["display"])}{badges}</div>'
+        f'<div class="sub">{when} · {escape(r["path"])}</div>'
+        f'{_player(audio_src(r), r["start"], r["end"], r["windowed"], thumbs.get(r["rank"]))}'
+        f'{_chips(sides)}</div>'
+        f'<div class="scores"><div class="level">{r["level"]}<small>/{len(cats)} agree</small></div>'
+        f'<div>score {r["score"]:.2f} · sound {r["acoustic"]:.2f}</div>{more}</div></li>'
+    )
+
+
+def _data_script(doc: dict | None) -> str:
+    """The page's data, as --json prints it; "<" escaped so no path can close the script."""
+    if doc is None:
+        return ""
+    return ('<script type="application/json" id="results-data">'
+            + json.dumps(doc, allow_nan=False).replace("<", "\\u003c") + "</script>")
+
+
+def _html_document(title: str, body: list[str], data: str) -> str:
+    """The whole page around `body`: head with styles, then the data and the script."""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # An empty inline icon: browsers otherwise ask every page's server for /favicon.ico.
+        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head><body><main>'
+        + "\n".join(body)
+        + f"</main>{data}<script>{JS}</script></body></html>"
+    )
+
+
 def render_page(
     doc: dict | None,
     *,
@@ -215,32 +317,7 @@ def render_page(
     """The page for a results document (present.document), or the empty search page (doc None)."""
     thumbs = thumbs or {}
     cats = list(doc["categories"]) if doc else list(categories or [])
-    body: list[str] = []
-    if doc:
-        q = doc["query"]
-        n_items = len(q["items"])
-        region = q.get("region")
-        where = (f' <span class="region">{moment_clock(region["start"])}–{moment_clock(region["end"])}</span>'
-                 if region else "")
-        body.append(
-            f'<h1>Like <span title="{escape(q["path"] or "")}">{escape(q["name"] or "the query")}</span>{where}'
-            f' <small>{len(doc["results"])} result{"s" if len(doc["results"]) != 1 else ""}</small></h1>'
-        )
-        f = doc["filters"]
-        bits = [f'model <b>{escape(doc["model"]["name"])}</b>', f'ranked by <b>{escape(doc["mode"])}</b>'
-                + (f' (w={doc["weight"]:.2f})' if doc.get("weight") is not None else ""),
-                f'{doc["items_searched"]:,} items searched']
-        if f.get("require"):
-            bits.append("require " + ", ".join(escape(c) for c in f["require"]))
-        if f.get("exclude"):
-            bits.append("exclude " + ", ".join(escape(c) for c in f["exclude"]))
-        if f.get("min_level") is not None:
-            bits.append(f"level ≥ {f['min_level']}")
-        if q.get("self_hidden"):
-            bits.append(f"{q['self_hidden']} of the query's own item{'s' if q['self_hidden'] != 1 else ''} hidden")
-        body.append(f'<p class="meta">{" · ".join(bits)}</p>')
-    else:
-        body.append('<h1>soundsearch <small>search your sounds by example</small></h1>')
+    body = _heading(doc)
     for e in errors or []:
         body.append(f'<div class="note error">{escape(e)}</div>')
     if app is not None:
@@ -251,71 +328,19 @@ def render_page(
     for n in notes or []:
         body.append(f'<div class="note">{escape(n)}</div>')
     if doc:
-        q = doc["query"]
-        presence = q.get("presence") or {}
-        heard = {c: ("both" if p >= 0.5 else "neither") for c, p in presence.items()}
-        span = ""
-        if q["items"]:
-            total = max(i["end"] for i in q["items"])
-            span = f'{_length(total)}' + (f' · {len(q["items"])} items' if len(q["items"]) > 1 else "")
-            if region:
-                span = (f'{moment_clock(region["start"])}–{moment_clock(region["end"])}'
-                        + (f' · {len(q["items"])} items' if len(q["items"]) > 1 else ""))
-        body.append(
-            f'<section class="card query" aria-label="query"><div><div class="title">{escape(q["path"] or "")}'
-            f'<span class="badge">query</span></div><div class="sub">{span}</div>'
-            + _player(query_src, q["items"][0]["start"] if q["items"] else 0, q["items"][-1]["end"] if q["items"] else 0,
-                      bool(q.get("windowed") or region), query_thumb)
-            + (_chips(heard) if heard else "")
-            + '</div><div class="scores">the model hears<br>in the query:<br><b>'
-            + (escape(", ".join(c for c, s in heard.items() if s == "both")) or "none of its categories")
-            + "</b></div></section>"
-        )
+        body.append(_query_card(doc, query_src, query_thumb))
         body.append(_legend())
         if not doc["results"]:
             body.append('<div class="note">No results: no stored item passes the filters.</div>')
         body.append('<ol class="results" style="list-style:none;padding:0;margin:0">')
-        c = len(cats)
-        for r in doc["results"]:
-            sides = {cat: r["categories"][cat]["side"] for cat in cats}
-            when = f'{clock(r["start"])}–{clock(r["end"])} of {_length(r["file_duration"])}' if r["windowed"] else _length(r["file_duration"])
-            badges = ""
-            if r.get("is_query"):
-                badges += '<span class="badge">the query</span>'
-            elif r.get("duplicate"):
-                badges += '<span class="badge" title="acoustically near-identical to the query">copy</span>'
-            more = ""
-            if app is not None and app.more_like is not None:
-                more = f'<a class="more" href="{escape(app.more_like(r))}">More like this</a>'
-            body.append(
-                f'<li class="card result" data-rank="{r["rank"]}" data-path="{escape(r["path"])}">'
-                f'<div class="rank">{r["rank"]}</div><div>'
-                f'<div class="title" title="{escape(r["path"])}">{_title(r["display"])}{badges}</div>'
-                f'<div class="sub">{when} · {escape(r["path"])}</div>'
-                f'{_player(audio_src(r), r["start"], r["end"], r["windowed"], thumbs.get(r["rank"]))}'
-                f'{_chips(sides)}</div>'
-                f'<div class="scores"><div class="level">{r["level"]}<small>/{c} agree</small></div>'
-                f'<div>score {r["score"]:.2f} · sound {r["acoustic"]:.2f}</div>{more}</div></li>'
-            )
+        body.extend(_result_item(r, cats, audio_src, thumbs, app) for r in doc["results"])
         body.append("</ol>")
     body.append(
         '<footer>Level: categories on which the query and the result agree (both have the sound, or '
         'neither). Score: the expected number of agreeing categories. Sound: acoustic similarity (cosine). '
         "Made by soundsearch.</footer>"
     )
-    data = ""
-    if doc is not None:
-        # The page's data, as --json prints it; "<" escaped so no path can close the script.
-        data = ('<script type="application/json" id="results-data">'
-                + json.dumps(doc, allow_nan=False).replace("<", "\\u003c") + "</script>")
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        # An empty inline icon: browsers otherwise ask every page's server for /favicon.ico.
-        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head><body><main>'
-        + "\n".join(body)
-        + f"</main>{data}<script>{JS}</script></body></html>"
-    )
+    return _html_document(title, body, _data_script(doc))
 
 
 def file_url(path: str) -> str:

@@ -108,7 +108,10 @@ def norm_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _check_inputs(feats: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> None:
+def _checked_training(train_feats, train_labels, groups, taxonomy: Taxonomy):
+    """The training arrays as float32 features, uint8 labels and each item's recording, checked."""
+    feats = np.asarray(train_feats, dtype=np.float32)
+    labels = np.asarray(train_labels)
     if feats.ndim != 3:
         raise DatasetError(f"features must be (items, steps, dim), got shape {feats.shape}")
     if labels.ndim != 2 or labels.shape[0] != feats.shape[0]:
@@ -127,6 +130,11 @@ def _check_inputs(feats: np.ndarray, labels: np.ndarray, taxonomy: Taxonomy) -> 
             "every category needs at least 2 training recordings with it and 2 without; "
             f"not so for: {', '.join(bad)}"
         )
+    n = feats.shape[0]
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    if groups.shape != (n,):
+        raise DatasetError(f"groups must name the recording of each of the {n} items")
+    return feats, labels.astype(np.uint8), groups
 
 
 def split_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -286,28 +294,14 @@ def fit(
     on exactly the same recordings again.
     """
     cfg = config or TrainConfig()
-    feats = np.asarray(train_feats, dtype=np.float32)
-    labels = np.asarray(train_labels)
-    _check_inputs(feats, labels, taxonomy)
-    labels = labels.astype(np.uint8)
-    n, steps, dim = feats.shape
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    if groups.shape != (n,):
-        raise DatasetError(f"groups must name the recording of each of the {n} items")
-    model_cfg = cfg.model_config(steps, dim, len(taxonomy))
+    feats, labels, groups = _checked_training(train_feats, train_labels, groups, taxonomy)
+    model_cfg = cfg.model_config(feats.shape[1], feats.shape[2], len(taxonomy))
     started = time.perf_counter()
     history: list[EpochInfo] = []
 
     external = val_feats is not None
-    if external:
-        f_va, y_va, g_va = _checked_validation(val_feats, val_labels, val_groups, feats, labels)
-        f_tr, y_tr = feats, labels
-        refit = False
-    else:
-        held = split_holdout(labels, groups, cfg.val_fraction, cfg.seed)
-        f_tr, y_tr = feats[~held], labels[~held]
-        f_va, y_va, g_va = feats[held], labels[held], groups[held]
-        refit = cfg.refit
+    (f_tr, y_tr), (f_va, y_va, g_va), refit = _train_and_validation(
+        feats, labels, groups, cfg, val_feats, val_labels, val_groups)
 
     with _torch_settings(cfg.threads):
         mean, std = norm_stats(f_tr)
@@ -315,15 +309,7 @@ def fit(
         val = _side(f_va, y_va, mean, std, cfg, cfg.seed + 1)
         if len(train.pairs) == 0 or len(val.pairs) == 0:
             raise DatasetError("no training pairs could be formed: too few recordings")
-        # Phase 1: train on the kept recordings, validate on the held-out ones.
-        net, best = _run_phase("select", model_cfg, cfg, train, cfg.epochs or cfg.max_epochs, history,
-                               on_epoch, on_batch, val=val)
-        assert best.state is not None and best.per_category is not None and best.majority is not None
-        validation = Validation(
-            loss=float(best.loss), accuracy=float(best.per_category.mean()), majority=float(best.majority.mean()),
-            per_category=[float(v) for v in best.per_category], pairs=int(len(val.pairs)),
-            recordings=int(len(np.unique(g_va))),
-        )
+        net, best, validation = _select(model_cfg, cfg, train, val, g_va, history, on_epoch, on_batch)
         ranking = _fit_ranking(best.state, model_cfg, taxonomy, featurizer_spec, featurizer_identity,
                                mean, std, f_va, y_va, "validation split" if external else "holdout")
         if refit:
@@ -344,6 +330,31 @@ def fit(
         featurizer_identity=featurizer_identity, norm_mean=mean, norm_std=std, meta=meta,
     )
     return TrainResult(model=model, report=report)
+
+
+def _train_and_validation(feats, labels, groups, cfg: TrainConfig, val_feats, val_labels, val_groups):
+    """(train features, labels), (validation features, labels, recordings), and whether to refit:
+    a dataset's own validation split when given (no refit), else a held-out part of training."""
+    if val_feats is not None:
+        return (feats, labels), _checked_validation(val_feats, val_labels, val_groups, feats, labels), False
+    held = split_holdout(labels, groups, cfg.val_fraction, cfg.seed)
+    return (feats[~held], labels[~held]), (feats[held], labels[held], groups[held]), cfg.refit
+
+
+def _select(model_cfg, cfg: TrainConfig, train: _Side, val: _Side, val_groups: np.ndarray,
+            history: list[EpochInfo], on_epoch: EpochCallback | None,
+            on_batch: BatchCallback | None) -> tuple[PresenceNet, _Best, Validation]:
+    """Phase 1: train on the kept recordings, validate on the held-out ones; the network, the
+    selected epoch and its validation figures."""
+    net, best = _run_phase("select", model_cfg, cfg, train, cfg.epochs or cfg.max_epochs, history,
+                           on_epoch, on_batch, val=val)
+    assert best.state is not None and best.per_category is not None and best.majority is not None
+    validation = Validation(
+        loss=float(best.loss), accuracy=float(best.per_category.mean()), majority=float(best.majority.mean()),
+        per_category=[float(v) for v in best.per_category], pairs=int(len(val.pairs)),
+        recordings=int(len(np.unique(val_groups))),
+    )
+    return net, best, validation
 
 
 def _report(epochs: int, refit: bool, history: list[EpochInfo], validation: Validation, train_pairs: int,

@@ -104,11 +104,23 @@ def _shared_order(labels: np.ndarray, per_side: int, rng: np.random.Generator) -
     Only a prefix of each order is scanned, in column chunks, until every category has found
     its partners; a situation whose whole pool is wanted (pool <= per_side) is added directly.
     """
-    n, c = labels.shape
+    n = labels.shape[0]
     pos = labels.sum(0)
+    firsts, seconds = _whole_pools(labels, per_side)
+    block = max(1, min(n, (1 << 22) // max(n, 1)))
+    for r0 in range(0, n, block):
+        rows = np.arange(r0, min(n, r0 + block))
+        order = _orders_target_last(rows, n, rng)
+        _scan_orders(labels, pos, rows, order, per_side, firsts, seconds)
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _whole_pools(labels: np.ndarray, per_side: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Situations small enough to be taken whole: pairs of everyone with that pool."""
     firsts, seconds = [], []
-    # Situations small enough to be taken whole: pairs of everyone with that pool.
-    for cat in range(c):
+    for cat in range(labels.shape[1]):
         has = labels[:, cat]
         for group_has in (True, False):
             group = np.flatnonzero(has == group_has)
@@ -119,53 +131,60 @@ def _shared_order(labels: np.ndarray, per_side: int, rng: np.random.Generator) -
             if 0 < len(other) <= per_side:
                 firsts.append(np.repeat(group, len(other)))
                 seconds.append(np.tile(other, len(group)))
-    block = max(1, min(n, (1 << 22) // max(n, 1)))
-    for r0 in range(0, n, block):
-        rows = np.arange(r0, min(n, r0 + block))
-        small = np.int16 if n < (1 << 15) else np.int32  # half the bytes to shuffle
-        order = rng.permuted(np.tile(np.arange(n, dtype=small), (len(rows), 1)), axis=1)
-        # Move each target to the end of its own order: the others stay in uniform random
-        # order in the first n - 1 places, and no self test is needed while scanning.
-        at = np.argmax(order == rows[:, None], axis=1)
-        ri = np.arange(len(rows))
-        order[ri, at] = order[:, -1]
-        order[:, -1] = rows
-        lt = labels[rows]  # (R, C)
-        same_pool = np.where(lt, pos, n - pos) - 1
-        opp_pool = np.where(lt, n - pos, pos)
-        # Pools taken whole above are not searched for.
-        need_same = np.where(same_pool > per_side, per_side, 0).astype(np.int32)
-        need_opp = np.where(opp_pool > per_side, per_side, 0).astype(np.int32)
-        active = np.flatnonzero((need_same > 0).any(1) | (need_opp > 0).any(1))
-        c0, width = 0, 128
-        while active.size and c0 < n - 1:
-            # Only the categories some row still searches for; common ones finish early.
-            cats = np.flatnonzero((need_same[active] > 0).any(0) | (need_opp[active] > 0).any(0))
-            cols = order[active, c0 : min(c0 + width, n - 1)]  # (A, W)
-            lp = labels[:, cats][cols]  # (A, W, K)
-            same = lp == lt[active][:, None, cats]
-            rank_same = np.cumsum(same, axis=1, dtype=np.int16 if width < 32768 else np.int32)
-            # opposite-situation rank = position + 1 - same-situation rank
-            pos1 = np.arange(1, cols.shape[1] + 1, dtype=rank_same.dtype)[None, :, None]
-            rank_opp = pos1 - rank_same
-            ns, no = need_same[active][:, None, cats], need_opp[active][:, None, cats]
-            take = np.where(same, rank_same <= ns, rank_opp <= no).any(axis=2)
-            ai, wi = np.nonzero(take)
-            firsts.append(rows[active][ai])
-            seconds.append(cols[ai, wi].astype(np.int64))
-            sub = need_same[active]
-            sub[:, cats] -= np.minimum(rank_same[:, -1, :], sub[:, cats])
-            need_same[active] = sub
-            sub = need_opp[active]
-            sub[:, cats] -= np.minimum(rank_opp[:, -1, :], sub[:, cats])
-            need_opp[active] = sub
-            still = (need_same[active] > 0).any(1) | (need_opp[active] > 0).any(1)
-            active = active[still]
-            c0 += cols.shape[1]
-            width *= 2
-    if not firsts:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(firsts), np.concatenate(seconds)
+    return firsts, seconds
+
+
+def _orders_target_last(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(R, n): a random order of all n recordings per target row, the target itself last."""
+    small = np.int16 if n < (1 << 15) else np.int32  # half the bytes to shuffle
+    order = rng.permuted(np.tile(np.arange(n, dtype=small), (len(rows), 1)), axis=1)
+    # Move each target to the end of its own order: the others stay in uniform random
+    # order in the first n - 1 places, and no self test is needed while scanning.
+    at = np.argmax(order == rows[:, None], axis=1)
+    ri = np.arange(len(rows))
+    order[ri, at] = order[:, -1]
+    order[:, -1] = rows
+    return order
+
+
+def _scan_orders(labels: np.ndarray, pos: np.ndarray, rows: np.ndarray, order: np.ndarray, per_side: int,
+                 firsts: list[np.ndarray], seconds: list[np.ndarray]) -> None:
+    """Append to firsts/seconds each target's partners: per category the first `per_side` of
+    each situation in its order, scanning ever wider column chunks until all are found."""
+    n = labels.shape[0]
+    lt = labels[rows]  # (R, C)
+    same_pool = np.where(lt, pos, n - pos) - 1
+    opp_pool = np.where(lt, n - pos, pos)
+    # Pools taken whole above are not searched for.
+    need_same = np.where(same_pool > per_side, per_side, 0).astype(np.int32)
+    need_opp = np.where(opp_pool > per_side, per_side, 0).astype(np.int32)
+    active = np.flatnonzero((need_same > 0).any(1) | (need_opp > 0).any(1))
+    c0, width = 0, 128
+    while active.size and c0 < n - 1:
+        # Only the categories some row still searches for; common ones finish early.
+        cats = np.flatnonzero((need_same[active] > 0).any(0) | (need_opp[active] > 0).any(0))
+        cols = order[active, c0 : min(c0 + width, n - 1)]  # (A, W)
+        lp = labels[:, cats][cols]  # (A, W, K)
+        same = lp == lt[active][:, None, cats]
+        rank_same = np.cumsum(same, axis=1, dtype=np.int16 if width < 32768 else np.int32)
+        # opposite-situation rank = position + 1 - same-situation rank
+        pos1 = np.arange(1, cols.shape[1] + 1, dtype=rank_same.dtype)[None, :, None]
+        rank_opp = pos1 - rank_same
+        ns, no = need_same[active][:, None, cats], need_opp[active][:, None, cats]
+        take = np.where(same, rank_same <= ns, rank_opp <= no).any(axis=2)
+        ai, wi = np.nonzero(take)
+        firsts.append(rows[active][ai])
+        seconds.append(cols[ai, wi].astype(np.int64))
+        sub = need_same[active]
+        sub[:, cats] -= np.minimum(rank_same[:, -1, :], sub[:, cats])
+        need_same[active] = sub
+        sub = need_opp[active]
+        sub[:, cats] -= np.minimum(rank_opp[:, -1, :], sub[:, cats])
+        need_opp[active] = sub
+        still = (need_same[active] > 0).any(1) | (need_opp[active] > 0).any(1)
+        active = active[still]
+        c0 += cols.shape[1]
+        width *= 2
 
 
 def _dedupe(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
