@@ -18,6 +18,17 @@ random weights and random batch-norm statistics, then prints in one run:
 - rss_mb (now) and peak_rss_mb; build_s (computing the database side), and with --cli
   cli_cold_s: a fresh `soundsearch query --json` process end to end on this store.
 
+With --clustered the store's items cluster as a real library's takes do (clustered_items:
+N/100 source templates, each item one source, 30% mixed with a second at 0.6, plus a per-item
+level offset and per-step noise), and the queries are fresh draws of the same kind; the default
+store is i.i.d. noise around per-file offsets, on which a prefilter means nothing.
+
+With --prefilter the model records the shipped default model's ranking (blend, w = 0.75) and
+the run adds: prefilter_ms, warm SearchEngine.search through the candidate prefilter
+(search.prefilter, --candidates items); prefilter_recall_at_10, the share of the exact engine's
+top 10 (search(exact=True)) that the prefiltered search returns, over --recall-queries
+queries; prefilter_build_s and prefilter_index_mb, the index's first build and its file.
+
 Timings are the minimum over --repeat runs (the median is printed too): on a small shared
 machine the minimum is the figure least disturbed by other work. The *_cpu figures count the
 CPU seconds the process actually received (all threads), which other processes' load does not
@@ -145,11 +156,28 @@ def make_model(path: Path, identity: str, spec: dict, dim: int, steps: int, seed
     return load_model(path)
 
 
-def make_store(path: Path, n_items: int, seed: int) -> Store:
+def clustered_items(dim: int, steps: int, n_items: int, seed: int):
+    """draw(m) -> (m, steps, dim) items around n_items/100 source templates (see the docstring)."""
+    rng = np.random.default_rng(seed)
+    sources = max(20, n_items // 100)
+    templates = np.random.default_rng(seed + 1000).normal(0, 1.5, (sources, 1, dim)) + np.random.default_rng(
+        seed + 2000).normal(0, 1.0, (sources, steps, dim))
+
+    def draw(m: int) -> np.ndarray:
+        a, b = rng.integers(0, sources, m), rng.integers(0, sources, m)
+        mix = (rng.random(m) < 0.3)[:, None, None] * 0.6
+        x = templates[a] + mix * templates[b] + rng.normal(0, 0.4, (m, 1, dim)) + rng.normal(0, 0.5, (m, steps, dim))
+        return x.astype(np.float32)
+
+    return draw
+
+
+def make_store(path: Path, n_items: int, seed: int, clustered: bool = False) -> Store:
     fz = get_featurizer("logmel")
     store = Store.open(path, create=True, featurizer=fz, item_seconds=ITEM_SECONDS)
     rng = np.random.default_rng(seed)
     root = path.parent / "library"
+    draw = clustered_items(store.dim, store.steps, n_items, seed) if clustered else None
     with store.writer() as w:
         w.add_roots([root])
         batch: list[FileEntry] = []
@@ -159,6 +187,8 @@ def make_store(path: Path, n_items: int, seed: int) -> Store:
             # Each file gets its own level and texture, so items differ in more than noise.
             base = rng.normal(0, 1, (1, 1, store.dim)).astype(np.float32)
             feats = (base + rng.normal(0, 1, (n, store.steps, store.dim))).astype(np.float32)
+            if draw is not None:
+                feats = draw(n)
             segs = [(i * ITEM_SECONDS, (i + 1) * ITEM_SECONDS) for i in range(n)]
             batch.append(FileEntry(path=root / f"d{f // 1000:03d}" / f"rec{f:06d}.wav", size=1, mtime_ns=f,
                                    duration=n * ITEM_SECONDS, samplerate=22050, channels=1,
@@ -171,6 +201,40 @@ def make_store(path: Path, n_items: int, seed: int) -> Store:
         if batch:
             w.write_files(batch)
     return store
+
+
+def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.ndarray, args) -> None:
+    """prefilter_* figures (see the module docstring) into `fig`."""
+    from soundsearch.search.prefilter import index_path
+
+    kw = {"candidates": args.candidates}  # None: the engine's default count
+    t0 = time.perf_counter()
+    engine.prefilter().index("acoustic")
+    fig["prefilter_build_s"] = round(time.perf_counter() - t0, 2)
+    fig["prefilter_built"] = engine.prefilter().built == ["acoustic"]
+    path = index_path(engine.cache_path(), "acoustic")
+    fig["prefilter_index_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
+    engine.search(query, k=args.k, **kw)  # warm
+    best, median, _, res = timed(lambda: engine.search(query, k=args.k, **kw), args.repeat)
+    fig["prefilter_candidates"] = res.candidates
+    fig["prefilter_ms"] = round(best * 1e3, 1)
+    fig["prefilter_median_ms"] = round(median * 1e3, 1)
+    draw = clustered_items(store.dim, store.steps, args.items, args.seed + 2) if args.clustered else None
+    rng = np.random.default_rng(args.seed + 2)
+    recall, exact_t = [], []
+    for _ in range(args.recall_queries):
+        q = draw(1)[0] if draw is not None else (rng.normal(0, 1, (1, store.dim)) + rng.normal(0, 1, (store.steps, store.dim))).astype(np.float32)
+        t0 = time.perf_counter()
+        want = [r.item.row for r in engine.search(q, k=10, exact=True).results]
+        exact_t.append(time.perf_counter() - t0)
+        got = [r.item.row for r in engine.search(q, k=10, **kw).results]
+        recall.append(len(set(want) & set(got)) / max(1, len(want)))
+    fig["prefilter_recall_at_10"] = round(float(np.mean(recall)), 4)
+    fig["prefilter_recall_min"] = round(float(np.min(recall)), 2)
+    fig["prefilter_recall_queries"] = len(recall)
+    fig["exact_median_ms_recall_queries"] = round(statistics.median(exact_t) * 1e3, 1)
+    fig["prefilter_speedup"] = round(fig["engine_ms"] / fig["prefilter_ms"], 1)
+    fig["rss_mb"] = round(rss_mb(), 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=None, help="where to build store and model (kept); default: a temp dir, removed")
     ap.add_argument("--cli", action="store_true", help="also time a cold `soundsearch query` process")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clustered", action="store_true", help="items that cluster, as a real library's do (see above)")
+    ap.add_argument("--prefilter", action="store_true", help="also time the candidate prefilter and its recall")
+    ap.add_argument("--candidates", type=int, default=None, help="prefilter candidates (default: the engine's)")
+    ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -195,12 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     fig: dict = {"items": args.items, "k": args.k, "threads": torch.get_num_threads(), "cache_dtype": args.cache_dtype}
     try:
-        store_dir = work / f"store-{args.items}"
+        store_dir = work / f"store-{args.items}{'-clustered' if args.clustered else ''}"
         t0 = time.perf_counter()
         if (store_dir / "catalog.sqlite").exists():
             store = Store.open(store_dir)
         else:
-            store = make_store(store_dir, args.items, args.seed)
+            store = make_store(store_dir, args.items, args.seed, args.clustered)
         fig["store_build_s"] = round(time.perf_counter() - t0, 2)
         n = store.features().shape[0]
         assert n == args.items, (n, args.items)
@@ -209,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(model_path)  # keeps a cache built by an earlier run valid
         else:
             model = make_model(model_path, store.featurizer_identity, store.featurizer_spec, store.dim, store.steps, args.seed)
+        if args.prefilter and model.meta.get("ranking") is None:
+            from soundsearch.search.ranking import set_ranking
+
+            set_ranking(model_path, "blend", 0.75)  # the shipped default model's ranking
+            model = load_model(model_path)
         kwargs = {"cache_dtype": args.cache_dtype}
         if args.block_rows:
             kwargs["block_rows"] = args.block_rows
@@ -222,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(args.seed + 1)
         query = (rng.normal(0, 1, (1, 1, store.dim)) + rng.normal(0, 1, (store.steps, store.dim))).astype(np.float32)[0]
         query = query.reshape(store.steps, store.dim)
+        if args.clustered:
+            draw_queries = clustered_items(store.dim, store.steps, args.items, args.seed + 1)
+            query = draw_queries(1)[0]
 
-        engine.search(query, k=args.k)  # warm: pages of the cache, allocator, kernels
+        engine.search(query, k=args.k, exact=True)  # warm: pages of the cache, allocator, kernels
         flops = engine.flops_per_query()
         mm_run = matmul_like_engine(flops, engine.workers)
         mm_run()
@@ -231,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         eng_t, eng_c, mm_t = [], [], []
         res = None
         for _ in range(args.repeat):
-            b, _, c, res = timed(lambda: engine.search(query, k=args.k), 1)
+            b, _, c, res = timed(lambda: engine.search(query, k=args.k, exact=True), 1)
             eng_t.append(b)
             eng_c.append(c)
             m, _, _, done = timed(mm_run, 1)
@@ -255,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         fig["matmul_gflops_per_cpu_s"] = round(mm_cpu, 1)
         fig["engine_vs_matmul_cpu"] = round(fig["engine_gflops_per_cpu_s"] / fig["matmul_gflops_per_cpu_s"], 3)
         fig["rss_mb"] = round(rss_mb(), 1)
+        if args.prefilter:
+            prefilter_figures(fig, engine, store, query, args)
 
         # --naive-items M: the naive run (minutes at a million items) covers the first M items
         # only; its time is scaled to all N, and the top-K comparison is made on those M.
@@ -278,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             close = (torch.cat(pooled) @ torch.nn.functional.normalize(qh, dim=1)[0]).numpy()
         naive_top = rank(naive.level, naive.expected, close, k=args.k).tolist()
         full = engine.score_all(query, probs=True, rows=np.arange(m_items))
-        if m_items < n:
-            engine_top = rank(full.level[0], full.expected[0], full.closeness[0], k=args.k).tolist()
+        # The naive side is ranked by presence: so is the engine's, whatever the model records.
+        engine_top = rank(full.level[0], full.expected[0], full.closeness[0], k=args.k).tolist()
         fig["same_topk"] = engine_top == naive_top
         fig["max_abs_prob_diff"] = float(np.abs(full.probs[0] - naive.probs).max())
         fig["level_agreement"] = float((full.level[0] == naive.level).mean())

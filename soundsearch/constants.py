@@ -40,3 +40,17 @@ TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "openl3": {"content_type": "env", "input_repr": "mel256", "embedding_size": 512, "hop_seconds": 1.0,
                "steps": 10, "stats": "mean", "frontend": "kapre-0.1.4"},
 }
+
+# Stores of at least this many items search with the candidate prefilter (search.prefilter)
+# in the blend and acoustic modes: an approximate index picks the candidates, and only those
+# are scored exactly. Measured by bench/query.py --clustered --prefilter on 2 shared cores, one
+# run per size: the exact scan costs 126 ms at 10k items and 1193 ms at 100k (~12 us per item),
+# so ~0.25 s here; the prefilter with 1000 candidates 23 and 28 ms; its index builds in 12% and
+# 24% of the search cache's build (0.39 s vs 3.25 s; 7.1 s vs 29.8 s).
+PREFILTER_MIN_ITEMS = 20_000
+# Candidates scored exactly (`query --candidates`): at least PREFILTER_CANDIDATES, and at least
+# PREFILTER_SHARE of the store. Recall of the exact top 10 (50 queries, blend w=0.75): 0.974
+# with 1000 candidates at 10k items (10%), but 0.772 with 1000 at 100k (1%): the share is what
+# held the recall; 10% at 100k is an extrapolation from the 10k run, not yet measured.
+PREFILTER_CANDIDATES = 1000
+PREFILTER_SHARE = 0.10

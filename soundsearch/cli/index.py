@@ -15,6 +15,7 @@ from soundsearch.cli._common import (
     print_some, progress, shown, waiting,
 )
 from soundsearch.errors import printable
+from soundsearch.constants import PREFILTER_MIN_ITEMS
 
 if TYPE_CHECKING:
     from soundsearch.indexing import IndexProgress
@@ -302,6 +303,8 @@ def _status_json(stats, failures: list, problems: list[str], checks: dict) -> di
         {"path": printable(p), "reason": r} for p, r in failures
     ]
     doc["problems"] = problems
+    doc["prefilter_min_items"] = PREFILTER_MIN_ITEMS
+    doc["prefilter"] = stats.items >= PREFILTER_MIN_ITEMS
     doc.update(checks)
     return doc
 
@@ -316,6 +319,8 @@ def _status_table(stats, failures: list, unverified: int) -> None:
         ("audio", _human_duration(stats.duration)),
         ("failures", f"{stats.failures}"),
         ("on disk", _human_bytes(stats.bytes_on_disk)),
+        ("prefilter", ("on" if stats.items >= PREFILTER_MIN_ITEMS else "off")
+         + f" (stores of {PREFILTER_MIN_ITEMS:,} items or more score only the prefilter's candidates)"),
     ]
     # A dataset cache names thousands of files as its roots: show a few, count the rest.
     for i, root in enumerate(stats.roots[:SHOW]):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
+from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
 from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
 from soundsearch.present.document import clock, display_paths
 from soundsearch.present.document import moment_clock as _momentclock
@@ -96,6 +97,13 @@ def query(
         Optional[GroupBy],
         typer.Option("--group-by", metavar="file", help="One row per file: its best moment and how many of its moments matched.", show_default=False),
     ] = None,
+    exact: Annotated[
+        bool, typer.Option("--exact", help=f"Score every stored item, even in a store of {PREFILTER_MIN_ITEMS:,} items or more (where only the prefilter's candidates are scored).")
+    ] = False,
+    candidates: Annotated[
+        Optional[int],
+        typer.Option("--candidates", min=1, metavar="N", help=f"Score only the N items the prefilter puts nearest the query, at any store size and mode (default {PREFILTER_CANDIDATES:,} or {PREFILTER_SHARE:.0%} of the store, whichever is more, in stores of {PREFILTER_MIN_ITEMS:,} items or more).", show_default=False),
+    ] = None,
 ) -> None:
     """Find the recordings most similar to FILE: same sound events present, same absent.
 
@@ -116,6 +124,9 @@ def query(
     Example:  soundsearch query ~/Sounds/dog-bark-street.wav -k 5 --require dog --html dog.html
 
     Example:  soundsearch query street-2.wav --start 1:35 --end 1:36 --group-by file
+
+    In large stores (the blend and acoustic modes) a prefilter picks candidates and only those
+    are scored: --exact scores every item, --candidates N sets how many.
     """
     # Over 60 lines on purpose: typer declares its 17 options as parameters (~60 lines);
     # the body checks FILE, runs SearchEngine.search and hands the document to the exports and render.
@@ -133,6 +144,8 @@ def query(
         elif reason.startswith("no such file"):
             reason = "no such file"
         raise AudioError(path, reason)
+    if exact and candidates is not None:
+        raise typer.BadParameter("--exact scores every item: leave out --candidates", param_hint="--candidates")
     t_start = parse_time(start, "--start") if start is not None else None
     t_end = parse_time(end, "--end") if end is not None else None
     # Only now torch & co: a mistyped path is answered at once.
@@ -157,6 +170,7 @@ def query(
         results = engine.search(
             path, k=k, require=require or (), exclude=exclude or (), min_level=min_level, mode=mode,
             include_self=include_self, start=t_start, end=t_end, group_by=group_by.value if group_by else None,
+            candidates=candidates, exact=exact,
         )
         roots = st.roots()
         doc = to_json(results, st, loaded, roots)
@@ -327,6 +341,8 @@ def render(results: "SearchResults", roots: list[Path], model_name: str, notes: 
         head.append(f"  {_momentclock(results.region[0])}–{_momentclock(results.region[1])}")
     ranked = results.mode + (f" w={results.weight:.2f}" if results.weight is not None else "")
     head.append(f"  model {model_name}, ranked by {ranked}  {results.items_searched:,} items searched", style="dim")
+    if results.candidates is not None:
+        head.append(f" (the prefilter's {results.candidates:,} candidates scored)", style="dim")
     f = results.filters
     if f.get("require") or f.get("exclude") or f.get("min_level") is not None:
         head.append(f", {results.matches:,} pass the filters", style="dim")

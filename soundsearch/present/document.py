@@ -165,5 +165,6 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
         "group_by": results.group_by,
         "items_searched": results.items_searched,
         "matches": results.matches,
+        "candidates": results.candidates,
         "results": [_result_entry(r, name, cats, results.query_presence) for r, name in zip(rows, display)],
     }

@@ -37,6 +37,7 @@ from soundsearch.search.results import Result, ScoreMatrix, SearchResults, Store
 
 if TYPE_CHECKING:
     from soundsearch.model.network import LoadedModel
+    from soundsearch.search.prefilter import Prefilter
     from soundsearch.search.ranking import RankingMode
     from soundsearch.store import Store
 
@@ -73,6 +74,7 @@ class SearchEngine(DatabaseSide):
         self.taxonomy = model.taxonomy
         self.block_rows = max(int(block_rows), model.config.steps)
         self.chunk_rows = max(int(chunk_rows), self.block_rows)
+        self._prefilter = None
 
     # ---- scoring
 
@@ -192,6 +194,8 @@ class SearchEngine(DatabaseSide):
         start: float | None = None,
         end: float | None = None,
         group_by: str | None = None,
+        candidates: int | None = None,
+        exact: bool = False,
     ) -> SearchResults:
         """The k best items for a query file (or raw (T, D) / (Q, T, D) features, or a
         StoredQuery).
@@ -206,23 +210,86 @@ class SearchEngine(DatabaseSide):
         out. group_by="file": one result per file, its best moment, with the count of its
         moments that rank above the first file left out (Result.moments). A query of several
         items is ranked by its items' average (the file-level score) and each result names the
-        query item that matches it best (Result.query_moment)."""
+        query item that matches it best (Result.query_moment).
+
+        Stores of PREFILTER_MIN_ITEMS items or more are searched in the blend and acoustic
+        modes through the candidate prefilter (search.prefilter): only the `candidates`
+        (default PREFILTER_CANDIDATES, or PREFILTER_SHARE of the store when more) items an approximate index puts nearest the query are
+        scored exactly, the query's own items always among them. `candidates` asks for it at
+        any size and mode; `exact` scores every item. When the candidates leave fewer than k
+        results (narrow filters), every item is scored after all."""
         from soundsearch.search.ranking import resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
         filters = check_filters(require, exclude, min_level, self.taxonomy, self.model.name)
         n = self._items_to_search(k, group_by)
+        if exact and candidates is not None:
+            raise SearchError("choose either exact (every item scored) or a number of candidates, not both")
+        if candidates is not None and candidates < 1:
+            raise SearchError(f"candidates must be at least 1, not {candidates}")
+        qf = query_features(self.store, query, start, end)
+        rows = None if exact else self._candidate_rows(ranking, qf.feats, qf.self_rows, candidates)
+        region = start is not None or end is not None
+        found = self._search_rows(qf, rows, ranking, filters, k, include_self, group_by, n, region)
+        if rows is not None and len(found.results) < k:
+            found = self._search_rows(qf, None, ranking, filters, k, include_self, group_by, n, region)
+        return found
+
+    def prefilter(self) -> "Prefilter":
+        """The candidate prefilter of this engine's store and model (indexes built on first use)."""
+        from soundsearch.search.prefilter import Prefilter
+
+        if self._prefilter is None:
+            self._prefilter = Prefilter(self)
+        return self._prefilter
+
+    def _candidate_rows(self, ranking, feats, self_rows, candidates: int | None) -> np.ndarray | None:
+        """Sorted store rows to score for this query, or None to score every item."""
+        from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
+        from soundsearch.search.prefilter import DUPLICATE_CANDIDATES
+        from soundsearch.search.ranking import RankingMode
+
+        n = self.n_items
+        presence = ranking.mode is RankingMode.PRESENCE
+        if candidates is None and (n < PREFILTER_MIN_ITEMS or presence):
+            return None  # small store, or a mode the prefilter predicts poorly (prefilter.py)
+        count = max(PREFILTER_CANDIDATES, int(n * PREFILTER_SHARE)) if candidates is None else int(candidates)
+        if count >= n:
+            return None
+        pre = self.prefilter()
+        q = np.asarray(feats, dtype=np.float32)
+        q = q[None] if q.ndim == 2 else q
+        acoustic = self.acoustic_of(q, aggregate=True)[0]
+        if presence:
+            _, _, pooled = self._sides(q)
+            pooled = pooled.mean(0)
+            pooled = (pooled / pooled.norm().clamp_min(1e-12)).numpy()
+            rows = np.union1d(pre.candidates("pooled", pooled, count),
+                              pre.candidates("acoustic", acoustic, DUPLICATE_CANDIDATES))
+        else:
+            rows = pre.candidates("acoustic", acoustic, count)
+        if self_rows is not None:
+            rows = np.union1d(rows, self_rows)
+        return rows
+
+    def _search_rows(self, qf, rows, ranking, filters, k, include_self, group_by, n, region) -> SearchResults:
+        """The search over store `rows` only (sorted; None: every item)."""
         c = len(self.taxonomy)
-        query_path, segments, feats, self_rows = query_features(self.store, query, start, end)
-        scores = self.score_all(feats, probs=True, aggregate=True)
+        query_path, segments, feats, self_rows = qf
+        scores = self.score_all(feats, probs=True, aggregate=True, rows=rows)
         query_presence = self.self_presence(feats)
+        items = self.store.items()
+        if rows is not None:
+            # Everything below works on positions into `rows`: the query's own rows (always
+            # among the candidates) and the items are mapped onto them.
+            self_rows = None if self_rows is None else np.searchsorted(rows, self_rows)
+            items = _Rows(items, rows)
         scored = scored_items(scores, self_rows, c)
         keep, effects, n_self = apply_filters(filters, scored.states, scored.level, scored.is_self, include_self)
         cand = np.flatnonzero(keep)
-        items = self.store.items()
         dup_cos, sounds = _duplicate_evidence(scores, scored, query_path, segments, items, keep)
         order, moments, ordered = choose_rows(ranking, scored, cand, c, k, items, group_by == "file", dup_cos, sounds)
-        query_moment = self._query_moments(feats, segments, order, ranking, c)
+        query_moment = self._query_moments(feats, segments, order if rows is None else rows[order], ranking, c)
         return SearchResults(
             query=query_path,
             query_segments=segments,
@@ -238,7 +305,8 @@ class SearchEngine(DatabaseSide):
             filter_effects=effects,
             self_hidden=0 if include_self else n_self,
             group_by=group_by,
-            region=(segments[0][0], segments[-1][1]) if (start is not None or end is not None) and segments else None,
+            region=(segments[0][0], segments[-1][1]) if region and segments else None,
+            candidates=None if rows is None else int(rows.size),
         )
 
     def _items_to_search(self, k: int, group_by: str | None) -> int:
@@ -284,6 +352,19 @@ class SearchEngine(DatabaseSide):
         y = y.mean(0)  # (3, C)
         both, neither = y[BOTH].double(), y[NEITHER].double()
         return (both / (both + neither).clamp_min(1e-12)).float().numpy()
+
+
+class _Rows:
+    """The store's items at some rows, by position: a prefiltered search's view of the store."""
+
+    def __init__(self, items: list, rows: np.ndarray):
+        self._items, self._rows = items, rows
+
+    def __len__(self) -> int:
+        return int(self._rows.size)
+
+    def __getitem__(self, pos: int):
+        return self._items[int(self._rows[pos])]
 
 
 def _duplicate_evidence(scores: ScoreMatrix, scored, query_path, segments, items, keep: np.ndarray):

@@ -84,6 +84,9 @@ class SearchResults:
     group_by: str | None = None  # "file": one result per file, at its best moment
     # The query region asked for (start, end seconds), when the query is part of its file.
     region: tuple[float, float] | None = None
+    # Items the candidate prefilter passed to the exact scoring (search.prefilter); None when
+    # every item was scored. `matches` and `filter_effects` then count among the candidates.
+    candidates: int | None = None
 
 
 @dataclass(frozen=True)

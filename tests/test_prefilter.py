@@ -1,0 +1,170 @@
+"""The candidate prefilter: recall of the exact top 10 on a clustered store, --exact equal to
+the exact engine, the index file rebuilt when damaged or stale, the query's own items first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from soundsearch import constants
+from soundsearch.cli import app
+from soundsearch.errors import SearchError
+from soundsearch.model.checkpoint import load_model
+from soundsearch.search.engine import SearchEngine
+from soundsearch.search.prefilter import index_path
+from soundsearch.search.ranking import order_items, resolve_ranking, set_ranking
+from soundsearch.search.results import StoredQuery
+from soundsearch.store import Store
+from test_search import FZ, D, T, make_model, write_items
+
+SOURCES = 12
+
+
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    """Items drawn around SOURCES source templates (some mixed with a second source), in the
+    test model's feature scale: the structure a prefilter can exploit, as real libraries'
+    several takes of a source have."""
+    rng = np.random.default_rng(seed)
+    templates = np.random.default_rng(99).normal(0, 1.5, (SOURCES, T, D))
+    a, b = rng.integers(0, SOURCES, n), rng.integers(0, SOURCES, n)
+    mix = (rng.random(n) < 0.3)[:, None, None] * 0.6
+    x = templates[a] + mix * templates[b] + rng.normal(0, 0.4, (n, 1, D)) + rng.normal(0, 0.5, (n, T, D))
+    return (x * 3 - 20).astype(np.float32)
+
+
+@pytest.fixture
+def big(tmp_path: Path):
+    store = Store.open(tmp_path / "store", create=True, featurizer=FZ)
+    write_items(store, clustered(600))
+    model = make_model(tmp_path / "m.safetensors")
+    # The shipped default model's ranking: blend, mostly acoustic.
+    set_ranking(model.path, "blend", 0.75)
+    yield store, load_model(model.path)
+    store.close()
+
+
+def _exact_top(engine, q, mode, k=10):
+    scores = engine.score_all(q, aggregate=True)
+    ranking = resolve_ranking(engine.model, mode)
+    return order_items(ranking, scores.level[0], scores.expected[0], scores.closeness[0], scores.acoustic[0],
+                       len(engine.taxonomy), k=k).order
+
+
+@pytest.mark.parametrize("mode", ["blend", "acoustic"])
+def test_prefilter_recalls_the_exact_top_10(big, mode):
+    store, model = big
+    engine = SearchEngine(store, model)
+    queries = clustered(20, seed=7)
+    recall = []
+    for q in queries:
+        got = engine.search(q, k=10, mode=mode, candidates=60)
+        assert got.candidates is not None and got.candidates <= 60
+        want = _exact_top(engine, q, mode)
+        recall.append(np.isin(want, [r.item.row for r in got.results]).mean())
+    assert np.mean(recall) >= 0.95
+
+
+def test_exact_equals_the_engine_and_is_the_default_below_the_threshold(big, monkeypatch):
+    store, model = big
+    engine = SearchEngine(store, model)
+    q = clustered(1, seed=3)[0]
+    exact = engine.search(q, k=10, exact=True)
+    assert exact.candidates is None
+    assert [r.item.row for r in exact.results] == _exact_top(engine, q, None).tolist()
+    below = engine.search(q, k=10)  # 600 items: under PREFILTER_MIN_ITEMS
+    assert below.candidates is None and [r.item.row for r in below.results] == [r.item.row for r in exact.results]
+    monkeypatch.setattr(constants, "PREFILTER_MIN_ITEMS", 100)
+    monkeypatch.setattr(constants, "PREFILTER_CANDIDATES", 80)
+    auto = engine.search(q, k=10)
+    assert auto.candidates is not None and auto.candidates <= 80
+    assert engine.search(q, k=10, exact=True).candidates is None
+    # The presence order is predicted poorly: scanned in full unless candidates are asked for.
+    assert engine.search(q, k=10, mode="presence").candidates is None
+    assert engine.search(q, k=10, mode="presence", candidates=50).candidates is not None
+    with pytest.raises(SearchError, match="either"):
+        engine.search(q, exact=True, candidates=5)
+    with pytest.raises(SearchError, match="at least 1"):
+        engine.search(q, candidates=0)
+
+
+def test_own_items_stay_first_and_narrow_filters_fall_back_to_every_item(big):
+    store, model = big
+    engine = SearchEngine(store, model)
+    own = [r.row for r in store.items() if r.path.name == "f010.wav"]
+    got = engine.search(StoredQuery(rows=own), k=8, candidates=20)
+    assert got.candidates is not None
+    shown = [r.item.row for r in got.results]
+    assert sorted(shown[: len(own)]) == own and all(r.is_query for r in got.results[: len(own)])
+    assert shown == [r.item.row for r in engine.search(StoredQuery(rows=own), k=8, exact=True).results]
+    # Candidates that cannot fill k results (narrow filters, or k above the count): every
+    # item is scored then.
+    wide = engine.search(StoredQuery(rows=own), k=30, candidates=20, include_self=False)
+    assert wide.candidates is None and len(wide.results) == 30
+
+
+def test_damaged_index_is_rebuilt(big):
+    store, model = big
+    engine = SearchEngine(store, model)
+    q = clustered(1, seed=4)[0]
+    want = [r.item.row for r in engine.search(q, candidates=50).results]
+    assert engine.prefilter().built == ["acoustic"]
+    path = index_path(engine.cache_path(), "acoustic")
+    assert path.is_file() and not list(path.parent.glob(".*.tmp"))
+    again = SearchEngine(store, model)
+    assert [r.item.row for r in again.search(q, candidates=50).results] == want
+    assert again.prefilter().built == []  # read back
+    del engine, again  # drop their memory maps before the file is replaced
+    for damage in (b"not an index", path.read_bytes()[: path.stat().st_size // 2]):
+        path.write_bytes(damage)
+        fresh = SearchEngine(store, model)
+        got = [r.item.row for r in fresh.search(q, candidates=50).results]
+        assert fresh.prefilter().built == ["acoustic"]
+        # Built on several threads, a graph's insertion order varies: the same items, near enough.
+        assert np.isin(want, got).mean() >= 0.8
+        assert len(fresh.prefilter().index("acoustic")) == 600
+        del fresh
+
+
+def test_stale_index_is_rebuilt_after_the_store_changes(big):
+    store, model = big
+    engine = SearchEngine(store, model)
+    q = clustered(1, seed=5)[0]
+    engine.search(q, candidates=50)
+    old = index_path(engine.cache_path(), "acoustic")
+    write_items(store, clustered(8, seed=11), name="new")
+    grown = SearchEngine(store, model)
+    got = grown.search(q, candidates=50)
+    new = index_path(grown.cache_path(), "acoustic")
+    assert grown.prefilter().built == ["acoustic"] and new != old
+    assert new.is_file() and not old.exists()
+    assert len(grown.prefilter().index("acoustic")) == 608
+    assert got.items_searched == 608
+
+
+def test_unwritable_cache_folder_still_prefilters(tmp_path, big):
+    store, model = big
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    engine = SearchEngine(store, model, cache_dir=blocker / "cache")
+    q = clustered(1, seed=6)[0]
+    got = engine.search(q, candidates=50)
+    assert got.candidates is not None and len(got.results) == 10
+
+
+def test_cli_status_names_the_threshold_and_query_refuses_both_knobs(big, tmp_path, monkeypatch):
+    store, model = big
+    runner = CliRunner()
+    res = runner.invoke(app, ["status", "--store", str(store.path), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["prefilter_min_items"] == constants.PREFILTER_MIN_ITEMS and doc["prefilter"] is False
+    res = runner.invoke(app, ["status", "--store", str(store.path)])
+    assert "prefilter" in res.stdout and f"{constants.PREFILTER_MIN_ITEMS:,}" in res.stdout
+    wav = tmp_path / "q.wav"
+    wav.write_bytes(b"")
+    res = runner.invoke(app, ["query", str(wav), "--store", str(store.path), "--exact", "--candidates", "5"])
+    assert res.exit_code != 0 and "--candidates" in res.output
