@@ -148,15 +148,15 @@ def test_altered_copies_rank_right_after_the_query(library, one_torch_thread):
     model = load_model(resolve_model(None))
     acoustic = _trials(library, model, mode="acoustic")
     default = _trials(library, model)  # the model's recorded ranking (blend for the default)
-    # Measured (aisfx features; fingerprints confirm the candidates, DUPLICATE_FINGERPRINT 0.85
+    # Measured (aisfx features; fingerprints confirm the candidates, DUPLICATE_FINGERPRINT 0.90
     # chosen on bench/duplicates.py's other copies; 20 originals x held or not = 40 trials, 350
     # copy items): every copy before every other recording in 38/40 trials, by acoustic and by
-    # the default blend; 340/350 copies flagged. Before fingerprints: 36/40 and 292/350. The two
+    # the default blend; 332/350 copies flagged. Before fingerprints: 36/40 and 292/350. The two
     # misses are one original whose library holds an edit of the same recording (the same truck
     # with and without a horn, fingerprint 0.99): it is flagged, and ranks among the copies.
     for trials, least in ((acoustic, 38), (default, 38)):
         assert sum(t[2] for t in trials) >= least, [(Path(t[1]).name, t[0]) for t in trials if not t[2]]
-    assert sum(t[4] for t in acoustic) >= 340
+    assert sum(t[4] for t in acoustic) >= 332
     # The false-positive side: other recordings flagged as duplicates. Measured: only that edit
     # (2 of ~12,000 (query, other) pairs); by acoustic cosine alone 8 (related takes of one source).
     false = [(Path(t[1]).name, t[5].results[0].item.path.name, round(r.acoustic, 3)) for t in acoustic for r in t[3]]

@@ -43,6 +43,9 @@ def test_copies_match_and_other_takes_do_not():
         "slower3": _speed(original, 1 / 1.03),
         "noise40": original + (rng.standard_normal(original.size) * np.sqrt(power / 1e4)).astype(np.float32),
         "resampled": soxr.resample(original, SR, 22050).astype(np.float32),
+        # Pitched down 10% by resampling (varispeed), and quieter.
+        "down10": _speed(original, 1 / 1.10) * np.float32(0.5),
+        "up8": _speed(original, 1.08),
     }
     for name, y in copies.items():
         sr = 22050 if name == "resampled" else SR
