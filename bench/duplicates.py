@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import test_duplicates as td  # noqa: E402  the test's own picking and library building
 
-from soundsearch.features import featurize_file, get_featurizer  # noqa: E402
 from soundsearch.search import fingerprint as fpmod  # noqa: E402
-from soundsearch.store import Store  # noqa: E402
 
 ALTERATIONS = ("mp3", "trimend8", "gain-12dB", "faster2", "slower4", "down10", "noise35dB", "sr22050")
 GRID = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -66,55 +63,15 @@ def alter(x: np.ndarray, sr: int, how: str, rng: np.random.Generator):
 
 
 def pick(corpus: Path, n_originals: int, n_others: int):
+    """The test's way of picking, on the recordings the test does not use, in another order."""
     test_originals, test_others = td._pick(corpus)
-    taken = {r["file"] for r in test_originals + test_others}
-    import csv
-
-    with open(corpus / "manifest.csv", newline="") as fh:
-        rows = [r for r in sorted(csv.DictReader(fh), key=lambda r: r["file"]) if r["file"] not in taken]
-    rng = np.random.default_rng(11)
-    rows = [rows[i] for i in rng.permutation(len(rows))]
-    by_cat: dict[str, list[dict]] = {}
-    for r in rows:
-        by_cat.setdefault(r["category"], []).append(r)
-    originals: list[dict] = []
-    while len(originals) < n_originals:
-        for cat in sorted(by_cat):
-            if by_cat[cat] and len(originals) < n_originals:
-                originals.append(by_cat[cat].pop(0))
-    chosen = {r["file"] for r in originals}
-    return originals, [r for r in rows if r["file"] not in chosen][:n_others]
+    taken = frozenset(r["file"] for r in test_originals + test_others)
+    return td._pick(corpus, n_originals, n_others, seed=11, exclude=taken)
 
 
 def build(corpus: Path, root: Path, n_originals: int, n_others: int) -> dict:
-    fz = get_featurizer()
-    originals, others = pick(corpus, n_originals, n_others)
-    rng = np.random.default_rng(3)
-    entries, copies = {}, {}
-    for r in originals:
-        src = corpus / r["file"]
-        x, sr = sf.read(str(src), dtype="float32", always_2d=True)
-        x = x.mean(1)
-        entries[str(src.absolute())] = td._entry(src, featurize_file(src, fz))
-        copies[str(src.absolute())] = []
-        for how in ALTERATIONS:
-            y, ysr, fmt, subtype = alter(x, sr, how, rng)
-            dst = root / "copies" / f"{src.stem}.{how}.{fmt.lower()}"
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(str(dst), y, ysr, format=fmt, subtype=subtype)
-            entries[str(dst.absolute())] = td._entry(dst, featurize_file(dst, fz))
-            copies[str(src.absolute())].append(str(dst.absolute()))
-    for r in others:
-        src = corpus / r["file"]
-        entries[str(src.absolute())] = td._entry(src, featurize_file(src, fz))
-    stores = {}
-    for held in (True, False):
-        st = Store.open(root / f"store-{'with' if held else 'without'}", create=True, featurizer=fz,
-                        item_hop=10.0, event_items=0)
-        with st.writer() as w:
-            w.write_files([e for p, e in entries.items() if held or p not in copies])
-        stores[held] = st
-    return {"root": root, "stores": stores, "copies": copies, "fz": fz, "corpus": corpus}
+    return td.build_library(corpus, root, picked=pick(corpus, n_originals, n_others),
+                            alterations=ALTERATIONS, alter=alter, seed=3)
 
 
 def main(argv=None) -> int:

@@ -52,22 +52,25 @@ def _alter(x: np.ndarray, sr: int, how: str, rng: np.random.Generator) -> tuple[
     raise ValueError(how)
 
 
-def _pick(corpus: Path) -> tuple[list[dict], list[dict]]:
+def _pick(corpus: Path, n_originals: int = N_ORIGINALS, n_others: int = N_OTHERS, seed: int = 7,
+          exclude: frozenset[str] = frozenset()) -> tuple[list[dict], list[dict]]:
+    """Originals and other recordings from the manifest, leaving out the files in `exclude`
+    (bench/duplicates.py picks its validation set disjoint from this test's)."""
     with open(corpus / "manifest.csv", newline="") as fh:
-        rows = sorted(csv.DictReader(fh), key=lambda r: r["file"])
-    rng = np.random.default_rng(7)
+        rows = [r for r in sorted(csv.DictReader(fh), key=lambda r: r["file"]) if r["file"] not in exclude]
+    rng = np.random.default_rng(seed)
     rows = [rows[i] for i in rng.permutation(len(rows))]
     # Originals spread over the categories, in turn; the others are the next recordings.
     by_cat: dict[str, list[dict]] = {}
     for r in rows:
         by_cat.setdefault(r["category"], []).append(r)
     originals: list[dict] = []
-    while len(originals) < N_ORIGINALS:
+    while len(originals) < n_originals:
         for cat in sorted(by_cat):
-            if by_cat[cat] and len(originals) < N_ORIGINALS:
+            if by_cat[cat] and len(originals) < n_originals:
                 originals.append(by_cat[cat].pop(0))
     chosen = {r["file"] for r in originals}
-    others = [r for r in rows if r["file"] not in chosen][:N_OTHERS]
+    others = [r for r in rows if r["file"] not in chosen][:n_others]
     return originals, others
 
 
@@ -86,10 +89,12 @@ def library(tmp_path_factory):
         st.close()
 
 
-def build_library(corpus: Path, root: Path) -> dict:
+def build_library(corpus: Path, root: Path, picked=None, alterations=ALTERATIONS, alter=_alter, seed: int = 0) -> dict:
+    """Stores of the originals, their altered copies and the others, with the originals held
+    and not; `picked` (originals, others) defaults to _pick's."""
     fz = get_featurizer()  # the default aisfx, as the threshold was chosen on
-    originals, others = _pick(corpus)
-    rng = np.random.default_rng(0)
+    originals, others = _pick(corpus) if picked is None else picked
+    rng = np.random.default_rng(seed)
     entries: dict[str, FileEntry] = {}
     copies: dict[str, list[str]] = {}  # original path -> its copies' paths
     for r in originals:
@@ -98,8 +103,8 @@ def build_library(corpus: Path, root: Path) -> dict:
         x = x.mean(1)
         entries[str(src.absolute())] = _entry(src, featurize_file(src, fz))
         copies[str(src.absolute())] = []
-        for how in ALTERATIONS:
-            y, ysr, fmt, subtype = _alter(x, sr, how, rng)
+        for how in alterations:
+            y, ysr, fmt, subtype = alter(x, sr, how, rng)
             dst = root / "copies" / f"{src.stem}.{how}.{fmt.lower()}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             sf.write(str(dst), y, ysr, format=fmt, subtype=subtype)

@@ -71,6 +71,8 @@ def _filters() -> np.ndarray:
 
 def fingerprint(signal: np.ndarray, sample_rate: int) -> np.ndarray | None:
     """(frames, N_MELS) float32 dB image of a mono signal; None when it is silent."""
+    from soundsearch.features.logmel import _hann
+
     x = np.asarray(signal, dtype=np.float32).reshape(-1)
     if x.size == 0 or not np.all(np.isfinite(x)) or not np.any(x):
         return None
@@ -82,8 +84,7 @@ def fingerprint(signal: np.ndarray, sample_rate: int) -> np.ndarray | None:
         x = np.pad(x, (0, N_FFT - x.size))
     n = 1 + (x.size - N_FFT) // HOP
     frames = np.lib.stride_tricks.as_strided(x, (n, N_FFT), (x.strides[0] * HOP, x.strides[0]))
-    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
-    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    power = np.abs(np.fft.rfft(frames * _hann(N_FFT), axis=1)) ** 2
     mel = power @ _filters().T
     loud = 10 * np.log10(np.maximum(power.sum(1), 1e-20))
     top = float(loud.max())
