@@ -41,12 +41,14 @@ SR = 22050
 RATIOS_DB = (6.0, 0.0, -6.0)  # event RMS over background RMS
 BACKGROUND_DBFS = -30.0
 MODELS = {"logmel": "logmel-scenes-v1", "aisfx": "default"}
-# (name, item_hop, event_items); item_seconds is 10 throughout.
+# name: (item_hop, event_items, located); item_seconds is 10 throughout. `located`: whether the
+# search also looks for the query's own sound inside long recordings (search.contains); without
+# it, a result is found by its items alone, as before contains.py existed.
 CUTTINGS = {
-    "today: 10 s consecutive": (10.0, 0),
-    "hop 5 s": (5.0, 0),
-    "hop 5 s + 6 events/min": (5.0, 6),
-    "hop 5 s + 12 events/min": (5.0, 12),
+    "today: 10 s consecutive": (10.0, 0, False),
+    "hop 5 s + 6 events/min": (5.0, 6, False),
+    "10 s consecutive + located": (10.0, 0, True),
+    "default: hop 5 s + 6 events/min + located": (5.0, 6, True),
 }
 
 
@@ -131,7 +133,11 @@ def build(work: Path, n_rec: int, minutes: float, n_distract: int, seed: int) ->
     return {"lib": lib, "events": events, "queries": queries, "long_hours": n_rec * minutes / 60}
 
 
-def run_cutting(name: str, hop: float, ev: int, data: dict, work: Path, featurizer: str, jobs: int) -> dict:
+def _moment(r) -> tuple[float, float]:
+    return r.located if r.located is not None else (r.item.start, r.item.end)
+
+
+def run_cutting(name: str, hop: float, ev: int, located: bool, data: dict, work: Path, featurizer: str, jobs: int) -> dict:
     from soundsearch.indexing import index_paths
     from soundsearch.model.checkpoint import load_model
     from soundsearch.model.registry import resolve_model
@@ -140,6 +146,7 @@ def run_cutting(name: str, hop: float, ev: int, data: dict, work: Path, featuriz
 
     store_dir = work / f"store-{hop:g}-{ev}"
     t0 = time.perf_counter()
+    # A second cutting with the same items reuses the store: index_paths finds nothing to do.
     index_paths(store_dir, [data["lib"]], featurizer_name=featurizer, jobs=jobs, item_seconds=10.0, item_hop=hop, event_items=ev)
     index_s = time.perf_counter() - t0
     long_dir = str(data["lib"] / "long")
@@ -148,16 +155,24 @@ def run_cutting(name: str, hop: float, ev: int, data: dict, work: Path, featuriz
         long_items = [it for it in items if str(it.path).startswith(long_dir)]
         row_bytes = int(np.prod(st.features().shape[1:])) * 4
         engine = SearchEngine(st, load_model(resolve_model(MODELS[featurizer])), persist=False).prepare()
-        found1, found5, times, per = [], [], [], []
+        if not located:
+            engine.locate = lambda *_: None  # items only: how search worked before contains.py
+        found1, found5, times, per, wrong_claims = [], [], [], [], []
         for q in data["queries"]:
             t1 = time.perf_counter()
             res = engine.search(q["file"], k=5)
             times.append(time.perf_counter() - t1)
             target = data["lib"] / "long" / f"session-{q['rec']:02d}.wav"
+            # A result's moment is where the query's sound was located inside it when it was
+            # (search.contains), else the item's own range.
             hits = [
                 r.rank for r in res.results
-                if r.item.path.name == target.name and r.item.start < q["end"] and r.item.end > q["start"]
+                if r.item.path.name == target.name and _moment(r)[0] < q["end"] and _moment(r)[1] > q["start"]
             ]
+            wrong_claims.append(sum(
+                1 for r in res.results
+                if r.contains is not None and not (r.item.path.name == target.name and r.located[0] < q["end"] and r.located[1] > q["start"])
+            ))
             found1.append(bool(hits and hits[0] == 1))
             found5.append(bool(hits))
             per.append((q["kind"], q["ratio"], q["row"]["category"], found1[-1], found5[-1]))
@@ -166,6 +181,10 @@ def run_cutting(name: str, hop: float, ev: int, data: dict, work: Path, featuriz
         shutil.copy(data["lib"] / "long" / "session-00.wav", copy)
         res = engine.search(copy, k=5)
         copy_rank = next((r.rank for r in res.results if r.item.path.name == "session-00.wav"), None)
+        from soundsearch.search.prints import PRINTS_DIR, warm
+
+        warm(st)
+        print_bytes = sum(f.stat().st_size for f in (store_dir / PRINTS_DIR).glob("*.npy"))
     hours = data["long_hours"]
 
     def frac(sel):
@@ -186,6 +205,10 @@ def run_cutting(name: str, hop: float, ev: int, data: dict, work: Path, featuriz
         "items_per_hour": round(len(long_items) / hours),
         "feature_mb_per_hour": round(len(long_items) * row_bytes / hours / 2**20, 1),
         "query_ms_median": round(1000 * statistics.median(times), 1),
+        # Results that claim to hold the query's sound (Result.contains) at a place that is not
+        # the inserted event: how often the claim is wrong.
+        "queries_with_a_wrong_claim": frac(w > 0 for w in wrong_claims),
+        "print_mb_per_hour": round(print_bytes / hours / 2**20, 1),
         "store_items": len(items),
         "index_s": round(index_s, 1),
         "copy_finds_original_at": copy_rank,
@@ -202,21 +225,27 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--contains-score", type=float, help="override search.contains.CONTAINS_SCORE (choosing it on a validation draw)")
     args = ap.parse_args()
     if not (CORPUS / "manifest.csv").is_file():
         sys.exit(f"corpus not found at {CORPUS}")
+    if args.contains_score is not None:
+        import soundsearch.search.contains as contains
+
+        contains.CONTAINS_SCORE = args.contains_score
     work = Path(tempfile.mkdtemp(prefix="bench-moments-"))
     try:
         data = build(work, args.recordings, args.minutes, args.distractors, args.seed)
         out = []
         for name in args.cuttings.split(";"):
-            hop, ev = CUTTINGS[name]
-            out.append(run_cutting(name, hop, ev, data, work, args.featurizer, args.jobs))
+            hop, ev, located = CUTTINGS[name]
+            out.append(run_cutting(name, hop, ev, located, data, work, args.featurizer, args.jobs))
             if not args.json:
                 r = out[-1]
                 print(f"{name:28s} found@1 {r['found@1']:.3f}  found@5 {r['found@5']:.3f}  "
                       f"{r['items_per_hour']} items/h  {r['feature_mb_per_hour']} MB/h  "
-                      f"query {r['query_ms_median']} ms  copy→original at {r['copy_finds_original_at']}", flush=True)
+                      f"query {r['query_ms_median']} ms  wrong claims {r['queries_with_a_wrong_claim']}  "
+                      f"copy→original at {r['copy_finds_original_at']}", flush=True)
         base = out[0]["found5"]
         for r in out[1:]:
             missed = [i for i, f in enumerate(base) if not f]

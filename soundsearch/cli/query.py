@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # One glyph per category: who has the sound ("differs" resolved by the query's own presence).
 GLYPHS = {"both": ("●", "bold green"), "neither": ("·", "dim"), "query": ("◐", "yellow"), "result": ("◑", "cyan")}
 LEGEND = "● both have it  · neither has it  ◐ only the query has it  ◑ only the result has it"
+LOCATED_LEGEND = "⊃ m:ss–m:ss  the query's own sound was found there, inside the recording"
 
 
 class GroupBy(str, Enum):
@@ -262,8 +263,11 @@ def build_table(results: "SearchResults", roots: list[Path], width: int | None) 
 
     rows = results.results
     names = display_paths([r.item.path for r in rows], roots)
+    # The moment: where the query's own sound was found inside the recording, marked "⊃" (it
+    # holds the query), else the item's range when the item is part of its file.
     times = [
-        f"{_momentclock(r.item.start)}–{_momentclock(r.item.end)}"
+        f"⊃ {_momentclock(r.located[0])}–{_momentclock(r.located[1])}" if r.located is not None
+        else f"{_momentclock(r.item.start)}–{_momentclock(r.item.end)}"
         if r.item.end - r.item.start < r.item.file_duration - 1e-6 else ""
         for r in rows
     ]
@@ -369,6 +373,8 @@ def render(results: "SearchResults", roots: list[Path], model_name: str, notes: 
     legend.append(" ".join(f"{code}={name}" for code, name in zip(codes, results.taxonomy.categories)))
     out.print(legend, highlight=False, soft_wrap=width is None)
     out.print(Text(LEGEND, style="dim"), highlight=False, soft_wrap=width is None)
+    if any(r.located is not None for r in results.results):
+        out.print(Text(LOCATED_LEGEND, style="dim"), highlight=False, soft_wrap=width is None)
 
 
 def json_document(doc: dict, model_name: str) -> str:

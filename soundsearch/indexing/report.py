@@ -43,6 +43,8 @@ class IndexReport:
     audio_seconds: float = 0.0
     seconds: float = 0.0
     compacted: bool = False
+    # Long recordings with a sound print (search.prints) after the run.
+    prints: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class IndexReport:
             "missing_roots": [printable(p) for p in self.missing_roots],
             "repaired": [printable(p) for p in self.repaired],
             "items_added": self.items_added,
+            "prints": self.prints,
             "audio_seconds": round(self.audio_seconds, 3),
             "seconds": round(self.seconds, 3),
         }

@@ -82,8 +82,18 @@ def index_paths(
         report = IndexReport(store=store_dir, featurizer_identity=identity)
         with store.writer(wait=wait) as writer:
             _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report, verify)
+        report.prints = _warm_prints(store, jobs)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _warm_prints(store: Store, jobs: int | None) -> int:
+    """Make the sound prints of the store's long recordings now, while their files were just
+    read, rather than on the first search (search.prints); how many there are."""
+    from soundsearch.search.prints import warm
+
+    store.refresh()
+    return warm(store, workers=max(1, jobs or os.cpu_count() or 1))
 
 
 def _open_store(store_dir: Path, have_roots: bool, requested, wait: bool, cutting: dict) -> Store:

@@ -101,6 +101,10 @@ def _query_part(results: "SearchResults", cats: list[str]) -> dict:
     }
 
 
+def _moment(r) -> tuple[float, float]:
+    return r.located if r.located is not None else (r.item.start, r.item.end)
+
+
 def _result_entry(r, name: str, cats: list[str], query_presence) -> dict:
     """One entry of the document's "results": the item, its scores and its categories."""
     from soundsearch.presence import STATES
@@ -114,8 +118,12 @@ def _result_entry(r, name: str, cats: list[str], query_presence) -> dict:
         "end": round(r.item.end, 3),
         "file_duration": round(r.item.file_duration, 3),
         "windowed": is_windowed(r.item.start, r.item.end, r.item.file_duration),
-        # The matched moment: the item's time range in its file (start/end repeat it).
-        "moment": {"start": round(r.item.start, 3), "end": round(r.item.end, 3)},
+        # The matched moment in its file: where the query's own sound was found inside the
+        # recording (search.contains, to 16 ms) when it was, else the item's time range.
+        "moment": {"start": round(_moment(r)[0], 3), "end": round(_moment(r)[1], 3)},
+        # The score with which the query's sound was found at `moment` (search.contains), or
+        # null when the result was not found that way.
+        "contains": None if r.contains is None else round(r.contains, 6),
         # The query's item that matches this moment best (a query of several items).
         "query_moment": (
             {"start": round(r.query_moment[0], 3), "end": round(r.query_moment[1], 3)} if r.query_moment else None
@@ -146,7 +154,7 @@ def _result_entry(r, name: str, cats: list[str], query_presence) -> dict:
 def results_document(results: "SearchResults", store, model, roots: list[Path] | None = None) -> dict:
     """The --json document. Keys older than the page (everything but `display`, `side`,
     `presence`, `self_hidden`, `filter_effects`, `row`, `windowed`, and the moment keys
-    `region`, `group_by`, `moment`, `query_moment`, `moments`) keep their meaning."""
+    `region`, `group_by`, `moment`, `query_moment`, `moments`, `contains`) keep their meaning."""
     cats = list(results.taxonomy.categories)
     roots = list(roots) if roots is not None else store.roots()
     rows = results.results

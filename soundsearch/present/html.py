@@ -261,7 +261,13 @@ def _result_item(
     """One result's list item: rank, title and badges, player, category chips and scores."""
     sides = {cat: r["categories"][cat]["side"] for cat in cats}
     when = f'{clock(r["start"])}–{clock(r["end"])} of {_length(r["file_duration"])}' if r["windowed"] else _length(r["file_duration"])
+    start, end, windowed = r["start"], r["end"], r["windowed"]
     badges = ""
+    if r.get("contains") is not None:
+        # The query's own sound was found inside this recording: show and play that place.
+        start, end, windowed = r["moment"]["start"], r["moment"]["end"], True
+        when = f'{moment_clock(start)}–{moment_clock(end)} of {_length(r["file_duration"])}'
+        badges += '<span class="badge" title="the query\'s own sound was found here, among other sound">holds the query</span>'
     if r.get("is_query"):
         badges += '<span class="badge">the query</span>'
     elif r.get("duplicate"):
@@ -274,7 +280,7 @@ def _result_item(
         f'<div class="rank">{r["rank"]}</div><div>'
         f'<div class="title" title="{escape(r["path"])}">{_title(r["display"])}{badges}</div>'
         f'<div class="sub">{when} · {escape(r["path"])}</div>'
-        f'{_player(audio_src(r), r["start"], r["end"], r["windowed"], thumbs.get(r["rank"]))}'
+        f'{_player(audio_src(r), start, end, windowed, thumbs.get(r["rank"]))}'
         f'{_chips(sides)}</div>'
         f'<div class="scores"><div class="level">{r["level"]}<small>/{len(cats)} agree</small></div>'
         f'<div>score {r["score"]:.2f} · sound {r["acoustic"]:.2f}</div>{more}</div></li>'

@@ -75,6 +75,7 @@ class SearchEngine(DatabaseSide):
         self.block_rows = max(int(block_rows), model.config.steps)
         self.chunk_rows = max(int(chunk_rows), self.block_rows)
         self._prefilter = None
+        self._prints = None  # search.prints.PrintCache, made on the first query that needs it
 
     # ---- scoring
 
@@ -228,12 +229,25 @@ class SearchEngine(DatabaseSide):
         if candidates is not None and candidates < 1:
             raise SearchError(f"candidates must be at least 1, not {candidates}")
         qf = query_features(self.store, query, start, end)
+        located = self.locate(qf.path, qf.segments)
         rows = None if exact else self._candidate_rows(ranking, qf.feats, qf.self_rows, candidates)
+        if rows is not None and located is not None:
+            rows = np.union1d(rows, located.rows)  # an item holding the query's sound is always scored
         region = start is not None or end is not None
-        found = self._search_rows(qf, rows, ranking, filters, k, include_self, group_by, n, region)
+        found = self._search_rows(qf, rows, ranking, filters, k, include_self, group_by, n, region, located)
         if rows is not None and len(found.results) < k:
-            found = self._search_rows(qf, None, ranking, filters, k, include_self, group_by, n, region)
+            found = self._search_rows(qf, None, ranking, filters, k, include_self, group_by, n, region, located)
         return found
+
+    def locate(self, query_path, segments) -> "Located | None":
+        """Where the query file's own sound occurs inside the store's long recordings
+        (search.contains), per store row; None when nowhere or not asked for."""
+        from soundsearch.search.contains import locate
+        from soundsearch.search.prints import PrintCache
+
+        if self._prints is None:
+            self._prints = PrintCache(self.store.path, writable=self.persist and not self.store.readonly)
+        return locate(self.store, query_path, segments, self._prints)
 
     def prefilter(self) -> "Prefilter":
         """The candidate prefilter of this engine's store and model (indexes built on first use)."""
@@ -272,8 +286,9 @@ class SearchEngine(DatabaseSide):
             rows = np.union1d(rows, self_rows)
         return rows
 
-    def _search_rows(self, qf, rows, ranking, filters, k, include_self, group_by, n, region) -> SearchResults:
-        """The search over store `rows` only (sorted; None: every item)."""
+    def _search_rows(self, qf, rows, ranking, filters, k, include_self, group_by, n, region, located) -> SearchResults:
+        """The search over store `rows` only (sorted; None: every item); `located`: where the
+        query's sound was found inside long recordings (search.contains), per store row."""
         c = len(self.taxonomy)
         query_path, segments, feats, self_rows = qf
         scores = self.score_all(feats, probs=True, aggregate=True, rows=rows)
@@ -288,12 +303,15 @@ class SearchEngine(DatabaseSide):
         keep, effects, n_self = apply_filters(filters, scored.states, scored.level, scored.is_self, include_self)
         cand = np.flatnonzero(keep)
         dup_cos, sounds = _duplicate_evidence(scores, scored, query_path, segments, items, keep)
-        order, moments, ordered = choose_rows(ranking, scored, cand, c, k, items, group_by == "file", dup_cos, sounds)
+        if located is not None and rows is not None:
+            located = located.take(rows)
+        contains = None if located is None else located.score
+        order, moments, ordered = choose_rows(ranking, scored, cand, c, k, items, group_by == "file", dup_cos, sounds, contains)
         query_moment = self._query_moments(feats, segments, order if rows is None else rows[order], ranking, c)
         return SearchResults(
             query=query_path,
             query_segments=segments,
-            results=build_results(scored, order, items, cand, ordered, moments, query_moment, sounds),
+            results=build_results(scored, order, items, cand, ordered, moments, query_moment, sounds, located),
             taxonomy=self.taxonomy,
             items_searched=n,
             matches=int(cand.size),

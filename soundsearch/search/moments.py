@@ -16,13 +16,14 @@ if TYPE_CHECKING:
     from soundsearch.store import ItemRecord
 
 
-def choose_rows(ranking, scored: Scored, cand: np.ndarray, c: int, k: int, items, by_file: bool, dup_cos, sounds):
+def choose_rows(ranking, scored: Scored, cand: np.ndarray, c: int, k: int, items, by_file: bool, dup_cos, sounds, contains=None):
     """(rows to show best first, {row: moments}, the ranking's order of `cand`).
 
     The query recording itself comes first whatever the model says (its presence matrix with
     itself has no "differs" by construction), then its near-duplicates (`dup_cos`: each
     candidate's best acoustic cosine with a query item; `sounds`: each store row's fingerprint
-    similarity with the query, nan where not compared, or None). Overlapping items of one file are one
+    similarity with the query, nan where not compared, or None), then the items holding the
+    query's sound (`contains`: search.contains scores per store row, nan elsewhere, or None). Overlapping items of one file are one
     moment, so the walk may need more than k of the order: it asks for a few times k first and
     for all of it only when those do not suffice."""
     from soundsearch.search.ranking import order_items
@@ -34,6 +35,7 @@ def choose_rows(ranking, scored: Scored, cand: np.ndarray, c: int, k: int, items
             ranking, s.level[cand], s.expected[cand], s.closeness[cand], s.acoustic[cand], c, k=want,
             is_query=s.is_self[cand], duplicate_acoustic=dup_cos,
             fingerprint=None if sounds is None else sounds[cand],
+            contains=None if contains is None else contains[cand],
         )
         order = cand[ordered.order]
         chosen, moments, done = walk_moments(order, items, s.is_self, k, by_file)

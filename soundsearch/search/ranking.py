@@ -200,6 +200,7 @@ class Ordered:
     order: np.ndarray  # positions into the given arrays, best first
     duplicate: np.ndarray  # (N,) bool: near-duplicates of the query (never the query's own items)
     score: np.ndarray  # (N,) float64: the mode's rank score
+    contains: np.ndarray | None = None  # (N,) bool: items holding the query's sound (search.contains)
 
 
 def order_items(
@@ -213,9 +214,11 @@ def order_items(
     is_query: np.ndarray | None = None,
     duplicate_acoustic: np.ndarray | None = None,
     fingerprint: np.ndarray | None = None,
+    contains: np.ndarray | None = None,
 ) -> Ordered:
     """The one ordering search and eval share: the query's own items (`is_query`) first, then
-    its near-duplicates, then the rest by the mode; the best k of it.
+    its near-duplicates, then the items that hold the query's sound among other sound, then the
+    rest by the mode; the best k of it.
 
     `fingerprint` (N,) holds search.fingerprint.similarity for the items whose sound was
     compared with the query's, nan for the others: those items are near-duplicates when it
@@ -223,7 +226,11 @@ def order_items(
     is not a copy; a copy a few percent slower still is). The others are near-duplicates when
     their acoustic cosine reaches DUPLICATE_COSINE; `duplicate_acoustic` (default `acoustic`)
     is that cosine: a long query's best single moment (ScoreMatrix.acoustic_best).
-    Near-duplicates are ordered by their fingerprint similarity, else that cosine."""
+    Near-duplicates are ordered by their fingerprint similarity, else that cosine.
+
+    `contains` (N,) holds search.contains scores where the query's sound was found inside an
+    item (at or above CONTAINS_SCORE by construction), nan elsewhere; those items come next,
+    best score first."""
     from soundsearch.search.engine import rank
     from soundsearch.search.fingerprint import DUPLICATE_FINGERPRINT
 
@@ -244,14 +251,19 @@ def order_items(
     first = first[rank(level[first], expected[first], closeness[first])]
     dups = np.flatnonzero(dup)
     dups = dups[top_by_score(dup_key[dups])]
-    rest = np.flatnonzero(~own & ~dup)
-    left = None if k is None else max(0, k - first.size - dups.size)
+    held = np.zeros(n, dtype=bool)
+    if contains is not None:
+        held = ~np.isnan(np.asarray(contains, dtype=np.float64)) & ~own & ~dup
+    inside = np.flatnonzero(held)
+    inside = inside[top_by_score(np.asarray(contains, dtype=np.float64)[inside])] if inside.size else inside
+    rest = np.flatnonzero(~own & ~dup & ~held)
+    left = None if k is None else max(0, k - first.size - dups.size - inside.size)
     if ranking.mode is RankingMode.PRESENCE:
         rest = rest[rank(level[rest], expected[rest], closeness[rest], k=left)]
     else:
         rest = rest[top_by_score(score[rest], k=left)]
-    order = np.concatenate([first, dups, rest])
-    return Ordered(order if k is None else order[:k], dup, score)
+    order = np.concatenate([first, dups, inside, rest])
+    return Ordered(order if k is None else order[:k], dup, score, held)
 
 
 # --------------------------------------------------------------------------------------------

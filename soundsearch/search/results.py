@@ -57,9 +57,19 @@ class Result:
     # The query's item (its start, end in seconds) that matches this result best, by the
     # ranking mode's score; None for a query of one item.
     query_moment: tuple[float, float] | None = None
+    # Where the query's own sound was found inside this item's recording (search.contains): the
+    # place's (start, end) seconds in the file, finer than the item, and its score; None elsewhere.
+    located: tuple[float, float] | None = None
+    contains: float | None = None
     # With group_by="file": this file's distinct moments (non-overlapping items) that rank
     # above the best item of the first file left out; 1 otherwise.
     moments: int = 1
+
+
+def _place(located, row: int) -> dict:
+    if located is None or np.isnan(located.score[row]):
+        return {}
+    return {"located": (float(located.start[row]), float(located.end[row])), "contains": float(located.score[row])}
 
 
 @dataclass(frozen=True)
@@ -121,11 +131,12 @@ def rank(level: np.ndarray, expected: np.ndarray, closeness: np.ndarray, k: int 
 
 
 def build_results(
-    scored: Scored, order: np.ndarray, items, cand: np.ndarray, ordered, moments: dict, query_moment, sounds
+    scored: Scored, order: np.ndarray, items, cand: np.ndarray, ordered, moments: dict, query_moment, sounds, located=None
 ) -> list[Result]:
     """The Results of store rows `order` (best first); `ordered` is the ranking's order of the
     candidate rows `cand` (ranking.order_items), `query_moment` the best query item per result,
-    `sounds` the fingerprint similarity per store row (nan: not compared; None: none were)."""
+    `sounds` the fingerprint similarity per store row (nan: not compared; None: none were),
+    `located` where the query's sound is inside items (search.contains.Located, or None)."""
     s = scored
     n = s.level.shape[0]
     duplicate = np.zeros(n, dtype=bool)
@@ -148,6 +159,7 @@ def build_results(
             fingerprint=None if sounds is None or np.isnan(sounds[row]) else float(sounds[row]),
             query_moment=query_moment[i] if query_moment is not None else None,
             moments=moments.get(row, 1),
+            **_place(located, row),
         )
         for i, row in enumerate(order.tolist())
     ]

@@ -1,0 +1,221 @@
+"""Where the query's own sound occurs inside longer recordings, located to 16 ms: a one-shot used
+in a session mix, a bark a field recording caught, the same siren under traffic.
+
+The acoustic cosine and the model compare whole items: a 0.3 s bark is 3% of a 10 s window of
+street noise, and even an event item cut around it carries the street. Measured on
+bench/moments.py, the item holding an inserted one-shot ranked below 100 other items by
+acoustic cosine for half the queries, at any event-to-background ratio. The sound itself is
+still there, so it is looked for directly:
+
+    query     the query file (no longer than MAX_QUERY_SECONDS) fingerprinted as for
+              near-duplicates (search.fingerprint: 16 kHz, 40 Mel bands every 16 ms, dB,
+              trimmed of silence, floored 40 dB under its loudest).
+    score     at every offset into the print of each long recording (search.prints), the
+              Pearson correlation of the two dB images over the query's loud bins: those
+              within LOUD_DB of its loudest. Where the query's sound is present under other
+              sound, the mixture's dB follows the query's there (the query's energy dominates
+              those bins); its quiet bins are left out because other sound fills them.
+    places    offsets scoring CONTAINS_SCORE or more, best first, at most MAX_PER_FILE per
+              recording and at least a query length apart.
+
+Each place is named by the stored item of its recording that covers it best (ranking.order_items
+ranks those items right after near-duplicates of the query) and by its own time range
+(Result.located), which is finer than any item. The query's own recording is not searched.
+
+LOUD_DB and CONTAINS_SCORE were chosen on bench/moments.py's validation draw (seed 1; 6 x 3 min
+recordings with 30 one-shots inserted at +6, 0 and -6 dB over their background; 46 queries, the
+inserted sounds and other takes of their sources), see CONTAINS_SCORE. The cost is a scan of
+every long recording's print per query: the query time per hour of long audio is in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from soundsearch.search.fingerprint import HOP, N_FFT, SAMPLE_RATE
+from soundsearch.search.prints import FRAME_SECONDS, PrintCache, dequantise, long_recordings
+
+if TYPE_CHECKING:
+    from soundsearch.store import Store
+
+LOUD_DB = 20.0
+# At or above: the recording contains the query's sound at that place. Chosen on the validation
+# draw as the smallest value at which at most 1 query in 20 claims a wrong place anywhere.
+CONTAINS_SCORE = 0.82
+MAX_PER_FILE = 8
+# Longer queries are matched by items (and near-duplicates by search.fingerprint) only.
+MAX_QUERY_SECONDS = 30.0
+# Frame grids the query is tried on (query_image).
+SHIFTS = 4
+# A query this short (after trimming) carries too little to locate: 4 frames, 64 ms.
+MIN_QUERY_FRAMES = 4
+# Print frames scanned per FFT: long recordings are scanned in pieces of this many frames
+# (17 min), overlapping by a query length, so memory stays bounded whatever their length.
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Located:
+    """Per store row: the best place inside it where the query's sound was found."""
+
+    score: np.ndarray  # (N,) float64, nan where none
+    start: np.ndarray  # (N,) seconds into the item's file, nan where none
+    end: np.ndarray
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(~np.isnan(self.score))
+
+    def take(self, rows: np.ndarray) -> "Located":
+        """The same at store rows `rows` only (a prefiltered search's positions)."""
+        return Located(self.score[rows], self.start[rows], self.end[rows])
+
+
+def _query_mask(query_db: np.ndarray) -> np.ndarray:
+    return query_db >= query_db.max() - LOUD_DB
+
+
+def scan(query_db: np.ndarray, print_u8: np.ndarray) -> np.ndarray:
+    """(offsets,) float32: the score (module docstring) of the query's (frames, bands) dB image
+    at each offset of a print at which the whole query fits; empty when the print is shorter.
+    A (shifts, frames, bands) stack of images of the query on shifted frame grids
+    (query_image) scores each offset by its best shift."""
+    import scipy.fft as sfft
+
+    qs = np.asarray(query_db, np.float64)
+    qs = qs[None] if qs.ndim == 2 else qs
+    nq = qs.shape[1]
+    nf = print_u8.shape[0]
+    if nf < nq or nq == 0:
+        return np.zeros(0, np.float32)
+    masks = np.stack([_query_mask(q) for q in qs])
+    bands = np.flatnonzero(masks.any((0, 1)))
+    kernels = []
+    for q, mask in zip(qs, masks):
+        m = mask[:, bands].astype(np.float64)
+        qm = q[:, bands] * m
+        n_in = m.sum()
+        sq, sqq = qm.sum(), (qm * q[:, bands]).sum()
+        kernels.append((m, qm, n_in, sq, max(sqq - sq * sq / n_in, 1e-9)))
+    out = np.full(nf - nq + 1, -1.0, np.float32)
+    step = max(_CHUNK - nq + 1, 1)
+    for a in range(0, nf - nq + 1, step):
+        piece = dequantise(print_u8[a : min(nf, a + step + nq - 1), bands]).astype(np.float64)
+        size = sfft.next_fast_len(piece.shape[0], real=True)
+        fp = sfft.rfft(piece, size, axis=0)
+        fp2 = sfft.rfft(piece * piece, size, axis=0)
+        valid = piece.shape[0] - nq + 1
+
+        def corr(kernel, spectrum):
+            k = np.conj(sfft.rfft(kernel, size, axis=0))
+            return sfft.irfft((k * spectrum).sum(1), size)[:valid]
+
+        for m, qm, n_in, sq, var_q in kernels:
+            sm, smm, sqm = corr(m, fp), corr(m, fp2), corr(qm, fp)
+            var_p = np.maximum(smm - sm * sm / n_in, 0.0)
+            score = (sqm - sq * sm / n_in) / np.sqrt(var_q * np.maximum(var_p, 1e-9))
+            # A stretch with (almost) no level change under the query's loud bins (digital
+            # silence, a clipped floor) has no shape to follow.
+            score[var_p < 1e-6 * n_in] = 0.0
+            np.maximum(out[a : a + valid], score, out=out[a : a + valid])
+    return out
+
+
+def places(scores: np.ndarray, query_frames: int, threshold: float | None = None, limit: int = MAX_PER_FILE) -> list[tuple[int, float]]:
+    """(offset, score) of the best offsets at or above `threshold` (default CONTAINS_SCORE),
+    best first, at least a query length apart, at most `limit`."""
+    threshold = CONTAINS_SCORE if threshold is None else threshold
+    over = np.flatnonzero(scores >= threshold)
+    chosen: list[tuple[int, float]] = []
+    for i in over[np.argsort(-scores[over], kind="stable")]:
+        if all(abs(int(i) - j) >= query_frames for j, _ in chosen):
+            chosen.append((int(i), float(scores[i])))
+            if len(chosen) >= limit:
+                break
+    return chosen
+
+
+def query_image(query_path, segments) -> np.ndarray | None:
+    """(SHIFTS, frames, bands): the query's fingerprint image on SHIFTS frame grids, HOP /
+    SHIFTS samples apart, or None when it cannot be located (not a file, too long, too short,
+    silent or unreadable). A sound that starts between two of the print's frames matches the
+    grid nearest it: measured on a chirp call, half a frame (8 ms) off cost 0.22 of the score."""
+    from soundsearch.audio import read_seconds
+    from soundsearch.errors import SoundsearchError
+    from soundsearch.search.fingerprint import fingerprint
+
+    if query_path is None or not segments:
+        return None
+    start, end = min(s for s, _ in segments), max(e for _, e in segments)
+    if end - start > MAX_QUERY_SECONDS:
+        return None
+    try:
+        x, sr = read_seconds(query_path, start, end)
+    except (SoundsearchError, OSError, RuntimeError, ValueError):
+        return None
+    if sr != SAMPLE_RATE and x.size:
+        import soxr
+
+        x = soxr.resample(x, sr, SAMPLE_RATE).astype(np.float32)
+    images = [fingerprint(np.concatenate([np.zeros(i * HOP // SHIFTS, np.float32), x]), SAMPLE_RATE) for i in range(SHIFTS)]
+    if any(img is None for img in images):
+        return None
+    n = min(img.shape[0] for img in images)
+    if n < MIN_QUERY_FRAMES:
+        return None
+    return np.stack([img[:n] for img in images])
+
+
+def locate(store: "Store", query_path, segments, cache: PrintCache | None = None) -> Located | None:
+    """Where the query's sound is inside the store's long recordings (module docstring), as the
+    best place per store row; None when the query cannot be located or nothing can hold it.
+    Places in the query's own file that overlap the query (itself) are not places. `cache`:
+    where prints are kept (default: the store's prints/ folder)."""
+    img = query_image(query_path, segments)
+    if img is None:
+        return None
+    longs = long_recordings(store)
+    if not longs:
+        return None
+    own = str(query_path.absolute()) if hasattr(query_path, "absolute") else str(query_path)
+    q0, q1 = min(s for s, _ in segments), max(e for _, e in segments)
+    items = store.items()
+    n = len(items)
+    score = np.full(n, np.nan)
+    start = np.full(n, np.nan)
+    end = np.full(n, np.nan)
+    length = ((img.shape[1] - 1) * HOP + N_FFT) / SAMPLE_RATE
+    prints = (cache or PrintCache(store.path)).prints(store, sorted(longs))
+    for path, u8 in prints.items():
+        rows = longs[path]
+        for offset, value in places(scan(img, u8), img.shape[1]):
+            t0 = offset * FRAME_SECONDS
+            t1 = t0 + length
+            if path == own and t0 < q1 and t1 > q0:
+                continue
+            row = _covering_item(items, rows, t0, t1)
+            if row is not None and not value <= score[row]:
+                score[row], start[row], end[row] = value, t0, t1
+    if np.all(np.isnan(score)):
+        return None
+    return Located(score, start, end)
+
+
+def _covering_item(items, rows: list[int], t0: float, t1: float) -> int | None:
+    """The row among `rows` whose item covers [t0, t1) most; the shorter item on a tie."""
+    best, key = None, None
+    for r in rows:
+        it = items[r]
+        shared = min(it.end, t1) - max(it.start, t0)
+        if shared <= 0:
+            continue
+        k = (round(shared, 6), -(it.end - it.start))
+        if key is None or k > key:
+            best, key = r, k
+    return best
+
+
+__all__ = ["CONTAINS_SCORE", "LOUD_DB", "MAX_QUERY_SECONDS", "Located", "locate", "places", "query_image", "scan"]
