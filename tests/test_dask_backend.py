@@ -99,9 +99,20 @@ def _aisfx_available() -> bool:
 def test_dask_store_is_byte_identical_to_a_local_one(featurizer, scheduler, library, tmp_path):
     if featurizer == "aisfx" and not _aisfx_available():
         pytest.skip("aisfx weights not available (pip install --no-deps aisfx)")
+    import torch
+    from joblib import cpu_count
+
     local, remote = tmp_path / "local", tmp_path / "remote"
     args = ("index", str(library), "--featurizer", featurizer, "--item-seconds", "5", "--json")
-    done = run(*args, "--store", str(local), "--jobs", "1")
+    # The same threads per featurizing task as the worker's (the host's cores over its one dask
+    # thread): aisfx's last bits can depend on torch's thread count (--jobs 1 and --jobs 2
+    # differ by 5e-7 on some files), and torch's default here need not be cpu_count().
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_count())
+    try:
+        done = run(*args, "--store", str(local), "--jobs", "1")
+    finally:
+        torch.set_num_threads(before)
     assert done.exit_code == 0, done.output
     done = run(*args, "--store", str(remote), "--backend", "dask", "--scheduler", scheduler)
     assert done.exit_code == 0, done.output
@@ -113,8 +124,6 @@ def test_dask_store_is_byte_identical_to_a_local_one(featurizer, scheduler, libr
     # The features were made in the worker process (even on a one-thread cluster, which joblib
     # alone would run here), whose thread set torch's threads as a loky worker's would be: the
     # host's cores over the dask threads on it (one here); logmel never imports torch.
-    from joblib import cpu_count
-
     with distributed.Client(scheduler, set_as_default=False) as client:
         [built] = client.run(eval, "list(__import__('soundsearch.indexing.workers', fromlist=['x'])._WORKER_FEATURIZERS)").values()
         [given] = client.run(eval, "__import__('soundsearch.indexing.cluster', fromlist=['x'])._SETUP").values()
