@@ -243,6 +243,12 @@ def test_a_worker_that_does_not_see_the_library_stops_the_run(library, tmp_path)
     assert entry.status == STATUS_FAILED and not entry.error.startswith(cluster_mod.NOT_SEEN)
 
 
+def test_a_worker_that_cannot_build_the_featurizer_is_a_cluster_error(library):
+    path = library / "tone.wav"
+    with pytest.raises(ClusterError, match="cannot build the featurizer: .*no-such-featurizer"):
+        cluster_mod._featurize_remote(str(path), path.stat().st_size, 0, {"name": "no-such-featurizer"}, "x", None, {}, ("h", 0))
+
+
 def test_workers_dying_and_a_lost_scheduler_are_cluster_errors(library):
     from types import SimpleNamespace
 
