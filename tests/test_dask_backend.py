@@ -24,7 +24,6 @@ from conftest import chirp, noise_bursts, tone, write_audio
 from soundsearch.cli import app
 from soundsearch.errors import ClusterError
 from soundsearch.features import get_featurizer
-from soundsearch.features.weights import package_file
 from soundsearch.indexing import IndexInterrupted, index_paths
 from soundsearch.indexing import cluster as cluster_mod
 from soundsearch.store import STATUS_FAILED, FileEntry, Store
