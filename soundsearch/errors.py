@@ -85,3 +85,9 @@ class DownloadError(SoundsearchError):
 
 class SearchError(SoundsearchError):
     """A query that cannot be answered as asked: unknown category, bad filter or features."""
+
+
+class ClusterError(SoundsearchError):
+    """A dask cluster that cannot be used: dask.distributed not installed, the scheduler
+    unreachable or without workers, a worker that cannot run soundsearch or does not see the
+    library at the coordinator's paths, or workers lost mid-run."""

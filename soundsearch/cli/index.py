@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -19,6 +20,11 @@ from soundsearch.constants import PREFILTER_MIN_ITEMS
 
 if TYPE_CHECKING:
     from soundsearch.indexing import IndexProgress
+
+
+class Backend(str, Enum):
+    loky = "loky"
+    dask = "dask"
 
 
 NewStoreFeaturizerOption = featurizer_option("Featurizer for a new store (default logmel); an existing store keeps its own.")
@@ -94,6 +100,18 @@ def index(
     json_out: JsonOption = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, hidden=True, metavar="N", help="Files per store commit.")] = 64,
     verify: Annotated[bool, typer.Option("--verify", help="Check every stored item against its checksum and re-index the files of damaged ones.")] = False,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            "--backend", metavar="loky|dask",
+            help="Where features are computed: loky, worker processes on this machine; dask, the workers of the "
+            "dask cluster at --scheduler (needs soundsearch[dask]). The store is written here either way.",
+        ),
+    ] = Backend.loky,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option("--scheduler", metavar="ADDRESS", help="The dask scheduler for --backend dask, e.g. tcp://10.0.0.5:8786.", show_default=False),
+    ] = None,
 ) -> None:
     """Add audio files to the feature store, or bring it up to date.
 
@@ -103,11 +121,16 @@ def index(
 
     Example:  soundsearch index ~/Sounds/Foley ~/Sounds/Ambiences --jobs 4
     """
-    # Over 60 lines on purpose: typer declares its 14 options as parameters (~40 lines); the body
+    # Over 60 lines on purpose: typer declares its 16 options as parameters (~40 lines); the body
     # calls indexing.index_paths with _IndexProgress and prints its report.
     from soundsearch.indexing import IndexInterrupted, index_paths
     from soundsearch.paths import resolve_store_dir
 
+    if (backend is Backend.dask) != (scheduler is not None):
+        raise typer.BadParameter(
+            "--backend dask needs --scheduler ADDRESS" if scheduler is None else "--scheduler is for --backend dask",
+            param_hint="--scheduler",
+        )
     store_dir = resolve_store_dir(store)
     params = parse_params(param)
     # Until the first progress event (the store open and locked, the featurizer built: seconds
@@ -129,6 +152,7 @@ def index(
                 wait=wait,
                 batch_size=batch_size,
                 verify=verify,
+                scheduler=scheduler,
             )
         except IndexInterrupted as stop:
             stack.close()  # end the progress bar before the message

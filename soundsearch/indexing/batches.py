@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from soundsearch.errors import ClusterError
 from soundsearch.indexing.report import IndexInterrupted, IndexProgress, IndexReport, account
 from soundsearch.indexing.workers import featurized, resolve_jobs
 from soundsearch.store import STATUS_OK, FileEntry, StoreWriter
@@ -97,14 +98,16 @@ def featurize_all(
     batch_size: int,
     batch_seconds: float,
     report: IndexReport,
+    cluster=None,
 ) -> None:
-    """Featurize the (path, size, mtime_ns) files of `todo` and write them, batch by batch."""
+    """Featurize the (path, size, mtime_ns) files of `todo` and write them, batch by batch:
+    in local worker processes, or on the workers of a dask `cluster` (indexing/cluster.py)."""
     total = len(todo)
     notify(IndexProgress("featurize", 0, total))
     if not total:
         return
-    n_jobs = resolve_jobs(jobs, total)
-    results = featurized(todo, fz, cutting, n_jobs)
+    n_jobs = 1 if cluster is not None else resolve_jobs(jobs, total)
+    results = featurized(todo, fz, cutting, n_jobs, cluster)
     batches = _Batches(writer, catalog, report, batch_size, batch_seconds)
     done = 0
     with _manager_errors_held(n_jobs > 1) as state:
@@ -122,4 +125,9 @@ def featurize_all(
             _close_quietly(results)
             batches.flush()
             raise IndexInterrupted(batches.kept) from None
+        except ClusterError as exc:
+            # The cluster failed, not the files: keep what came back, as for Ctrl-C.
+            _close_quietly(results)
+            batches.flush()
+            raise ClusterError(f"{exc}; {batches.kept} files kept, run index again to resume") from None
     batches.flush()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Iterable
 
-from soundsearch.errors import SoundsearchError, StoreError, StoreMissingError, printable
+from soundsearch.errors import ConfigError, SoundsearchError, StoreError, StoreMissingError, printable
 from soundsearch.indexing.batches import featurize_all
 from soundsearch.indexing.report import IndexProgress, IndexReport
 from soundsearch.store import STATUS_FAILED, Store, StoreWriter
@@ -41,6 +42,7 @@ def index_paths(
     batch_size: int = 64,
     batch_seconds: float = 10.0,
     verify: bool = False,
+    scheduler: str | None = None,
 ) -> IndexReport:
     """Bring the store at `store_dir` up to date with the audio files under `paths`.
 
@@ -54,6 +56,9 @@ def index_paths(
     again, as if changed (items stored before checksums existed get theirs recorded).
     `item_seconds`, `item_hop` and `event_items` say how a new store cuts recordings (see
     audio.Cutting; None: the defaults); for an existing store they must match its own.
+    With `scheduler` (a dask scheduler's address) the files are featurized on that cluster's
+    workers and written here; the cluster is reached before the store is opened, so a
+    ClusterError for one that cannot be used leaves the store untouched (see cluster.py).
     """
     from soundsearch.features import featurizer_from_spec, get_featurizer
 
@@ -64,8 +69,17 @@ def index_paths(
     if featurizer_name is not None or featurizer_params:
         requested = get_featurizer(featurizer_name, **(featurizer_params or {}))
 
+    if scheduler is not None and jobs is not None:
+        raise ConfigError("--jobs is for indexing on this machine; on a dask cluster every worker thread featurizes")
+
     cutting = {"item_seconds": item_seconds, "item_hop": item_hop, "event_items": event_items}
-    with _open_store(store_dir, bool(roots), requested, wait, cutting) as store:
+    with ExitStack() as stack:
+        cluster = None
+        if scheduler is not None:
+            from soundsearch.indexing.cluster import connect
+
+            cluster = stack.enter_context(connect(scheduler))
+        store = stack.enter_context(_open_store(store_dir, bool(roots), requested, wait, cutting))
         spec, identity = store.featurizer_spec, store.featurizer_identity
         # `--featurizer logmel` on a store made by logmel with other parameters means "this
         # store's logmel", not "logmel with default parameters".
@@ -81,7 +95,7 @@ def index_paths(
             )
         report = IndexReport(store=store_dir, featurizer_identity=identity)
         with store.writer(wait=wait) as writer:
-            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report, verify)
+            _run(store, writer, roots, fz, jobs, on_progress, batch_size, batch_seconds, report, verify, cluster)
         report.prints = _warm_prints(store, jobs)
     report.seconds = time.perf_counter() - t0
     return report
@@ -141,6 +155,7 @@ def _run(
     batch_seconds: float,
     report: IndexReport,
     verify: bool = False,
+    cluster=None,
 ) -> None:
     notify = on_progress or (lambda _p: None)
     if not roots:
@@ -170,7 +185,7 @@ def _run(
         writer.remove_files(gone)
         report.removed = sorted(gone)
 
-    featurize_all(writer, todo, catalog, fz, store.cutting, jobs, notify, batch_size, batch_seconds, report)
+    featurize_all(writer, todo, catalog, fz, store.cutting, jobs, notify, batch_size, batch_seconds, report, cluster)
 
     if writer.holes():
         notify(IndexProgress("compact"))

@@ -107,11 +107,15 @@ def resolve_jobs(jobs: int | None, n_tasks: int) -> int:
 
 
 
-def featurized(todo: list[tuple[str, int, int]], fz, cutting, n_jobs: int) -> Iterator[FileEntry]:
+def featurized(todo: list[tuple[str, int, int]], fz, cutting, n_jobs: int, cluster=None) -> Iterator[FileEntry]:
     """FileEntries of (path, size, mtime_ns) tasks, in task order, from n_jobs worker processes
-    (n_jobs 1: here, in this process)."""
+    (n_jobs 1: here, in this process), or from the workers of a dask `cluster` (cluster.py)."""
     spec, identity = fz.spec(), fz.identity
     _WORKER_FEATURIZERS[identity] = fz  # the in-process path (jobs=1) reuses the parent's
+    if cluster is not None:
+        from soundsearch.indexing import cluster as dask_cluster
+
+        return dask_cluster.featurized(cluster, todo, fz, cutting)
     if n_jobs == 1:
         return (_featurize(p, s, m, spec, identity, cutting) for p, s, m in todo)
     from joblib import Parallel, delayed
