@@ -150,8 +150,12 @@ def test_table_and_page_show_the_place(lib):
     import re
 
     starts = [float(x) for x in re.findall(r'data-start="([0-9.]+)"', html)]
-    # Each player starts at the place found, not at its item's start.
+    # Each player starts at the place found, not at its item's start; so does the playlist.
     assert any(abs(x - GARDEN_AT[0]) < 0.03 for x in starts) and any(abs(x - GARDEN_AT[1]) < 0.03 for x in starts)
+    m3u = lib["root"] / "call.m3u"
+    assert query(lib, str(lib["outside"] / "call.wav"), "-k", "1", "--m3u", str(m3u)).exit_code == 0
+    starts = [float(x) for x in re.findall(r"start-time=([0-9.]+)", m3u.read_text())]
+    assert len(starts) == 1 and abs(starts[0] - GARDEN_AT[1]) < 0.03
 
 
 def test_prints_follow_the_recording(lib, tmp_path):

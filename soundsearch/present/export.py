@@ -43,6 +43,9 @@ def to_m3u(rows: list[dict], title: str | None = None) -> str:
     if title:
         out.append(f"#PLAYLIST:{title}")
     for r in rows:
+        if r.get("contains") is not None and r.get("moment"):
+            # The query's own sound was found inside the recording: start the player there.
+            r = {**r, "start": r["moment"]["start"], "end": r["moment"]["end"], "windowed": True}
         name = r.get("display") or r["path"].rsplit("/", 1)[-1]
         label = name
         if r.get("windowed"):
