@@ -35,7 +35,7 @@ def test_tables(env):
     r = run("--dataset", env["csv"], "--model", env["model"], "--k", "1,3", "--k", "10", "--jobs", "1")
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert "labels.csv: 16 database items, 3 single, 4 multi, 1 none queries" in out
+    assert "labels.csv: 16 database recordings, 3 single, 4 multi, 1 none queries" in out
     for title in (
         "single-label queries (3): mAP_3@K",
         "single-label queries (3): mAP_2@K",
@@ -122,7 +122,7 @@ def test_missing_and_unreadable_files_are_listed(env):
     err = " ".join(r.stderr.split())
     assert "1 listed files are missing and were skipped: " in err and "gone.wav" in err
     assert "1 files could not be read and were skipped: " in err and "broken.wav" in err
-    assert "16 database items" in r.stdout  # both left out, the rest evaluated
+    assert "16 database recordings" in r.stdout  # both left out, the rest evaluated
 
 
 def test_features_from_the_users_own_store(env, tmp_path):

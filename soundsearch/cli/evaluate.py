@@ -136,7 +136,7 @@ def render(report) -> None:
     from soundsearch.evaluate.report import GROUP_TITLES
 
     out.print(
-        f"[bold]{report.dataset.get('name', '')}[/]: {report.database_size} database items, "
+        f"[bold]{report.dataset.get('name', '')}[/]: {report.database_size} database recordings, "
         + ", ".join(f"{len(report.groups[g])} {g}" for g in report.groups)
         + " queries",
         highlight=False,

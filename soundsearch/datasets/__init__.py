@@ -195,9 +195,9 @@ def dataset_features(
         jobs=jobs,
         on_progress=on_progress,
         item_seconds=item_seconds,
-        # A new cache cuts consecutive windows: training and eval count every item as an
-        # example of its recording, so overlapping items would count a recording several
-        # times. A user's own store may cut finer; its overlapping items are refused below.
+        # A new cache cuts consecutive windows: finer items cost featurizing time and add
+        # nothing eval can count (it counts each recording once, evaluate/recordings.py). A
+        # user's own store may cut finer; its items are used as they are.
         **({} if (store_dir / "catalog.sqlite").exists() else {"item_hop": item_seconds, "event_items": 0}),
     )
     failed = list(report.failed) + list(report.still_failed)
@@ -208,26 +208,20 @@ def dataset_features(
             by_path.setdefault(_key(it.path), []).append(it.row)
         feats = store.features()
         c = len(dataset.taxonomy)
-        tr_f, tr_l, tr_i, tr_s = _gather(dataset.train, by_path, items, feats, c, store_dir)
-        te_f, te_l, te_i, te_s = _gather(dataset.test, by_path, items, feats, c, store_dir)
+        tr_f, tr_l, tr_i, tr_s = _gather(dataset.train, by_path, items, feats, c)
+        te_f, te_l, te_i, te_s = _gather(dataset.test, by_path, items, feats, c)
     if tr_f.shape[0] == 0:
         raise DatasetError(f"{dataset.name}: none of the training recordings could be featurized")
     return DatasetFeatures(tr_f, tr_l, te_f, te_l, tr_i, te_i, tr_s, te_s, failed)
 
 
-def _gather(examples: list[Example], by_path: dict[Path, list[int]], items, feats, n_categories: int, store_dir: Path):
+def _gather(examples: list[Example], by_path: dict[Path, list[int]], items, feats, n_categories: int):
     """The stored items of `examples`: features, labels (each item inherits its file's), the
-    items, and each item's example index. Raises if a file's items overlap."""
+    items, and each item's example index (a file cut into several items, overlapping ones
+    included, gives several)."""
     rows, labels, recs, src = [], [], [], []
     for ei, ex in enumerate(examples):
         mine = by_path.get(_key(ex.path), [])
-        spans = sorted((items[r].start, items[r].end) for r in mine)
-        if any(b[0] < a[1] - 1e-6 for a, b in zip(spans, spans[1:])):
-            raise DatasetError(
-                f"{store_dir}: {ex.path} is cut into overlapping items (a store made with finer items "
-                "for long recordings); training and eval count each item once, so use a store indexed "
-                "with --item-hop equal to --item-seconds and --event-items 0, or the default cache"
-            )
         for row in mine:
             rows.append(row)
             labels.append(ex.labels)

@@ -45,7 +45,7 @@ def plot_report(report: EvalReport, path: Path) -> Path:
                 ax.set_ylabel(f"mAP$_s$@K")
     handles, labels = axes[0][0].get_legend_handles_labels()
     name = report.dataset.get("name", "")
-    fig.suptitle(f"mAP$_s$@K on {name}: database of {report.database_size} items", fontsize=11)
+    fig.suptitle(f"mAP$_s$@K on {name}: database of {report.database_size} recordings", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     # Below the panels, outside the axes; bbox_inches="tight" grows the figure to hold it.
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2 if cols < 3 else 3,

@@ -1,8 +1,10 @@
 """The whole protocol: load the dataset and models, featurize (cached), rank, score.
 
-Queries are the dataset's test recordings, the database its training recordings (items, when
-long recordings are cut). Every system is one ranking of the database per query (systems.py);
-the report (report.py) groups the queries by how many categories they hold.
+Queries are the dataset's test recordings, the database its training recordings. Every system
+ranks the database's items per query item (systems.py); each recording is counted once, at its
+best item and with its items' scores averaged (recordings.py), so a store that cuts long
+recordings finer cannot inflate a figure. The report (report.py) groups the queries by how many
+categories they hold.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from soundsearch import metrics
 from soundsearch.errors import DatasetError, ModelError
+from soundsearch.evaluate.recordings import Recordings
 from soundsearch.evaluate.report import COSINE_ITEM, COSINE_MEAN, COSINE_STATS, COSINES, RANDOM, EvalReport, SystemResult
 from soundsearch.evaluate.systems import (
     cosine_scores,
@@ -90,24 +93,26 @@ def evaluate(
     ks, thresholds = _cut_offs(ks, thresholds, len(dataset.taxonomy))
     top = max(ks)
 
-    agree = metrics.agreement(feats.test_labels, feats.train_labels)
-    report = _new_report(dataset, fz, feats, ks, thresholds, seed)
+    rec = Recordings(feats.test_example, feats.train_example, feats.test_labels, feats.train_labels)
+    agree = rec.agreement()
+    report = _new_report(dataset, fz, feats, ks, thresholds, seed, rec)
+    ranked = rec.items_to_rank(top)
     db_rows = np.asarray([it.row for it in feats.train_items], dtype=np.int64)
     with Store.open(cache, featurizer=fz) as store:
         for m, ranking in zip(loaded, rankings):
             say(f"ranking with model '{m.name}' ({ranking.mode.value})")
             t0 = time.perf_counter()
-            order = model_order(m, store, db_rows, feats.test_feats, top, mode=ranking.mode)
-            _add(report, agree, m.name, "model", _model_details(m) | {"ranking": ranking.to_json()}, order, t0)
+            order = model_order(m, store, db_rows, feats.test_feats, ranked, mode=ranking.mode)
+            _add(report, agree, m.name, "model", _model_details(m) | {"ranking": ranking.to_json()}, order, t0, rec)
 
         if variants:
             for m, fit_seconds in _train_variants(dataset, feats, fz, seed, variant_epochs, say, variant_config):
                 t0 = time.perf_counter()
-                order = model_order(m, store, db_rows, feats.test_feats, top)
+                order = model_order(m, store, db_rows, feats.test_feats, ranked)
                 details = _model_details(m)
                 details["train_seconds"] = round(fit_seconds, 2)
-                _add(report, agree, f"variant {m.config.variant}", "variant", details, order, t0)
-    _add_baselines(report, agree, feats, fz, top)
+                _add(report, agree, f"variant {m.config.variant}", "variant", details, order, t0, rec)
+    _add_baselines(report, agree, feats, fz, rec)
     _add_notes(report, dataset, feats)
     return report
 
@@ -194,7 +199,7 @@ def _cut_offs(ks: Sequence[int] | None, thresholds: Sequence[int] | None, c: int
     return ks, thresholds
 
 
-def _new_report(dataset, fz, feats, ks: tuple, thresholds: tuple, seed: int) -> EvalReport:
+def _new_report(dataset, fz, feats, ks: tuple, thresholds: tuple, seed: int, rec: Recordings) -> EvalReport:
     report = EvalReport(
         dataset={
             **dataset.summary(),
@@ -202,24 +207,28 @@ def _new_report(dataset, fz, feats, ks: tuple, thresholds: tuple, seed: int) -> 
             "featurizer": fz.identity,
             "query_items": int(feats.test_feats.shape[0]),
             "database_items": int(feats.train_feats.shape[0]),
+            "query_recordings": rec.n_queries,
+            "database_recordings": rec.n_database,
             "unreadable": [str(p) for p, _ in feats.failed][:20],
         },
         ks=ks,
         thresholds=tuple(int(s) for s in thresholds),
         seed=seed,
-        groups=query_groups(feats.test_labels),
-        database_size=int(feats.train_feats.shape[0]),
+        groups=query_groups(rec.q_labels),
+        database_size=rec.n_database,
     )
     single = report.groups["single"]
     for ci, cat in enumerate(dataset.taxonomy):
-        idx = single[feats.test_labels[single, ci] == 1]
+        idx = single[rec.q_labels[single, ci] == 1]
         if len(idx):
             report.single_by_category[cat] = idx
     return report
 
 
-def _add(report: EvalReport, agree: np.ndarray, name: str, kind: str, details: dict, order: np.ndarray, t0: float) -> None:
-    """Score a system's ranking `order` (started at perf_counter t0) into the report."""
+def _add(report: EvalReport, agree: np.ndarray, name: str, kind: str, details: dict, order: np.ndarray, t0: float,
+         rec: Recordings) -> None:
+    """Score a system's ranking `order` of database items per query item (started at
+    perf_counter t0) into the report, counting recordings (recordings.py)."""
     # Systems are keyed by name in the JSON: two models both called "default" (a user one
     # and a shipped one), or a model called "random", must not overwrite each other.
     taken = {x.name for x in report.systems} | ({RANDOM, *COSINES} if kind != "cosine" else set())
@@ -228,17 +237,21 @@ def _add(report: EvalReport, agree: np.ndarray, name: str, kind: str, details: d
         name, i = f"{base} ({i})", i + 1
     report.systems.append(
         SystemResult(
-            name, kind, details, score_per_query(agree, order, report.thresholds, report.ks), time.perf_counter() - t0
+            name, kind, details,
+            rec.per_recording(score_per_query(agree, rec.rank_recordings(order, max(report.ks)), report.thresholds, report.ks)),
+            time.perf_counter() - t0,
         )
     )
 
 
-def _add_baselines(report: EvalReport, agree: np.ndarray, feats, fz, top: int) -> None:
-    """The exact random baseline and the cosine baselines."""
+def _add_baselines(report: EvalReport, agree: np.ndarray, feats, fz, rec: Recordings) -> None:
+    """The exact random baseline (over the database's recordings) and the cosine baselines."""
     thresholds, ks = report.thresholds, report.ks
+    top = rec.items_to_rank(max(ks))
     t0 = time.perf_counter()
     report.systems.append(
-        SystemResult(RANDOM, "random", {"method": "exact expectation"}, random_per_query(agree, thresholds, ks), 0.0)
+        SystemResult(RANDOM, "random", {"method": "exact expectation"},
+                     rec.per_recording(random_per_query(agree, thresholds, ks)), 0.0)
     )
     report.systems[-1].seconds = time.perf_counter() - t0
 
@@ -248,11 +261,11 @@ def _add_baselines(report: EvalReport, agree: np.ndarray, feats, fz, top: int) -
         q = pooled(feats.test_feats, mean, std, stats)
         d = pooled(feats.train_feats, mean, std, stats)
         order = top_order(cosine_scores(q, d), top)
-        _add(report, agree, name, "cosine", {"pooling": "+".join(stats), "featurizer": fz.identity}, order, t0)
+        _add(report, agree, name, "cosine", {"pooling": "+".join(stats), "featurizer": fz.identity}, order, t0, rec)
     t0 = time.perf_counter()
     order = top_order(item_stats_scores(fz, feats.test_feats, feats.train_feats), top)
     details = {"pooling": "item_stats, standardised on the database", "featurizer": fz.identity}
-    _add(report, agree, COSINE_ITEM, "cosine", details, order, t0)
+    _add(report, agree, COSINE_ITEM, "cosine", details, order, t0, rec)
 
 
 def _add_notes(report: EvalReport, dataset, feats) -> None:
