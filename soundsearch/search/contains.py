@@ -58,9 +58,9 @@ MAX_QUERY_SECONDS = 30.0
 SHIFTS = 4
 # A query this short (after trimming) carries too little to locate: 4 frames, 64 ms.
 MIN_QUERY_FRAMES = 4
-# Print frames scanned per FFT: long recordings are scanned in pieces of this many frames
-# (17 min), overlapping by a query length, so memory stays bounded whatever their length.
-_CHUNK = 1 << 16
+# Print frames per FFT: long recordings are scanned in pieces of this many frames (4.4 min),
+# overlapping by a query length, so memory stays bounded whatever their length.
+_CHUNK = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -84,50 +84,67 @@ def _query_mask(query_db: np.ndarray) -> np.ndarray:
     return query_db >= query_db.max() - LOUD_DB
 
 
+class Scanner:
+    """One query's scan of prints (module docstring). The query's side of every correlation
+    is transformed once, at a fixed FFT size, and reused for every piece of every print, so a
+    scan costs two transforms of the print per piece; float32 on a print centred per piece
+    (the score ignores a constant added to the print)."""
+
+    def __init__(self, query_db: np.ndarray):
+        import scipy.fft as sfft
+
+        qs = np.asarray(query_db, np.float64)
+        qs = qs[None] if qs.ndim == 2 else qs
+        self.nq = qs.shape[1]
+        masks = np.stack([_query_mask(q) for q in qs])
+        self.bands = np.flatnonzero(masks.any((0, 1)))
+        self.size = max(_CHUNK, sfft.next_fast_len(2 * self.nq, real=True))
+        self.kernels = []
+        for q, mask in zip(qs, masks):
+            m = mask[:, self.bands].astype(np.float32)
+            qm = (q[:, self.bands] * m).astype(np.float64)
+            n_in = float(m.sum())
+            sq, sqq = qm.sum(), (qm * q[:, self.bands]).sum()
+            spec_m = np.conj(sfft.rfft(m, self.size, axis=0))
+            spec_qm = np.conj(sfft.rfft(qm.astype(np.float32), self.size, axis=0))
+            self.kernels.append((spec_m, spec_qm, n_in, sq, max(sqq - sq * sq / n_in, 1e-9)))
+
+    def scores(self, print_u8: np.ndarray) -> np.ndarray:
+        """(offsets,) float32: the best score over the query's frame grids at each offset of
+        the print at which the whole query fits; empty when the print is shorter."""
+        import scipy.fft as sfft
+
+        nq, nf = self.nq, print_u8.shape[0]
+        if nf < nq or nq == 0:
+            return np.zeros(0, np.float32)
+        out = np.full(nf - nq + 1, -1.0, np.float32)
+        step = self.size - nq + 1
+        for a in range(0, nf - nq + 1, step):
+            piece = dequantise(print_u8[a : min(nf, a + self.size), self.bands])
+            centre = float(piece.mean())
+            piece -= centre
+            valid = piece.shape[0] - nq + 1
+            fp = sfft.rfft(piece, self.size, axis=0)
+            fp2 = sfft.rfft(piece * piece, self.size, axis=0)
+            for spec_m, spec_qm, n_in, sq, var_q in self.kernels:
+                sm = sfft.irfft((spec_m * fp).sum(1), self.size)[:valid].astype(np.float64)
+                smm = sfft.irfft((spec_m * fp2).sum(1), self.size)[:valid].astype(np.float64)
+                sqm = sfft.irfft((spec_qm * fp).sum(1), self.size)[:valid].astype(np.float64)
+                var_p = np.maximum(smm - sm * sm / n_in, 0.0)
+                score = (sqm - sq * sm / n_in) / np.sqrt(var_q * np.maximum(var_p, 1e-9))
+                # A stretch with (almost) no level change under the query's loud bins (digital
+                # silence, a clipped floor) has no shape to follow.
+                score[var_p < 1e-4 * n_in] = 0.0
+                np.maximum(out[a : a + valid], score, out=out[a : a + valid])
+        return out
+
+
 def scan(query_db: np.ndarray, print_u8: np.ndarray) -> np.ndarray:
     """(offsets,) float32: the score (module docstring) of the query's (frames, bands) dB image
     at each offset of a print at which the whole query fits; empty when the print is shorter.
     A (shifts, frames, bands) stack of images of the query on shifted frame grids
     (query_image) scores each offset by its best shift."""
-    import scipy.fft as sfft
-
-    qs = np.asarray(query_db, np.float64)
-    qs = qs[None] if qs.ndim == 2 else qs
-    nq = qs.shape[1]
-    nf = print_u8.shape[0]
-    if nf < nq or nq == 0:
-        return np.zeros(0, np.float32)
-    masks = np.stack([_query_mask(q) for q in qs])
-    bands = np.flatnonzero(masks.any((0, 1)))
-    kernels = []
-    for q, mask in zip(qs, masks):
-        m = mask[:, bands].astype(np.float64)
-        qm = q[:, bands] * m
-        n_in = m.sum()
-        sq, sqq = qm.sum(), (qm * q[:, bands]).sum()
-        kernels.append((m, qm, n_in, sq, max(sqq - sq * sq / n_in, 1e-9)))
-    out = np.full(nf - nq + 1, -1.0, np.float32)
-    step = max(_CHUNK - nq + 1, 1)
-    for a in range(0, nf - nq + 1, step):
-        piece = dequantise(print_u8[a : min(nf, a + step + nq - 1), bands]).astype(np.float64)
-        size = sfft.next_fast_len(piece.shape[0], real=True)
-        fp = sfft.rfft(piece, size, axis=0)
-        fp2 = sfft.rfft(piece * piece, size, axis=0)
-        valid = piece.shape[0] - nq + 1
-
-        def corr(kernel, spectrum):
-            k = np.conj(sfft.rfft(kernel, size, axis=0))
-            return sfft.irfft((k * spectrum).sum(1), size)[:valid]
-
-        for m, qm, n_in, sq, var_q in kernels:
-            sm, smm, sqm = corr(m, fp), corr(m, fp2), corr(qm, fp)
-            var_p = np.maximum(smm - sm * sm / n_in, 0.0)
-            score = (sqm - sq * sm / n_in) / np.sqrt(var_q * np.maximum(var_p, 1e-9))
-            # A stretch with (almost) no level change under the query's loud bins (digital
-            # silence, a clipped floor) has no shape to follow.
-            score[var_p < 1e-6 * n_in] = 0.0
-            np.maximum(out[a : a + valid], score, out=out[a : a + valid])
-    return out
+    return Scanner(query_db).scores(print_u8)
 
 
 def places(scores: np.ndarray, query_frames: int, threshold: float | None = None, limit: int = MAX_PER_FILE) -> list[tuple[int, float]]:
@@ -195,9 +212,10 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
     end = np.full(n, np.nan)
     length = ((img.shape[1] - 1) * HOP + N_FFT) / SAMPLE_RATE
     prints = (cache or PrintCache(store.path)).prints(store, sorted(longs))
+    scanner = Scanner(img)
     for path, u8 in prints.items():
         rows = longs[path]
-        for offset, value in places(scan(img, u8), img.shape[1]):
+        for offset, value in places(scanner.scores(u8), img.shape[1]):
             t0 = offset * FRAME_SECONDS
             t1 = t0 + length
             if path == own and t0 < q1 and t1 > q0:
