@@ -1,12 +1,13 @@
 """The paper's evaluation protocol: mAP_s@K of query-by-example retrieval, with baselines.
 
-Queries are the dataset's test recordings, the database its training recordings (items, when
-long recordings are cut). Queries are grouped by how many categories they hold: single-label,
+Queries are the dataset's test recordings, the database its training recordings, each counted
+once however a store cuts it into items (recordings.py). Queries are grouped by how many categories they hold: single-label,
 multi-label, and none (reported on its own rather than dropped). Every system is one ranking of
 the database per query; the random baseline is the exact expectation over random rankings.
 
     protocol.py  evaluate(): load, featurize (cached), rank with every system, score
     systems.py   the systems (the model through the search engine, cosine baselines) and scoring
+    recordings.py  item rankings and scores turned into recording ones
     report.py    EvalReport: per-query AP, mAP per query group
     plot.py      the paper's Fig. 3
 """

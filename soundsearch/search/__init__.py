@@ -10,5 +10,7 @@
     moments.py     one result per moment, or per file
     results.py     ScoreMatrix, Result, SearchResults, and the model's own order (rank)
     fingerprint.py a time-aware fingerprint of the sound that confirms near-duplicates
+    prints.py      sound prints of the store's long recordings, kept beside it
+    contains.py    where the query's own sound occurs inside long recordings, located in time
     duplicates.py  groups of exact and near-identical recordings in a store
 """
