@@ -1,9 +1,12 @@
 """A query of a file the store holds unchanged ("more like this") uses its stored items: the same
-features and results as featurizing it again."""
+features and results as featurizing it again, and a cold `soundsearch query` of it loads no torch."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +167,49 @@ def test_aisfx_features_of_a_stored_file_are_what_featurizing_gives(tmp_path):
             reused = query_features(st, path)
             assert reused.segments == list(again.segments)
             np.testing.assert_allclose(reused.feats, again.features, rtol=1e-5, atol=1e-6)
+
+
+def _cold_query(argv: list[str], env: dict) -> tuple[dict, bool]:
+    """`soundsearch query *argv --json` in a fresh process: its document, and whether torch was loaded."""
+    code = (
+        "import sys, json\n"
+        "from soundsearch.cli import app\n"
+        f"sys.argv = ['soundsearch', 'query', *{argv!r}, '--json']\n"
+        "try:\n"
+        "    app(prog_name='soundsearch')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "sys.stderr.write('\\nTORCH ' + json.dumps('torch' in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), json.loads(done.stderr.rsplit("TORCH ", 1)[1])
+
+
+def test_a_cold_query_of_an_indexed_file_loads_no_torch(tmp_path):
+    _aisfx_or_skip()
+    lib = tmp_path / "lib"
+    write_audio(lib / "a.wav", tone(440, 1.5, 44100), 44100)
+    write_audio(lib / "b.wav", noise_bursts(2.0, seed=1))
+    write_audio(lib / "c.wav", chirp(seconds=2.5))
+    store = tmp_path / "store"
+    index_paths(store, [lib], jobs=1)  # the default featurizer, for the default model
+    env = {"SOUNDSEARCH_STORE": str(store), "SOUNDSEARCH_MODELS": str(tmp_path / "models")}
+    doc, torch_loaded = _cold_query([str(lib / "b.wav"), "--include-self"], env)
+    assert torch_loaded is False
+    assert doc["results"][0]["is_query"] and doc["results"][0]["path"] == str(lib / "b.wav")
+    # The same ranking as the file featurized again (with torch) and scored by the torch engine.
+    from soundsearch.model.checkpoint import load_model
+    from soundsearch.model.registry import resolve_model
+
+    with Store.open(store) as st:
+        engine = SearchEngine(st, load_model(resolve_model(None)))
+        original = Store.unchanged_items
+        try:
+            Store.unchanged_items = lambda self, p: None
+            again = engine.search(lib / "b.wav", k=10, include_self=True)
+        finally:
+            Store.unchanged_items = original
+    assert [r["row"] for r in doc["results"]] == [r.item.row for r in again.results]
+    assert [r["level"] for r in doc["results"]] == [r.level for r in again.results]
+    np.testing.assert_allclose([r["score"] for r in doc["results"]], [r.score for r in again.results], atol=1e-5)
