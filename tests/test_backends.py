@@ -38,10 +38,28 @@ def _pair(tmp_path: Path, seed: int = 3, **variant):
 def _assert_same_scores(a, b, atol: float = 1e-5) -> None:
     np.testing.assert_allclose(a.probs, b.probs, atol=atol)
     np.testing.assert_allclose(a.expected, b.expected, atol=atol * 10)
-    # Levels may differ only where two states' probabilities tie within rounding.
-    assert (a.level != b.level).mean() <= 0.001
+    # Levels may differ only where "differs" and the likelier other state tie within rounding.
+    other = np.maximum(a.probs[..., 0], a.probs[..., 1])
+    near_tie = (np.abs(a.probs[..., 2] - other) < 2 * atol).any(-1)
+    assert ((a.level == b.level) | near_tie).all()
     np.testing.assert_allclose(a.closeness, b.closeness, atol=1e-5)
     np.testing.assert_allclose(a.acoustic, b.acoustic, atol=1e-5)
+
+
+def _assert_same_top(a, b, atol: float = 1e-5) -> None:
+    """The same top K in the same order; two results may swap only where their scores tie
+    within float rounding (the two backends round differently)."""
+    rows_a = [r.item.row for r in a.results]
+    rows_b = [r.item.row for r in b.results]
+    if rows_a == rows_b:
+        return
+    score_a = {r.item.row: (r.level, r.rank_score) for r in a.results}
+    score_b = {r.item.row: (r.level, r.rank_score) for r in b.results}
+    for x, y in zip(rows_a, rows_b):
+        if x != y:
+            # The two results at this place are tied in both engines.
+            assert x in score_b and y in score_a, (rows_a, rows_b)
+            assert score_a[x][0] == score_a[y][0] and abs(score_a[x][1] - score_a[y][1]) < atol, (rows_a, rows_b)
 
 
 @pytest.fixture
@@ -69,9 +87,7 @@ def test_numpy_backend_equals_torch_for_every_variant(tmp_path, store, variant):
     np.testing.assert_allclose(n_engine.score_all(q[0], probs=True).probs[0], ref.probs, atol=1e-5)
     # Both ranked alike: the same top 10 in the same order.
     for j in range(3):
-        top_t = [r.item.row for r in t_engine.search(q[j], k=10).results]
-        top_n = [r.item.row for r in n_engine.search(q[j], k=10).results]
-        assert top_t == top_n
+        _assert_same_top(t_engine.search(q[j], k=10), n_engine.search(q[j], k=10))
 
 
 def test_the_backends_share_one_cache_and_either_reads_the_others(tmp_path, store):
@@ -178,7 +194,7 @@ def test_shipped_models_agree(tmp_path, name):
     _assert_same_scores(t_engine.score_all(q, probs=True), n_engine.score_all(q, probs=True))
     for j in range(4):
         t_res, n_res = t_engine.search(q[j], k=10), n_engine.search(q[j], k=10)
-        assert [r.item for r in t_res.results] == [r.item for r in n_res.results]
+        _assert_same_top(t_res, n_res)
         np.testing.assert_allclose([r.score for r in t_res.results], [r.score for r in n_res.results], atol=1e-5)
     assert store._featurizer is None  # never built
 
