@@ -16,7 +16,11 @@ random weights and random batch-norm statistics, then prints in one run:
   in runs alternating with the engine's; matmul_peak_gflops is the best short burst (torch's
   own threading, that shape, a larger one and a square one);
 - rss_mb (now) and peak_rss_mb; build_s (computing the database side), and with --cli
-  cli_cold_s: a fresh `soundsearch query --json` process end to end on this store.
+  cli_cold_s: a fresh `soundsearch query --json` process end to end on this store, for a
+  file the store does not hold (decoded and featurized: logmel here, which needs no torch;
+  an aisfx store also imports torch and runs its network); cli_cold_indexed_s: the same for
+  a file the store holds unchanged ("more like this": its stored items are the query, no
+  featurizer, no torch). Both over --cli-repeat fresh processes, minimum and median.
 
 With --clustered the store's items cluster as a real library's takes do (clustered_items:
 N/100 source templates, each item one source, 30% mixed with a second at 0.6, plus a per-item
@@ -172,18 +176,49 @@ def clustered_items(dim: int, steps: int, n_items: int, seed: int):
     return draw
 
 
+def write_query_wav(path: Path) -> Path:
+    """The query recording of the --cli figures: 3 s of an amplitude-modulated tone."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(3 * 22050)) / 22050
+    sf.write(path, (0.2 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 22050)
+    return path
+
+
+def indexed_query_path(store_dir: Path) -> Path:
+    """The one real recording of the synthetic store (its last file), for cli_cold_indexed_s."""
+    return store_dir.parent / "library" / "indexed-query.wav"
+
+
+def _real_entry(path: Path, store: Store) -> FileEntry:
+    """A FileEntry for a real file, featurized as `index` would (its size and mtime recorded)."""
+    from soundsearch.features import featurize_file
+
+    path = Path(os.path.realpath(path))
+    ff = featurize_file(path, store.featurizer(), cutting=store.cutting)
+    st = path.stat()
+    return FileEntry(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, duration=ff.duration,
+                     samplerate=ff.info.samplerate, channels=ff.info.channels, segments=list(ff.segments),
+                     features=ff.features)
+
+
 def make_store(path: Path, n_items: int, seed: int, clustered: bool = False) -> Store:
     fz = get_featurizer("logmel")
     store = Store.open(path, create=True, featurizer=fz, item_seconds=ITEM_SECONDS)
     rng = np.random.default_rng(seed)
     root = path.parent / "library"
+    # One real, indexed recording among the synthetic items, the last file (one 3 s item):
+    # what a "more like this" query of an indexed file finds in the store.
+    real = _real_entry(write_query_wav(indexed_query_path(path)), store)
+    synthetic = n_items - real.features.shape[0]
     draw = clustered_items(store.dim, store.steps, n_items, seed) if clustered else None
     with store.writer() as w:
         w.add_roots([root])
         batch: list[FileEntry] = []
         done, f = 0, 0
-        while done < n_items:
-            n = min(ITEMS_PER_FILE, n_items - done)
+        while done < synthetic:
+            n = min(ITEMS_PER_FILE, synthetic - done)
             # Each file gets its own level and texture, so items differ in more than noise.
             base = rng.normal(0, 1, (1, 1, store.dim)).astype(np.float32)
             feats = (base + rng.normal(0, 1, (n, store.steps, store.dim))).astype(np.float32)
@@ -198,8 +233,8 @@ def make_store(path: Path, n_items: int, seed: int, clustered: bool = False) -> 
             if len(batch) == 500:
                 w.write_files(batch)
                 batch = []
-        if batch:
-            w.write_files(batch)
+        batch.append(real)
+        w.write_files(batch)
     return store
 
 
@@ -237,6 +272,36 @@ def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.n
     fig["rss_mb"] = round(rss_mb(), 1)
 
 
+def cli_figures(fig: dict, store: Store, store_dir: Path, model_path: Path, external: Path, args) -> None:
+    """cli_cold_* figures (see the module docstring) into `fig`."""
+    indexed = indexed_query_path(store_dir)
+    runs = [("cli_cold", external)]
+    if store.unchanged_items(indexed):
+        runs.append(("cli_cold_indexed", indexed))
+    else:  # a store made by an older version of this script (--dir), or the file was touched
+        fig["cli_cold_indexed_note"] = f"{indexed} is not in the store unchanged: make the store again"
+    for key, wav in runs:
+        cmd = [sys.executable, "-m", "soundsearch", "query", str(wav), "--store", str(store_dir),
+               "--model", str(model_path), "--json", "-k", str(args.k)]
+        cold, cold_cpu = [], []
+        for _ in range(args.cli_repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cold.append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cold_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            if proc.returncode != 0:
+                fig[f"{key}_error"] = proc.stderr.strip()[-500:]
+                break
+        fig[f"{key}_s"] = round(min(cold), 2)
+        fig[f"{key}_median_s"] = round(statistics.median(cold), 2)
+        fig[f"{key}_runs_s"] = [round(c, 2) for c in cold]
+        # CPU seconds of the whole process (all threads): on an idle 2-core machine the
+        # wall time is about this minus half the engine's two-thread share.
+        fig[f"{key}_cpu_s"] = round(min(cold_cpu), 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, required=True)
@@ -248,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-rows", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--dir", type=Path, default=None, help="where to build store and model (kept); default: a temp dir, removed")
-    ap.add_argument("--cli", action="store_true", help="also time a cold `soundsearch query` process")
+    ap.add_argument("--cli", action="store_true", help="also time cold `soundsearch query` processes")
+    ap.add_argument("--cli-repeat", type=int, default=5, help="fresh processes per cold figure")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clustered", action="store_true", help="items that cluster, as a real library's do (see above)")
     ap.add_argument("--prefilter", action="store_true", help="also time the candidate prefilter and its recall")
@@ -364,29 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         fig["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
         if args.cli:
-            import soundfile as sf
-
-            wav = work / "query.wav"
-            t = np.arange(int(3 * 22050)) / 22050
-            sf.write(wav, (0.2 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 22050)
-            cmd = [sys.executable, "-m", "soundsearch", "query", str(wav), "--store", str(store_dir),
-                   "--model", str(model.path), "--json", "-k", str(args.k)]
-            cold, cold_cpu = [], []
-            for _ in range(3):
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
-                t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                cold.append(time.perf_counter() - t0)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                cold_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-                if proc.returncode != 0:
-                    fig["cli_error"] = proc.stderr.strip()[-500:]
-                    break
-            fig["cli_cold_s"] = round(min(cold), 2)
-            fig["cli_cold_runs_s"] = [round(c, 2) for c in cold]
-            # CPU seconds of the whole process (all threads): on an idle 2-core machine the
-            # wall time is about this minus half the engine's two-thread share.
-            fig["cli_cold_cpu_s"] = round(min(cold_cpu), 2)
+            cli_figures(fig, store, store_dir, model.path, write_query_wav(work / "query.wav"), args)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -317,3 +317,18 @@ def test_flop_count_matches_torch(fz):
         fz.embed(np.zeros((2, 100, 96), np.float32))
     counted = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
     assert counted == 2 * conv_flops(100) == 2 * 3_861_430_272  # 3.86 GFLOP per block
+
+
+def test_batch_norm_fold_is_exact_float64(fz):
+    # Folded in numpy (fast enough for a query's cold start); bit for bit torch's float64 fold.
+    from soundsearch.features.aisfx import BN_EPS, fold_batch_norm
+
+    tensors = fz.weights.tensors
+    folded = fold_batch_norm(tensors)
+    for n, (w, b) in enumerate(folded):
+        block, i = n // 2 + 1, n % 2 + 1
+        bn = {k: tensors[f"conv_block{block}.bn{i}.{k}"].double() for k in ("weight", "bias", "running_mean", "running_var")}
+        scale = bn["weight"] / torch.sqrt(bn["running_var"] + BN_EPS)
+        assert torch.equal(w, (tensors[f"conv_block{block}.conv{i}.weight"].double() * scale[:, None, None, None]).float())
+        assert torch.equal(b, (bn["bias"] - bn["running_mean"] * scale).float())
+        assert w.dtype == b.dtype == torch.float32

@@ -203,6 +203,7 @@ def model_bytes(tmp_path_factory) -> Blob:
 
 def _check_model(path: Path) -> None:
     from soundsearch.model import registry
+    from soundsearch.model.arrays import load_arrays
     from soundsearch.model.checkpoint import load_model
 
     only(ModelError, registry.read_header, path)
@@ -212,6 +213,9 @@ def _check_model(path: Path) -> None:
     m = only(ModelError, load_model, path)
     if m is not None:
         assert len(m.taxonomy) == m.config.n_categories
+    # The torch-free loader (a query's) accepts and refuses exactly the same files.
+    a = only(ModelError, load_arrays, path)
+    assert (a is None) == (m is None)
 
 
 @fuzz(200)

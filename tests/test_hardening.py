@@ -151,13 +151,15 @@ def _config(**kw):
 )
 def test_bad_model_headers_and_weights_are_refused_by_name(tmp_path, header_edit, tensor_edit, message):
     from soundsearch.errors import ModelError
+    from soundsearch.model.arrays import load_arrays
     from soundsearch.model.checkpoint import load_model
 
     path = _tamper(_tiny_model(tmp_path / "m.safetensors"), header_edit, tensor_edit)
-    with pytest.raises(ModelError) as exc:
-        load_model(path)
-    assert str(exc.value).startswith(f"{path}: ")
-    assert message in str(exc.value)
+    for load in (load_model, load_arrays):  # with torch, and as arrays (a query's), alike
+        with pytest.raises(ModelError) as exc:
+            load(path)
+        assert str(exc.value).startswith(f"{path}: ")
+        assert message in str(exc.value)
 
 
 def test_query_json_is_never_invalid(monkeypatch):

@@ -149,15 +149,17 @@ def query(
         raise typer.BadParameter("--exact scores every item: leave out --candidates", param_hint="--candidates")
     t_start = parse_time(start, "--start") if start is not None else None
     t_end = parse_time(end, "--end") if end is not None else None
-    # Only now torch & co: a mistyped path is answered at once.
-    from soundsearch.model.checkpoint import load_model
+    # Only now numpy & co: a mistyped path is answered at once. The model is loaded as arrays
+    # and scored in numpy: torch is imported only by a featurizer that needs it, for a query
+    # file the store does not hold unchanged.
+    from soundsearch.model.arrays import load_arrays
     from soundsearch.model.registry import resolve_model
     from soundsearch.paths import resolve_store_dir
     from soundsearch.search.engine import SearchEngine
     from soundsearch.store import Store
 
     with Store.open(resolve_store_dir(store)) as st:
-        loaded = load_model(resolve_model(model))
+        loaded = load_arrays(resolve_model(model))
         engine = SearchEngine(st, loaded)
         if engine.n_items == 0:
             from soundsearch.errors import StoreError

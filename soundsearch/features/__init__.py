@@ -69,41 +69,9 @@ class Featurizer:
         return np.stack([self(s) for s in signals]).astype(np.float32, copy=False)
 
     def item_stats(self, feats: np.ndarray) -> np.ndarray:
-        """(N, T, D) stored per-step features -> (N, D') float32 whole-item statistics.
-
-        Derived from the per-step statistics this featurizer stores (`stats`: D / len(stats)
-        values per statistic, in that order), so a whole item is summarised over all its
-        frames without the frames: mean = mean over steps of the step means; std =
-        sqrt(mean_t(std_t^2 + mean_t^2) - mean^2) (the law of total variance); max and min
-        over steps of the step max and min. Exact when every step pools the same number of
-        frames. Featurizers without `stats` give the mean and max over steps of their values.
-        """
-        f = np.asarray(feats, dtype=np.float64)
-        if f.ndim == 2:
-            f = f[None]
-        if f.ndim != 3:
-            raise FeaturizerError(f"item_stats needs (N, T, D) features, got shape {f.shape}")
-        stats = tuple(getattr(self, "stats", ()) or ())
-        if not stats or f.shape[2] % len(stats):
-            return np.concatenate([f.mean(1), f.max(1)], axis=1).astype(np.float32)
-        width = f.shape[2] // len(stats)
-        block = {s: f[:, :, i * width : (i + 1) * width] for i, s in enumerate(stats)}
-        out = []
-        mean = block["mean"].mean(1) if "mean" in block else None
-        if mean is not None:
-            out.append(mean)
-        if "std" in block:
-            std_t = block["std"]
-            if mean is not None:
-                second = (std_t * std_t + block["mean"] ** 2).mean(1)
-                out.append(np.sqrt(np.maximum(second - mean * mean, 0.0)))
-            else:  # without step means only the spread within steps is known
-                out.append(np.sqrt((std_t * std_t).mean(1)))
-        if "max" in block:
-            out.append(block["max"].max(1))
-        if "min" in block:
-            out.append(block["min"].min(1))
-        return np.concatenate(out, axis=1).astype(np.float32)
+        """(N, T, D) stored per-step features -> (N, D') float32 whole-item statistics
+        (features.item_stats with this featurizer's `stats`)."""
+        return item_stats(feats, tuple(getattr(self, "stats", ()) or ()))
 
     def __repr__(self) -> str:
         return f"<Featurizer {self.identity}>"
@@ -113,6 +81,56 @@ class Featurizer:
 
     def __hash__(self) -> int:
         return hash(self.identity)
+
+
+def item_stats(feats: np.ndarray, stats: Sequence[str] = ()) -> np.ndarray:
+    """(N, T, D) stored per-step features -> (N, D') float32 whole-item statistics.
+
+    Derived from the per-step statistics a featurizer stores (`stats`: D / len(stats) values
+    per statistic, in that order), so a whole item is summarised over all its frames without
+    the frames: mean = mean over steps of the step means; std = sqrt(mean_t(std_t^2 +
+    mean_t^2) - mean^2) (the law of total variance); max and min over steps of the step max
+    and min. Exact when every step pools the same number of frames. Without `stats` (or when
+    D does not split by them): the mean and max over steps of the values.
+
+    A function of the features and the store's recorded `stats` alone, so search computes it
+    without building the featurizer (for aisfx: without loading its network and torch).
+    """
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim == 2:
+        f = f[None]
+    if f.ndim != 3:
+        raise FeaturizerError(f"item_stats needs (N, T, D) features, got shape {f.shape}")
+    stats = tuple(stats or ())
+    if not stats or f.shape[2] % len(stats):
+        return np.concatenate([f.mean(1), f.max(1)], axis=1).astype(np.float32)
+    width = f.shape[2] // len(stats)
+    block = {s: f[:, :, i * width : (i + 1) * width] for i, s in enumerate(stats)}
+    out = []
+    mean = block["mean"].mean(1) if "mean" in block else None
+    if mean is not None:
+        out.append(mean)
+    if "std" in block:
+        std_t = block["std"]
+        if mean is not None:
+            second = (std_t * std_t + block["mean"] ** 2).mean(1)
+            out.append(np.sqrt(np.maximum(second - mean * mean, 0.0)))
+        else:  # without step means only the spread within steps is known
+            out.append(np.sqrt((std_t * std_t).mean(1)))
+    if "max" in block:
+        out.append(block["max"].max(1))
+    if "min" in block:
+        out.append(block["min"].min(1))
+    return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def spec_stats(spec: dict[str, Any]) -> tuple[str, ...]:
+    """The per-step statistics a featurizer spec records (its `stats` parameter), () when it
+    records none: what item_stats needs, read without building the featurizer (every
+    featurizer with `stats` records them under that name; tests check it)."""
+    params = spec.get("params") if isinstance(spec, dict) else None
+    raw = params.get("stats") if isinstance(params, dict) else None
+    return parse_stats(raw) if raw else ()
 
 
 def check_signal(signal: np.ndarray) -> np.ndarray:
@@ -313,6 +331,8 @@ __all__ = [
     "departures",
     "get_featurizer",
     "index_options",
+    "item_stats",
     "parse_stats",
     "pool_steps",
+    "spec_stats",
 ]

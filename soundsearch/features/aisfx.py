@@ -130,17 +130,26 @@ WEIGHT_SOURCE = WeightSource(
 
 def fold_batch_norm(tensors: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """[(weight, bias)] for the 8 convolutions with each following batch norm folded in."""
+
+    def f64(name: str) -> np.ndarray:
+        return tensors[name].detach().cpu().numpy().astype(np.float64)
+
     layers = []
     for block in range(1, 5):
         for i in (1, 2):
             try:
-                w = tensors[f"conv_block{block}.conv{i}.weight"].double()
-                bn = {k: tensors[f"conv_block{block}.bn{i}.{k}"].double() for k in ("weight", "bias", "running_mean", "running_var")}
+                w = f64(f"conv_block{block}.conv{i}.weight")
+                bn = {k: f64(f"conv_block{block}.bn{i}.{k}") for k in ("weight", "bias", "running_mean", "running_var")}
             except KeyError as e:
                 raise FeaturizerError(f"aisfx weights lack {e.args[0]}; {INSTALL_HINT}") from None
-            scale = bn["weight"] / torch.sqrt(bn["running_var"] + BN_EPS)
-            # Folded in float64, so the fold adds no rounding beyond the final cast.
-            layers.append(((w * scale[:, None, None, None]).float(), (bn["bias"] - bn["running_mean"] * scale).float()))
+            scale = bn["weight"] / np.sqrt(bn["running_var"] + BN_EPS)
+            # Folded in float64, so the fold adds no rounding beyond the final cast. In numpy:
+            # the same IEEE operations as torch's float64 ones (bit-identical weights), ~7x
+            # faster here (0.02 s against 0.16 s of every process that featurizes, a query's too).
+            layers.append((
+                torch.from_numpy((w * scale[:, None, None, None]).astype(np.float32)),
+                torch.from_numpy((bn["bias"] - bn["running_mean"] * scale).astype(np.float32)),
+            ))
     expected = [(c_out, c_in) for c_in, c_out in zip((1,) + CHANNELS, CHANNELS) for c_in in (c_in, c_out)]
     got = [tuple(w.shape[:2]) for w, _ in layers]
     if got != expected or any(tuple(w.shape[2:]) != (3, 3) for w, _ in layers):

@@ -25,19 +25,33 @@ from typing import Any
 
 import numpy as np
 
-try:
-    # scipy's pocketfft transforms float32 in float32, about 3x faster here than numpy's FFT
-    # (which is slower still on float32 than on float64); and each FFT bin feeds at most two
-    # Mel bands, so a sparse filterbank product is ~2x the dense one. Results agree to float
-    # rounding.
-    from scipy import fft as _scipy_fft
-    from scipy import sparse as _scipy_sparse
-except ImportError:  # scipy is optional: numpy gives the same features, only slower
-    _scipy_fft = None
-    _scipy_sparse = None
-
 from soundsearch.errors import FeaturizerError
 from soundsearch.features import Featurizer, check_signal, parse_stats, pool_steps
+
+# scipy's pocketfft transforms float32 in float32, about 3x faster here than numpy's FFT
+# (which is slower still on float32 than on float64); and each FFT bin feeds at most two
+# Mel bands, so a sparse filterbank product is ~2x the dense one. Results agree to float
+# rounding. Imported on the first MelPower, not with this module: importing scipy.fft and
+# scipy.sparse costs ~0.25 s, which a query of an indexed file (that only needs this module's
+# filterbank and window for its fingerprint) would otherwise pay. None: scipy is missing (it is
+# optional: numpy gives the same features, only slower).
+_UNLOADED: Any = object()
+_scipy_fft: Any = _UNLOADED
+_scipy_sparse: Any = _UNLOADED
+
+
+def _load_scipy() -> None:
+    global _scipy_fft, _scipy_sparse
+    if _scipy_fft is not _UNLOADED and _scipy_sparse is not _UNLOADED:
+        return
+    try:
+        from scipy import fft, sparse
+    except ImportError:
+        fft = sparse = None
+    if _scipy_fft is _UNLOADED:
+        _scipy_fft = fft
+    if _scipy_sparse is _UNLOADED:
+        _scipy_sparse = sparse
 
 AMIN = 1e-10
 _CHUNK_FRAMES = 64
@@ -124,14 +138,16 @@ class MelPower:
     """Power Mel spectrogram of windowed frames: rfft, |X|^2, one product with the filterbank."""
 
     def __init__(self, filterbank: np.ndarray) -> None:
+        _load_scipy()
         fb = np.asarray(filterbank, dtype=np.float32)
         self._fb_t = np.ascontiguousarray(fb.T)
         self._fb_sparse = _scipy_sparse.csr_array(fb) if _scipy_sparse is not None else None
+        self._fft = _scipy_fft
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(F, n_mels) float32 Mel power of (F, n_fft) windowed float32 frames (overwritten)."""
-        if _scipy_fft is not None:
-            spec = _scipy_fft.rfft(frames, axis=-1, workers=1, overwrite_x=True)
+        if self._fft is not None:
+            spec = self._fft.rfft(frames, axis=-1, workers=1, overwrite_x=True)
         else:
             spec = np.fft.rfft(frames.astype(np.float64), axis=-1)
         power = np.abs(spec).astype(np.float32, copy=False)

@@ -23,7 +23,7 @@ from soundsearch import __version__, faults, paths
 from soundsearch.errors import ModelError
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.network import LoadedModel, PresenceNet
-from soundsearch.model.registry import FORMAT, FORMAT_VERSION, HEADER_KEY, _config_from_header, read_header
+from soundsearch.model.registry import FORMAT, FORMAT_VERSION, HEADER_KEY
 from soundsearch.taxonomy import Taxonomy
 
 
@@ -119,85 +119,22 @@ def save_model(
     return path
 
 
-def _check_tensors(path: Path, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
-    """Every tensor's name and shape as the config's network has them, and every value finite.
-
-    The expected shapes come from a network built on the meta device (no memory), so a header
-    that contradicts its weights is refused before the real network is allocated.
-    """
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in PresenceNet(config).state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ModelError(
-            f"{path}: weights do not fit the recorded architecture "
-            f"(missing {missing[:3]}, unexpected {extra[:3]})"
-        )
-    for name, shape in expected.items():
-        t = tensors[name]
-        if tuple(t.shape) != shape:
-            raise ModelError(
-                f"{path}: weights do not fit the recorded architecture "
-                f"({name} has shape {tuple(t.shape)}, the header's config needs {shape})"
-            )
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelError(f"{path}: corrupt weights ({name} holds NaN or infinite values)")
-
-
 def load_model(path: Path | str) -> LoadedModel:
-    """Rebuild network, taxonomy, featurizer and normalisation from the file alone."""
-    from safetensors.torch import load_file
+    """Rebuild network, taxonomy, featurizer and normalisation from the file alone.
 
-    path = Path(path)
-    header = read_header(path)
-    if "config" not in header:
-        raise ModelError(f"{path}: incomplete model header ('config')")
-    config = _config_from_header(path, header["config"])
+    The file is read and checked by model.arrays.load_arrays (torch-free, the same checks a
+    query without torch gets); the network is then built from those arrays."""
+    from soundsearch.model.arrays import load_arrays
+
+    arrays = load_arrays(path)
+    net = PresenceNet(arrays.config)
     try:
-        names = header["taxonomy"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise TypeError("taxonomy is not a list of names")
-        taxonomy = Taxonomy.from_json(names)
-        spec = header["featurizer"]["spec"]
-        identity = header["featurizer"]["identity"]
-        if not isinstance(spec, dict) or not isinstance(identity, str):
-            raise TypeError("featurizer spec/identity of the wrong type")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: incomplete model header ({exc})") from None
-    if len(taxonomy) != config.n_categories:
-        # 9 names on 8 outputs indexed past the network's output; 7 showed levels as "8/7".
-        raise ModelError(
-            f"{path}: corrupt model header ({len(taxonomy)} category names for a network with "
-            f"{config.n_categories} outputs)"
-        )
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # corrupt tensor data surfaces as safetensors' own error type
-        raise ModelError(f"{path}: unreadable weights ({exc})") from None
-    try:
-        mean_t = tensors.pop("norm.mean")
-        std_t = tensors.pop("norm.std")
-    except KeyError:
-        raise ModelError(f"{path}: missing feature normalisation statistics") from None
-    mean = mean_t.to(torch.float32).numpy().reshape(-1)
-    std = std_t.to(torch.float32).numpy().reshape(-1)
-    if mean.shape != (config.dim,) or std.shape != (config.dim,):
-        raise ModelError(
-            f"{path}: normalisation statistics have {mean.size} and {std.size} values, the network's features {config.dim}"
-        )
-    # A zero or NaN std turns every feature into NaN or inf, which then reached --json output.
-    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-        raise ModelError(f"{path}: corrupt normalisation statistics (non-finite values, or a std that is not positive)")
-    _check_tensors(path, config, tensors)
-    net = PresenceNet(config)
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.state.items()}, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"{arrays.path}: weights do not fit the recorded architecture ({exc})") from None
     net.eval()
     return LoadedModel(
-        net=net, config=config, taxonomy=taxonomy, featurizer_spec=spec,
-        featurizer_identity=identity, norm_mean=mean, norm_std=std,
-        meta=header.get("meta", {}), path=path.absolute(),
+        net=net, config=arrays.config, taxonomy=arrays.taxonomy, featurizer_spec=arrays.featurizer_spec,
+        featurizer_identity=arrays.featurizer_identity, norm_mean=arrays.norm_mean, norm_std=arrays.norm_std,
+        meta=arrays.meta, path=arrays.path,
     )

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from soundsearch.errors import FeaturizerMismatchError, ModelError
+from soundsearch.errors import ModelError
+from soundsearch.model.arrays import ModelBase
 from soundsearch.model.config import ModelConfig
-from soundsearch.model.registry import MODEL_SUFFIX
 from soundsearch.presence import STATES, level_from_states
 from soundsearch.taxonomy import Taxonomy
 
@@ -214,7 +214,10 @@ def scores_from_probs(probs: np.ndarray) -> PairScores:
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(ModelBase):
+    """A model with its weights as a torch network (training, evaluation, the torch search
+    backend); model.arrays.ArrayModel is the same model as numpy arrays, torch-free."""
+
     net: PresenceNet
     config: ModelConfig
     taxonomy: Taxonomy
@@ -225,26 +228,10 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
     path: Path | None = None
 
-    @property
-    def name(self) -> str:
-        return self.path.name.removesuffix(MODEL_SUFFIX) if self.path is not None else "(unsaved)"
-
-    def normalise(self, feats: np.ndarray) -> np.ndarray:
-        """Standardise raw (..., T, D) features with the training statistics."""
-        feats = np.asarray(feats, dtype=np.float32)
-        return (feats - self.norm_mean) / self.norm_std
-
-    def check_featurizer(self, identity: str) -> None:
-        """Refuse features made by a featurizer other than the one the model was trained on."""
-        if identity != self.featurizer_identity:
-            from soundsearch.features import index_options
-
-            raise FeaturizerMismatchError(
-                f"model '{self.name}' was trained on features {self.featurizer_identity!r}, "
-                f"but these were made with {identity!r}: re-index your library into a new store "
-                f"with `soundsearch index PATH --store NEW-STORE {index_options(self.featurizer_identity)}`, "
-                "or pick a model made for this store's features (`soundsearch models` lists them)"
-            )
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The network's state dict as numpy arrays sharing the parameters' memory (the
+        network is the source: training updates it in place)."""
+        return {k: v.detach().cpu().contiguous().numpy() for k, v in self.net.state_dict().items()}
 
     @torch.no_grad()
     def score_pairs(self, a_raw: np.ndarray, b_raw: np.ndarray, batch: int = 4096) -> PairScores:
@@ -268,17 +255,6 @@ class LoadedModel:
         c = self.config.n_categories
         probs = np.concatenate(chunks) if chunks else np.zeros((0, c, len(STATES)), np.float32)
         return scores_from_probs(probs)
-
-    @property
-    def variant(self) -> str:
-        return self.config.variant
-
-    def inference_form(self):
-        """The network as search runs it (model.inference.InferenceForm): batch norm folded,
-        the first pair layer split per side, the head as plain weights."""
-        from soundsearch.model.inference import InferenceForm
-
-        return InferenceForm.of(self)
 
     def save(self, path: Path | str) -> Path:
         from soundsearch.model.checkpoint import save_model

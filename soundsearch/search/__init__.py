@@ -3,7 +3,9 @@
     engine.py      SearchEngine: scores a query against every stored item, and search()
     database.py    the database side: per-item rows computed once per (store, model)
     cache.py       where that database side is cached beside the store, and its layout
-    kernel.py      the pair-specific arithmetic on chunks of items
+    backends.py    where the arithmetic runs: numpy (no torch) or torch, one interface
+    kernel.py      the pair-specific arithmetic on chunks of items (torch)
+    kernel_numpy.py  the same in numpy
     query.py       what the query is, and which stored items are the query itself
     filters.py     --require, --exclude, --min-level, and what each removes
     ranking.py     the ranking modes, near-duplicates, the fitted blend weight

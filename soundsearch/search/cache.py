@@ -26,7 +26,7 @@ from soundsearch import faults, paths
 from soundsearch.errors import StoreError
 
 if TYPE_CHECKING:
-    from soundsearch.model.network import LoadedModel
+    from soundsearch.model.arrays import ModelBase
 
 # Bump when the cache layout or the folding changes: old files then simply stop matching.
 CACHE_VERSION = 3
@@ -40,16 +40,18 @@ def _sha(data: bytes | str, n: int = 16) -> str:
     return hashlib.sha256(data).hexdigest()[:n]
 
 
-def model_key(model: "LoadedModel") -> str:
+def model_key(model: "ModelBase") -> str:
     """Content hash of the loaded model (weights, normalisation, architecture).
 
     Hashing what was loaded, not the file, keeps the key right even if the file is replaced
-    while a search runs.
+    while a search runs. The same key whether the weights were loaded as a torch network or
+    as arrays (the network's float32 and int64 values), so both backends share one cache.
     """
     h = hashlib.sha256(json.dumps(model.config.to_json(), sort_keys=True).encode())
-    for name, tensor in sorted(model.net.state_dict().items()):
+    for name, value in sorted(model.state_arrays().items()):
+        value = np.asarray(value)
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(np.ascontiguousarray(value, np.float32 if np.issubdtype(value.dtype, np.floating) else np.int64).tobytes())
     h.update(np.asarray(model.norm_mean, np.float32).tobytes())
     h.update(np.asarray(model.norm_std, np.float32).tobytes())
     return h.hexdigest()[:16]

@@ -13,6 +13,9 @@ inference form, soundsearch.model.inference) each stored item gets one row:
 
 A store folder that cannot be written to is searched all the same, with the database side
 recomputed in memory.
+
+The arithmetic runs on a backend (backends.py: numpy, or torch for a model loaded with its
+network); every array kept here is numpy.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from soundsearch.errors import SearchError, StoreError
+from soundsearch.search.backends import as_float32, f32_to_bf16, make_backend
 from soundsearch.search.cache import (
     CACHE_DTYPES,
     cache_name,
@@ -35,10 +38,9 @@ from soundsearch.search.cache import (
     publish_cache_file,
     unpack_norm,
 )
-from soundsearch.search.kernel import _run_chunks, _torch_threads
 
 if TYPE_CHECKING:
-    from soundsearch.model.network import LoadedModel
+    from soundsearch.model.arrays import ModelBase
     from soundsearch.store import Store
 
 # Items embedded per chunk while building the cache.
@@ -53,11 +55,12 @@ class DatabaseSide:
     def __init__(
         self,
         store: "Store",
-        model: "LoadedModel",
+        model: "ModelBase",
         cache_dir: Path | None,
         cache_dtype: str,
         persist: bool,
         workers: int | None,
+        backend: str | None = None,
     ):
         if cache_dtype not in CACHE_DTYPES:
             raise SearchError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not {cache_dtype!r}")
@@ -67,9 +70,10 @@ class DatabaseSide:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.path) / "cache"
         self.cache_dtype = cache_dtype
         self.persist = persist
-        self.workers = max(1, int(workers if workers is not None else torch.get_num_threads()))
         self.form = model.inference_form()
-        self.head = self.form.head
+        self.backend = make_backend(model, self.form, backend)
+        self.workers = max(1, int(workers if workers is not None else self.backend.default_workers()))
+        self.head = self.backend.head  # the folded head, as the backend's arrays
         self.embed_width = self.form.embed_width
         self._cache: np.ndarray | None = None
         self._acoustic_width: int | None = None
@@ -89,7 +93,7 @@ class DatabaseSide:
         """D': values of Featurizer.item_stats per item."""
         if self._acoustic_width is None:
             probe = np.zeros((1, self.model.config.steps, self.model.config.dim), np.float32)
-            self._acoustic_width = int(self.store.featurizer().item_stats(probe).shape[1])
+            self._acoustic_width = int(self._item_stats(probe).shape[1])
         return self._acoustic_width
 
     @property
@@ -100,7 +104,14 @@ class DatabaseSide:
         return norm_rows(self.acoustic_width, self._row_width, storage)
 
     def _item_stats(self, feats: np.ndarray) -> np.ndarray:
-        return self.store.featurizer().item_stats(feats)
+        # From the store's recorded featurizer spec, not a built featurizer: building aisfx's
+        # loads its network and torch, which a query of known features does not need.
+        from soundsearch.features import item_stats, spec_stats
+
+        spec = getattr(self.store, "featurizer_spec", None)
+        if not isinstance(spec, dict):
+            return self.store.featurizer().item_stats(feats)
+        return item_stats(feats, spec_stats(spec))
 
     def _store_norm(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The acoustic standardisation over every stored item, accumulated chunk by chunk."""
@@ -125,10 +136,7 @@ class DatabaseSide:
         """(N, D') float32 unit acoustic vectors of every stored item, from the cache."""
         self.prepare()
         off = 2 * self.head.steps * self.head.width + self.embed_width
-        part = self._cache[: self.n_items, off:]
-        if part.dtype == np.uint16:
-            return self._as_tensor(part).float().numpy()
-        return np.asarray(part, dtype=np.float32)
+        return as_float32(self._cache[: self.n_items, off:])
 
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
@@ -165,12 +173,9 @@ class DatabaseSide:
 
             def build_chunk(start: int) -> None:
                 rows = self._database_rows(feats[start : start + _BUILD_CHUNK])
-                if storage is np.uint16:
-                    out[start : start + rows.shape[0]] = rows.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-                else:
-                    out[start : start + rows.shape[0]] = rows.numpy()
+                out[start : start + rows.shape[0]] = f32_to_bf16(rows) if storage is np.uint16 else rows
 
-            _run_chunks(build_chunk, range(0, n, _BUILD_CHUNK), self.workers)
+            self.backend.run_chunks(build_chunk, range(0, n, _BUILD_CHUNK), self.workers)
             if tmp is None:
                 return out
             arr = publish_cache_file(out, tmp, path)
@@ -182,25 +187,17 @@ class DatabaseSide:
             if tmp is not None:
                 tmp.discard()
 
-    @torch.no_grad()
-    def _database_rows(self, feats_raw: np.ndarray) -> torch.Tensor:
+    def _database_rows(self, feats_raw: np.ndarray) -> np.ndarray:
         """(n, T, D) raw features -> (n, row width) float32: PA, PB (folded), pooled embedding,
         acoustic vector."""
         from soundsearch.search.ranking import acoustic_vectors
 
         pa, pb, pooled = self._sides(feats_raw)
         n = pa.shape[0]
-        acoustic = torch.from_numpy(acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std))
+        acoustic = acoustic_vectors(self._item_stats(feats_raw), self._ac_mean, self._ac_std)
         # PB before PA: a query's (PA_q, PB_q) then lines up with both orders in one add.
-        return torch.cat([pb.reshape(n, -1), pa.reshape(n, -1), pooled, acoustic], dim=1)
+        return np.concatenate([pb.reshape(n, -1), pa.reshape(n, -1), pooled, acoustic], axis=1)
 
-    def _sides(self, feats_raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Callers split big inputs into chunks across threads; a query's few rows are tiny
-        # work, where intra-op threads only add barriers (milliseconds each on a busy machine).
-        with _torch_threads(1):
-            return self.form.sides(feats_raw)
-
-    def _as_tensor(self, raw: np.ndarray) -> torch.Tensor:
-        if raw.dtype == np.uint16:
-            return torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(raw if raw.flags.c_contiguous else np.ascontiguousarray(raw))
+    def _sides(self, feats_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(PA, PB, pooled) of raw (n, T, D) features, numpy float32, from the backend."""
+        return self.backend.sides(feats_raw)

@@ -12,8 +12,10 @@ the filters (filters.py), the ranking mode's order (ranking.py: presence, blend 
 near-duplicates of the query right after its own items), one result per moment or per file
 (moments.py), and the results (results.py).
 
-Threads: chunks of items go to one Python thread per core (torch's thread count), each running
-torch single-threaded; see soundsearch.search.kernel._run_chunks for why.
+The arithmetic runs on a backend (backends.py): numpy, which needs no torch (the backend of a
+model loaded as arrays, as `soundsearch query` loads it), or torch (a model loaded with its
+network). Threads: chunks of items go to one Python thread per core, each running its
+products single-threaded (torch; see soundsearch.search.kernel._run_chunks for why).
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import torch
 
 from soundsearch.errors import SearchError, StoreError
 from soundsearch.presence import BOTH, DIFFERS, NEITHER, STATES
+from soundsearch.search.backends import as_float32
 from soundsearch.search.cache import CACHE_DTYPES, model_key
 from soundsearch.search.database import DatabaseSide
 from soundsearch.search.filters import apply_filters, check_filters
-from soundsearch.search.kernel import _Block, _run_chunks, _torch_threads
 from soundsearch.search.moments import choose_rows
 from soundsearch.search.query import query_features, scored_items
 from soundsearch.search.results import Result, ScoreMatrix, SearchResults, StoredQuery, build_results, rank
 
 if TYPE_CHECKING:
-    from soundsearch.model.network import LoadedModel
+    from soundsearch.model.arrays import ModelBase
     from soundsearch.search.prefilter import Prefilter
     from soundsearch.search.ranking import RankingMode
     from soundsearch.store import Store
@@ -56,21 +57,24 @@ class SearchEngine(DatabaseSide):
     """Scores queries against every item of a store with a presence model.
 
     The database side is computed on first use (or loaded from `cache_dir`, default
-    `<store>/cache`); `prepare()` does it eagerly.
+    `<store>/cache`); `prepare()` does it eagerly. `backend` ("numpy" or "torch", backends.py)
+    defaults to the model's own: torch for a model loaded with its network, numpy for one
+    loaded as arrays.
     """
 
     def __init__(
         self,
         store: "Store",
-        model: "LoadedModel",
+        model: "ModelBase",
         cache_dir: Path | None = None,
         cache_dtype: str = "float32",
         block_rows: int = DEFAULT_BLOCK_ROWS,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         persist: bool = True,
         workers: int | None = None,
+        backend: str | None = None,
     ):
-        super().__init__(store, model, cache_dir, cache_dtype, persist, workers)
+        super().__init__(store, model, cache_dir, cache_dtype, persist, workers, backend)
         self.taxonomy = model.taxonomy
         self.block_rows = max(int(block_rows), model.config.steps)
         self.chunk_rows = max(int(chunk_rows), self.block_rows)
@@ -79,7 +83,6 @@ class SearchEngine(DatabaseSide):
 
     # ---- scoring
 
-    @torch.no_grad()
     def score_all(
         self,
         query_feats_raw: np.ndarray,
@@ -106,8 +109,8 @@ class SearchEngine(DatabaseSide):
             rows = np.asarray(rows, dtype=np.int64)
         n = self.n_items if rows is None else rows.shape[0]
         qa, qb, qpooled = self._sides(q)
-        qacoustic = torch.from_numpy(self.acoustic_of(q, aggregate=aggregate))
-        qpair = torch.stack([qa, qb], dim=1)  # (Q, 2, T, G*K1)
+        qacoustic = self.acoustic_of(q, aggregate=aggregate)
+        qpair = self.backend.pair(qa, qb)  # (Q, 2, T, G*K1)
         nq = q.shape[0]
         out_q = 1 if aggregate else nq
         c = self.head.n_categories
@@ -115,15 +118,14 @@ class SearchEngine(DatabaseSide):
         expected = np.zeros((out_q, n), dtype=np.float32)
         all_probs = np.zeros((out_q, n, c, len(STATES)), dtype=np.float32) if probs else None
         if aggregate:
-            qpooled = qpooled.mean(0, keepdim=True)
-            qpooled = qpooled / qpooled.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            qpooled = _unit(qpooled.mean(0, keepdims=True))
         closeness = np.zeros((out_q, n), dtype=np.float32)
         acoustic = np.zeros((out_q, n), dtype=np.float32)
         # A long query's moments, one by one: a copy of one of its stretches is a near-duplicate
         # of that moment even though the query's average says little about it.
         best = aggregate and nq > 1
         acoustic_best = np.zeros((1, n), dtype=np.float32) if best else None
-        qacoustic_each = torch.from_numpy(self.acoustic_of(q)) if best else None
+        qacoustic_each = self.acoustic_of(q) if best else None
         if n == 0:
             return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
         e = self.embed_width
@@ -134,47 +136,48 @@ class SearchEngine(DatabaseSide):
         chunk = max(sub, min(self.chunk_rows // t, -(-n // (4 * self.workers))))
         chunk = -(-chunk // sub) * sub
         local = threading.local()
+        backend = self.backend
 
         def score_chunk(start: int) -> None:
             block = getattr(local, "block", None)
             if block is None:
-                block = local.block = _Block(self.head, sub, chunk)
+                block = local.block = backend.block(sub, chunk)
             stop = min(n, start + chunk)
             if rows is None:
                 raw = cache[start:stop]
             else:
                 raw = cache[rows[start:stop]]
-            db = self._as_tensor(raw)
-            m = db.shape[0]
-            halves = db[:, : 2 * t * k].view(m, 2, t, k)
-            db_pooled = db[:, 2 * t * k : 2 * t * k + e].float()
-            closeness[:, start:stop] = (qpooled @ db_pooled.T).numpy()
-            db_acoustic = db[:, 2 * t * k + e :].float().T
-            acoustic[:, start:stop] = (qacoustic @ db_acoustic).numpy()
+            m = raw.shape[0]
+            halves = backend.halves(raw)
+            db_rest = as_float32(raw[:, 2 * t * k :])  # pooled, acoustic
+            closeness[:, start:stop] = qpooled @ db_rest[:, :e].T
+            db_acoustic = db_rest[:, e:].T
+            acoustic[:, start:stop] = qacoustic @ db_acoustic
             if best:
-                acoustic_best[0, start:stop] = (qacoustic_each @ db_acoustic).amax(0).numpy()
+                acoustic_best[0, start:stop] = (qacoustic_each @ db_acoustic).max(0)
             acc = None
             for j in range(nq):
-                y = block.pool(block.logits(halves, qpair[j]), m)  # (m, 3, C)
+                y = backend.probs(block, halves, qpair[j], m)  # (m, 3, C)
                 if aggregate:
-                    acc = y if acc is None else acc.add_(y)
+                    acc = y if acc is None else np.add(acc, y, out=acc)
                 else:
                     self._emit(y, j, start, stop, level, expected, all_probs)
             if aggregate:
-                self._emit(acc.div_(nq), 0, start, stop, level, expected, all_probs)
+                acc /= np.float32(nq)
+                self._emit(acc, 0, start, stop, level, expected, all_probs)
 
-        _run_chunks(score_chunk, range(0, n, chunk), self.workers)
+        backend.run_chunks(score_chunk, range(0, n, chunk), self.workers)
         return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
 
     @staticmethod
-    def _emit(y, j, start, stop, level, expected, all_probs) -> None:
-        expected[j, start:stop] = y[:, BOTH : NEITHER + 1].sum((1, 2)).numpy()
+    def _emit(y: np.ndarray, j, start, stop, level, expected, all_probs) -> None:
+        expected[j, start:stop] = y[:, BOTH : NEITHER + 1].sum((1, 2))
         # argmax is "differs" exactly when it beats both others strictly (ties go to the
         # first state, as argmax breaks them).
-        differs = torch.gt(y[:, DIFFERS], torch.maximum(y[:, BOTH], y[:, NEITHER])).sum(-1)
-        level[j, start:stop] = (y.shape[2] - differs).numpy()
+        differs = (y[:, DIFFERS] > np.maximum(y[:, BOTH], y[:, NEITHER])).sum(-1)
+        level[j, start:stop] = y.shape[2] - differs
         if all_probs is not None:
-            all_probs[j, start:stop] = y.transpose(1, 2).numpy()
+            all_probs[j, start:stop] = y.transpose(0, 2, 1)
 
     def flops_per_query(self, items: int | None = None) -> int:
         """Pair-specific floating-point operations of one single-item query over the store."""
@@ -276,8 +279,7 @@ class SearchEngine(DatabaseSide):
         acoustic = self.acoustic_of(q, aggregate=True)[0]
         if presence:
             _, _, pooled = self._sides(q)
-            pooled = pooled.mean(0)
-            pooled = (pooled / pooled.norm().clamp_min(1e-12)).numpy()
+            pooled = _unit(pooled.mean(0, keepdims=True))[0]
             rows = np.union1d(pre.candidates("pooled", pooled, count),
                               pre.candidates("acoustic", acoustic, DUPLICATE_CANDIDATES))
         else:
@@ -351,7 +353,6 @@ class SearchEngine(DatabaseSide):
         best = rank_score(ranking, each.level, each.expected, each.acoustic, c).argmax(0)
         return [tuple(segments[int(j)]) for j in best]
 
-    @torch.no_grad()
     def self_presence(self, feats_raw: np.ndarray) -> np.ndarray:
         """(C,) the model's probability that a recording (its (Q, T, D) items) holds each
         category: each item paired with itself, averaged, p_both / (p_both + p_neither)."""
@@ -359,17 +360,22 @@ class SearchEngine(DatabaseSide):
         if q.ndim == 2:
             q = q[None]
         self.prepare()
-        t, k = self.head.steps, self.head.width
         rows = self._database_rows(q)
-        halves = rows[:, : 2 * t * k].reshape(q.shape[0], 2, t, k)
         qa, qb, _ = self._sides(q)
-        qpair = torch.stack([qa, qb], dim=1)
-        block = _Block(self.head, 1, 1)
-        with _torch_threads(1):
-            y = torch.stack([block.pool(block.logits(halves[j : j + 1], qpair[j]), 1)[0] for j in range(q.shape[0])])
+        backend = self.backend
+        qpair = backend.pair(qa, qb)
+        halves = backend.halves(rows)
+        block = backend.block(1, 1)
+        with backend.single():
+            y = np.stack([backend.probs(block, halves[j : j + 1], qpair[j], 1)[0] for j in range(q.shape[0])])
         y = y.mean(0)  # (3, C)
-        both, neither = y[BOTH].double(), y[NEITHER].double()
-        return (both / (both + neither).clamp_min(1e-12)).float().numpy()
+        both, neither = y[BOTH].astype(np.float64), y[NEITHER].astype(np.float64)
+        return (both / np.maximum(both + neither, 1e-12)).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class _Rows:

@@ -89,10 +89,9 @@ class Prefilter:
 
     def vectors(self, vector: str, start: int, stop: int) -> np.ndarray:
         """(stop - start, width) float32 rows of the cache's `vector` part."""
-        part = self.side._cache[start:stop, self._columns(vector)]
-        if part.dtype == np.uint16:
-            return self.side._as_tensor(part).float().numpy()
-        return np.ascontiguousarray(part, dtype=np.float32)
+        from soundsearch.search.backends import as_float32
+
+        return np.ascontiguousarray(as_float32(self.side._cache[start:stop, self._columns(vector)]))
 
     def index(self, vector: str):
         """The usearch index of `vector` for the current cache: loaded, or built (and saved)."""

@@ -277,6 +277,14 @@ class Catalog:
             out[str(path)] = FileRecord(path, size, mtime_ns, duration, sr, ch, status, error, tuple(json.loads(warnings)))
         return out
 
+    def file_state(self, path: str) -> tuple[int, int, str, int] | None:
+        """(size, mtime_ns, status, generation) of one catalogued file, read in one transaction
+        (the generation says which state of the items it belongs to); None when not catalogued."""
+        with self.transaction(write=False) as db:
+            row = db.execute("SELECT size, mtime_ns, status FROM files WHERE path = ?", (os.fsencode(path),)).fetchone()
+            generation = self.int_meta("generation")
+        return None if row is None else (row[0], row[1], row[2], generation)
+
     def file_states(self) -> dict[str, tuple[int, int, str, str | None]]:
         rows = self.rows("SELECT path, size, mtime_ns, status, error FROM files")
         return {os.fsdecode(p): (size, mtime_ns, status, error) for p, size, mtime_ns, status, error in rows}

@@ -21,7 +21,7 @@ from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreMissing
 from soundsearch.store.arrays import array_name, array_problems, open_array, row_crc, write_new_array
 from soundsearch.store.catalog import Catalog
 from soundsearch.store.folder import ARRAYS, CATALOG, check_foreign, check_store_path, os_errors, store_lock
-from soundsearch.store.records import FileRecord, ItemRecord, StoreStats
+from soundsearch.store.records import STATUS_OK, FileRecord, ItemRecord, StoreStats
 from soundsearch.store.snapshot import Snapshot, load_snapshot
 from soundsearch.store.writer import StoreWriter
 
@@ -240,6 +240,28 @@ class Store:
 
     def items_for_path(self, path: Path | str) -> list[ItemRecord]:
         return list(self._snap().by_path.get(str(Path(path).absolute()), []))
+
+    def unchanged_items(self, path: Path | str) -> list[ItemRecord] | None:
+        """The items of the file at `path`, in time order, when the store holds it as it is on
+        disk now: indexed without failure, the same size and modification time (the rule
+        `index` skips unchanged files by), recorded in the state of the catalog that items()
+        and features() were read from. None otherwise (not stored, changed, failed, or the
+        catalog moved on since the snapshot). The file is known by its real path (README:
+        "File identity"), so a symlink to an indexed file is that file."""
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        snap = self._snap()
+        state = self.catalog.file_state(real)
+        if state is None:
+            return None
+        size, mtime_ns, status, generation = state
+        if status != STATUS_OK or size != st.st_size or mtime_ns != st.st_mtime_ns or generation != snap.generation:
+            return None
+        items = snap.by_path.get(real)
+        return sorted(items, key=lambda r: (r.start, r.end, r.row)) if items else None
 
     def fingerprint(self) -> str:
         """Changes whenever the stored items or their rows change (search caches key on it)."""
