@@ -204,3 +204,12 @@ def test_print_is_the_same_whatever_the_blocks():
     assert whole.shape == (1 + (x.size - 1024) // 256, 40)
     np.testing.assert_array_equal(whole, pieces)
     assert np.abs(dequantise(quantise(np.array([-3.3, 20.1]))) - [-3.5, 20.0]).max() <= 0.25
+
+
+def test_a_prefiltered_search_still_scores_the_places_found(lib):
+    # The prefilter's candidates come from acoustic closeness, which a call under traffic
+    # lacks; the items holding the query's sound are scored whatever the prefilter picks.
+    doc = query_json(lib, str(lib["outside"] / "call.wav"), "-k", "4", "--candidates", "2")
+    assert 4 <= doc["candidates"] < 43  # the prefilter ran: two candidates and the four places
+    found = sorted((r["display"], round(r["moment"]["start"], 1)) for r in doc["results"] if r["contains"] is not None)
+    assert found == [("garden.wav", 5.0), ("garden.wav", 22.0), ("street.wav", 12.5), ("street.wav", 41.2)]
