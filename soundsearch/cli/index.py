@@ -244,7 +244,9 @@ def _summary(report) -> None:
         parts.append(f"{len(report.skipped)} skipped")
     err.print(
         f"{shown(report.store)}: " + ", ".join(parts)
-        + f" ({report.items_added} items, {_human_duration(report.audio_seconds)} of audio in {report.seconds:.1f} s)",
+        + f" ({report.items_added} items, {_human_duration(report.audio_seconds)} of audio in {report.seconds:.1f} s)"
+        + (f"; {_count(report.prints, 'long recording')} with a sound print (queries find their sound inside)"
+           if report.prints else ""),
         highlight=False,
         soft_wrap=True,
     )
