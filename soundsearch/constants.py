@@ -54,3 +54,9 @@ PREFILTER_MIN_ITEMS = 20_000
 # held the recall; 10% at 100k is an extrapolation from the 10k run, not yet measured.
 PREFILTER_CANDIDATES = 1000
 PREFILTER_SHARE = 0.10
+
+# A query of up to 30 s also looks for its own sound inside the store's long recordings
+# (search.contains) when they add up to at most this many hours: the scan costs about 0.25-0.4 s
+# per hour of them per query on 2 busy cores, so 10 hours keep it within ~3 s. Past that it
+# runs only when asked (`query --inside`), and the query says it was not made.
+INSIDE_MAX_HOURS = 10.0

@@ -213,3 +213,20 @@ def test_a_prefiltered_search_still_scores_the_places_found(lib):
     assert 4 <= doc["candidates"] < 43  # the prefilter ran: two candidates and the four places
     found = sorted((r["display"], round(r["moment"]["start"], 1)) for r in doc["results"] if r["contains"] is not None)
     assert found == [("garden.wav", 5.0), ("garden.wav", 22.0), ("street.wav", 12.5), ("street.wav", 41.2)]
+
+
+def test_stores_with_many_hours_of_long_recordings_scan_only_when_asked(lib, monkeypatch):
+    import soundsearch.constants as constants
+
+    # 1.8 minutes of long recordings here; pretend the limit is below them.
+    monkeypatch.setattr(constants, "INSIDE_MAX_HOURS", 0.01)
+    doc = query_json(lib, str(lib["outside"] / "call.wav"), "-k", "4")
+    assert doc["inside_skipped_hours"] == pytest.approx(130 / 3600, abs=1e-3)
+    assert all(r["contains"] is None for r in doc["results"])
+    result = query(lib, str(lib["outside"] / "call.wav"), "-k", "2")
+    assert "was not looked for inside the store's 0.0 hours" in result.stdout and "--inside does" in result.stdout
+    doc = query_json(lib, str(lib["outside"] / "call.wav"), "-k", "4", "--inside")
+    assert doc["inside_skipped_hours"] is None and sum(r["contains"] is not None for r in doc["results"]) == 4
+    monkeypatch.setattr(constants, "INSIDE_MAX_HOURS", 100.0)
+    doc = query_json(lib, str(lib["outside"] / "call.wav"), "-k", "4", "--no-inside")
+    assert doc["inside_skipped_hours"] is None and all(r["contains"] is None for r in doc["results"])

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
-from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
+from soundsearch.constants import INSIDE_MAX_HOURS, PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
 from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
 from soundsearch.present.document import clock, display_paths
 from soundsearch.present.document import moment_clock as _momentclock
@@ -101,6 +101,10 @@ def query(
     exact: Annotated[
         bool, typer.Option("--exact", help=f"Score every stored item, even in a store of {PREFILTER_MIN_ITEMS:,} items or more (where only the prefilter's candidates are scored).")
     ] = False,
+    inside: Annotated[
+        Optional[bool],
+        typer.Option("--inside/--no-inside", help=f"Look for the query's own sound inside the stored long recordings, located in time (default: when they add up to at most {INSIDE_MAX_HOURS:g} hours; queries of up to 30 s).", show_default=False),
+    ] = None,
     candidates: Annotated[
         Optional[int],
         typer.Option("--candidates", min=1, metavar="N", help=f"Score only the N items the prefilter puts nearest the query, at any store size and mode (default {PREFILTER_CANDIDATES:,} or {PREFILTER_SHARE:.0%} of the store, whichever is more, in stores of {PREFILTER_MIN_ITEMS:,} items or more).", show_default=False),
@@ -173,7 +177,7 @@ def query(
         results = engine.search(
             path, k=k, require=require or (), exclude=exclude or (), min_level=min_level, mode=mode,
             include_self=include_self, start=t_start, end=t_end, group_by=group_by.value if group_by else None,
-            candidates=candidates, exact=exact,
+            candidates=candidates, exact=exact, inside=inside,
         )
         roots = st.roots()
         doc = to_json(results, st, loaded, roots)

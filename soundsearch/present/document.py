@@ -174,5 +174,8 @@ def results_document(results: "SearchResults", store, model, roots: list[Path] |
         "items_searched": results.items_searched,
         "matches": results.matches,
         "candidates": results.candidates,
+        # Hours of long recordings the query's own sound was not looked for inside (over
+        # constants.INSIDE_MAX_HOURS and not asked for); null when searched or none are stored.
+        "inside_skipped_hours": None if results.inside_skipped_hours is None else round(results.inside_skipped_hours, 3),
         "results": [_result_entry(r, name, cats, results.query_presence) for r, name in zip(rows, display)],
     }

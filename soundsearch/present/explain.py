@@ -8,13 +8,20 @@ def _name(category: str) -> str:
 
 
 def filter_notes(doc: dict) -> list[str]:
-    """One sentence per --require/--exclude/--min-level that removed no item or every item.
+    """One sentence per --require/--exclude/--min-level that removed no item or every item, and
+    one when the query's sound was not looked for inside long recordings.
 
     `doc` is a results document (present.document.results_document)."""
     effects = doc.get("filter_effects") or {}
     presence = (doc.get("query") or {}).get("presence") or {}
     searched = effects.get("others", doc.get("items_searched", 0))
     notes: list[str] = []
+    skipped = doc.get("inside_skipped_hours")
+    if skipped is not None:
+        notes.append(
+            f"the query's own sound was not looked for inside the store's {skipped:.1f} hours of long "
+            "recordings (more than a query scans by default): --inside does, at about 0.3 s an hour"
+        )
     for cat, removed in (effects.get("require") or {}).items():
         has = presence.get(cat, 0.0) >= 0.5
         if removed >= searched > 0:

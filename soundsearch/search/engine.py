@@ -20,6 +20,8 @@ products single-threaded (torch; see soundsearch.search.kernel._run_chunks for w
 
 from __future__ import annotations
 
+import dataclasses
+
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -200,6 +202,7 @@ class SearchEngine(DatabaseSide):
         group_by: str | None = None,
         candidates: int | None = None,
         exact: bool = False,
+        inside: bool | None = None,
     ) -> SearchResults:
         """The k best items for a query file (or raw (T, D) / (Q, T, D) features, or a
         StoredQuery).
@@ -221,7 +224,11 @@ class SearchEngine(DatabaseSide):
         (default PREFILTER_CANDIDATES, or PREFILTER_SHARE of the store when more) items an approximate index puts nearest the query are
         scored exactly, the query's own items always among them. `candidates` asks for it at
         any size and mode; `exact` scores every item. When the candidates leave fewer than k
-        results (narrow filters), every item is scored after all."""
+        results (narrow filters), every item is scored after all.
+
+        A query file of up to 30 s is also looked for inside the store's long recordings
+        (search.contains): `inside` True always, False never, None (default) when they add up
+        to at most INSIDE_MAX_HOURS (SearchResults.inside_skipped_hours says when not)."""
         from soundsearch.search.ranking import resolve_ranking
 
         ranking = resolve_ranking(self.model, mode)
@@ -232,7 +239,7 @@ class SearchEngine(DatabaseSide):
         if candidates is not None and candidates < 1:
             raise SearchError(f"candidates must be at least 1, not {candidates}")
         qf = query_features(self.store, query, start, end)
-        located = self.locate(qf.path, qf.segments)
+        located, skipped = self._located(qf, inside)
         rows = None if exact else self._candidate_rows(ranking, qf.feats, qf.self_rows, candidates)
         if rows is not None and located is not None:
             rows = np.union1d(rows, located.rows)  # an item holding the query's sound is always scored
@@ -240,7 +247,23 @@ class SearchEngine(DatabaseSide):
         found = self._search_rows(qf, rows, ranking, filters, k, include_self, group_by, n, region, located)
         if rows is not None and len(found.results) < k:
             found = self._search_rows(qf, None, ranking, filters, k, include_self, group_by, n, region, located)
+        if skipped is not None:
+            found = dataclasses.replace(found, inside_skipped_hours=skipped)
         return found
+
+    def _located(self, qf, inside: bool | None) -> tuple["Located | None", float | None]:
+        """(where the query's sound is inside long recordings, or None; the hours of long
+        recordings not searched because they exceed INSIDE_MAX_HOURS, or None)."""
+        from soundsearch.constants import INSIDE_MAX_HOURS
+        from soundsearch.search.prints import long_hours, long_recordings
+
+        if inside is False or qf.path is None:
+            return None, None
+        if inside is None:
+            hours = long_hours(self.store, long_recordings(self.store))
+            if hours > INSIDE_MAX_HOURS:
+                return None, hours
+        return self.locate(qf.path, qf.segments), None
 
     def locate(self, query_path, segments) -> "Located | None":
         """Where the query file's own sound occurs inside the store's long recordings

@@ -99,6 +99,12 @@ def long_recordings(store: "Store") -> dict[str, list[int]]:
     return out
 
 
+def long_hours(store: "Store", longs: dict[str, list[int]]) -> float:
+    """Hours of audio in the recordings of `longs` (long_recordings)."""
+    items = store.items()
+    return sum(items[rows[0]].file_duration for rows in longs.values()) / 3600.0
+
+
 class PrintCache:
     """The prints/ folder of a store (see the module docstring)."""
 
@@ -218,6 +224,7 @@ __all__ = [
     "PrintCache",
     "dequantise",
     "file_print",
+    "long_hours",
     "long_recordings",
     "signal_print",
     "warm",

@@ -97,6 +97,9 @@ class SearchResults:
     # Items the candidate prefilter passed to the exact scoring (search.prefilter); None when
     # every item was scored. `matches` and `filter_effects` then count among the candidates.
     candidates: int | None = None
+    # Hours of long recordings the query's own sound was not looked for inside (more than
+    # constants.INSIDE_MAX_HOURS, and not asked for); None when they were searched or none exist.
+    inside_skipped_hours: float | None = None
 
 
 @dataclass(frozen=True)
