@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundsearch.search.fingerprint import HOP, N_FFT, SAMPLE_RATE
-from soundsearch.search.prints import FRAME_SECONDS, PrintCache, dequantise, long_recordings
+from soundsearch.search.prints import FRAME_SECONDS, PrintCache, dequantise
 
 if TYPE_CHECKING:
     from soundsearch.store import Store
@@ -200,7 +200,8 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
     img = query_image(query_path, segments)
     if img is None:
         return None
-    longs = long_recordings(store)
+    cache = cache or PrintCache(store.path)
+    longs, _ = cache.recordings(store)
     if not longs:
         return None
     own = str(query_path.absolute()) if hasattr(query_path, "absolute") else str(query_path)
@@ -211,7 +212,7 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
     start = np.full(n, np.nan)
     end = np.full(n, np.nan)
     length = ((img.shape[1] - 1) * HOP + N_FFT) / SAMPLE_RATE
-    prints = (cache or PrintCache(store.path)).prints(store, sorted(longs))
+    prints = cache.prints(store, sorted(longs))
     scanner = Scanner(img)
     for path, u8 in prints.items():
         rows = longs[path]

@@ -255,25 +255,28 @@ class SearchEngine(DatabaseSide):
         """(where the query's sound is inside long recordings, or None; the hours of long
         recordings not searched because they exceed INSIDE_MAX_HOURS, or None)."""
         from soundsearch.constants import INSIDE_MAX_HOURS
-        from soundsearch.search.prints import long_hours, long_recordings
 
         if inside is False or qf.path is None:
             return None, None
         if inside is None:
-            hours = long_hours(self.store, long_recordings(self.store))
+            _, hours = self._print_cache().recordings(self.store)
             if hours > INSIDE_MAX_HOURS:
                 return None, hours
         return self.locate(qf.path, qf.segments), None
+
+    def _print_cache(self):
+        from soundsearch.search.prints import PrintCache
+
+        if self._prints is None:
+            self._prints = PrintCache(self.store.path, writable=self.persist and not self.store.readonly)
+        return self._prints
 
     def locate(self, query_path, segments) -> "Located | None":
         """Where the query file's own sound occurs inside the store's long recordings
         (search.contains), per store row; None when nowhere or not asked for."""
         from soundsearch.search.contains import locate
-        from soundsearch.search.prints import PrintCache
 
-        if self._prints is None:
-            self._prints = PrintCache(self.store.path, writable=self.persist and not self.store.readonly)
-        return locate(self.store, query_path, segments, self._prints)
+        return locate(self.store, query_path, segments, self._print_cache())
 
     def prefilter(self) -> "Prefilter":
         """The candidate prefilter of this engine's store and model (indexes built on first use)."""

@@ -112,6 +112,20 @@ class PrintCache:
         self.folder = Path(store_path) / PRINTS_DIR
         self.writable = writable
         self._memo: dict[tuple[str, int, int], np.ndarray] = {}  # a search engine's prints, kept
+        self._longs: tuple[str, dict[str, list[int]], float, dict] | None = None
+
+    def recordings(self, store: "Store") -> tuple[dict[str, list[int]], float]:
+        """(long_recordings(store), their hours), read once per store state: a search engine
+        asks on every query, and reading a million items' catalog rows is not free."""
+        self._store_state(store)
+        return self._longs[1], self._longs[2]
+
+    def _store_state(self, store: "Store") -> dict:
+        key = store.fingerprint()
+        if self._longs is None or self._longs[0] != key:
+            longs = long_recordings(store)
+            self._longs = (key, longs, long_hours(store, longs), store.file_states())
+        return self._longs[3]
 
     @staticmethod
     def _stem(path: str) -> str:
@@ -159,7 +173,7 @@ class PrintCache:
     def prints(self, store: "Store", wanted: list[str], workers: int = 4) -> dict[str, np.ndarray]:
         """path -> print of each of `wanted` (stored recordings), made and saved where missing;
         recordings that cannot be read are left out."""
-        states = store.file_states()
+        states = self._store_state(store)
         out: dict[str, np.ndarray] = {}
         missing: list[tuple[str, int, int]] = []
         for p in wanted:
