@@ -230,3 +230,21 @@ def test_stores_with_many_hours_of_long_recordings_scan_only_when_asked(lib, mon
     monkeypatch.setattr(constants, "INSIDE_MAX_HOURS", 100.0)
     doc = query_json(lib, str(lib["outside"] / "call.wav"), "-k", "4", "--no-inside")
     assert doc["inside_skipped_hours"] is None and all(r["contains"] is None for r in doc["results"])
+
+
+def test_a_quieter_copy_under_other_sound_is_confirmed_and_other_sound_is_not():
+    from soundsearch.search.contains import Scanner, confirmed_places
+
+    rng = np.random.default_rng(1)
+    q = np.full((40, 40), -40.0)
+    q[rng.random((40, 40)) < 0.3] = 0.0  # a sparse, patterned sound: loud bins here and there
+    q += rng.normal(0, 1.0, q.shape)
+    background = rng.normal(-25, 4, (600, 40))  # louder than the quiet part of the query
+    host = background.copy()
+    at = 333
+    # The query 10 dB down, added in power to the background at `at`.
+    host[at : at + 40] = 10 * np.log10(10 ** ((q - 10) / 10) + 10 ** (background[at : at + 40] / 10))
+    u8 = quantise(host)
+    found = confirmed_places(q, u8, Scanner(q).scores(u8))
+    assert found and abs(found[0][0] - at) <= 1 and found[0][1] >= CONTAINS_SCORE
+    assert all(abs(o - at) <= 1 for o, _ in found)  # nothing claimed in the background alone
