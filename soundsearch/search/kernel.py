@@ -22,6 +22,31 @@ import torch
 from soundsearch.model.inference import InferenceHead
 from soundsearch.presence import STATES
 
+# relu(a + b) in one pass (the op torch's mobile optimizer fuses add + relu into); plain add
+# then relu where a torch build lacks it.
+try:
+    _ADD_RELU_OUT = torch.ops.aten._add_relu.out
+    _ADD_RELU_ = torch.ops.aten._add_relu_
+except (AttributeError, RuntimeError):  # pragma: no cover - every torch in range has it
+    _ADD_RELU_OUT = _ADD_RELU_ = None
+
+
+def _add_relu(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """out = relu(a + b), b broadcast."""
+    if _ADD_RELU_OUT is None or a.dtype != torch.float32 or b.dtype != torch.float32:  # fused: float32 only
+        torch.add(a, b, out=out).relu_()
+    else:
+        _ADD_RELU_OUT(a, b, out=out)
+
+
+def _bias_relu_(x: torch.Tensor, bias: torch.Tensor) -> None:
+    """x = relu(x + bias) in place, bias broadcast."""
+    if _ADD_RELU_ is None or x.dtype != torch.float32 or bias.dtype != torch.float32:
+        x.add_(bias).relu_()
+    else:
+        _ADD_RELU_(x, bias)
+
+
 # Logits this far from zero cannot overflow or underflow exp() in float32 in any sum the
 # pooling forms, so the softmaxes can skip their max-shift.
 _EXP_SAFE = 80.0
@@ -110,21 +135,23 @@ class _Block:
         rows = m * t
         u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
         z = self.z[: g * rows * k1].view(g, m, t, k1)
-        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one add, one ReLU, one sum.
+        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one fused add-ReLU, one sum.
         if g == 1:
-            torch.add(halves, qpair, out=u[0])
+            _add_relu(halves, qpair, out=u[0])
         else:
-            torch.add(halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4), qpair, out=u)
-        u.relu_()
+            _add_relu(halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4), qpair, out=u)
         torch.add(u[:, :, 0], u[:, :, 1], out=z)
         z = z.view(g, rows, k1)
+        # Hidden layers: the bare product, then bias and ReLU in one pass (addmm would first
+        # copy the bias into every output row, then ReLU would make another pass).
         for (w, b), buf in zip(head.layers, self.layer_out):
             dst = buf[: g * rows * w.shape[2]].view(g, rows, w.shape[2])
             if g == 1:
-                torch.addmm(b[0], z[0], w[0], out=dst[0])
+                torch.mm(z[0], w[0], out=dst[0])
             else:
-                torch.baddbmm(b, z, w, out=dst)
-            z = dst.relu_()
+                torch.bmm(z, w, out=dst)
+            _bias_relu_(dst, b)
+            z = dst
         if g == 1:
             torch.addmm(head.out_b[0], z[0], head.out_w[0], out=dst_out[0])
         else:
@@ -156,17 +183,20 @@ class _Block:
 
     def _pool_unshifted(self, out: torch.Tensor, m: int) -> torch.Tensor:
         """pool() for logits known to lie within +-_EXP_SAFE: no max-shift needed, so one
-        exponential over the contiguous output and a handful of operations."""
+        exponential, in place over the contiguous output (the block's own buffer, consumed
+        here), and a handful of in-place operations."""
         head = self.head
         t, c = head.steps, head.per_group
         ns = len(STATES)
-        ex = out.exp().view(m, t, (ns + 1) * c)
+        ex = out.exp_().view(m, t, (ns + 1) * c)
         total = ex[:, :, :c] + ex[:, :, c : 2 * c]
         total += ex[:, :, 2 * c : 3 * c]
         if head.attention:
             att = ex[:, :, ns * c :]
-            w = att / att.sum(1, keepdim=True)
-            w /= total
+            w = torch.div(att, total, out=total)
+            w /= att.sum(1, keepdim=True)
         else:
             w = total.reciprocal_().mul_(1.0 / t)
-        return (ex[:, :, : ns * c].view(m, t, ns, c) * w.unsqueeze(2)).sum(1)
+        states = ex[:, :, : ns * c].view(m, t, ns, c)
+        states.mul_(w.unsqueeze(2))
+        return states.sum(1)
