@@ -12,9 +12,11 @@ in reused buffers (_Block), with chunks spread over Python threads (_run_chunks)
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -91,35 +93,77 @@ def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) 
                 pass
 
 
+@functools.lru_cache(maxsize=1)
+def fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX or AVX512-BF16, Linux's cpu flags):
+    elsewhere torch emulates bfloat16 products, slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"amx_bf16", "avx512_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def _relu16_(x: torch.Tensor) -> None:
+    """ReLU in place on a bfloat16 or float16 tensor through its bits: a negative value (sign
+    bit set) is a negative int16 and becomes 0, i.e. +0.0; torch's own 16-bit ReLU converts
+    each value to float32 and back, 6x slower."""
+    x.view(torch.int16).clamp_min_(0)
+
+
+def head_in(head: InferenceHead, dtype: torch.dtype) -> InferenceHead:
+    """The head with its weights in `dtype` (the kernel's products then run in it)."""
+    if dtype == torch.float32:
+        return head
+    return replace(
+        head,
+        layers=[(w.to(dtype), b.to(dtype)) for w, b in head.layers],
+        out_w=head.out_w.to(dtype),
+        out_b=head.out_b.to(dtype),
+    )
+
+
 class _Block:
     """Reusable buffers and the pair-specific arithmetic for a chunk of database items.
 
     The first layers run on sub-blocks of `sub_items` (their activations stay in cache); the
     pooling, a dozen small operations whose cost is mostly per call, runs once per chunk.
+
+    The products run in the head's dtype: float32 (exact), or bfloat16 for a compact cache's
+    approximate scan where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16: 5x the
+    float32 rate measured here). Halves of another dtype than the head's (a float16 cache) are
+    converted into a float32 buffer first. The pooling always runs in float32.
     """
 
     def __init__(self, head: InferenceHead, sub_items: int, chunk_items: int):
         self.head = head
+        self.dtype = dtype = head.out_w.dtype
         g, t = head.groups, head.steps
         k1 = head.width // g
         self.sub_items = sub_items
         # Flat storage, viewed per block so that a short last block still gets contiguous
         # (G, m, ...) tensors for the grouped products.
-        self.u = torch.empty(g * sub_items * 2 * t * k1)
-        self.z = torch.empty(g * sub_items * t * k1)
-        self.layer_out = [torch.empty(g * sub_items * t * w.shape[2]) for w, _ in head.layers]
+        self.u = torch.empty(g * sub_items * 2 * t * k1, dtype=dtype)
+        self.z = torch.empty(g * sub_items * t * k1, dtype=dtype)
+        self.layer_out = [torch.empty(g * sub_items * t * w.shape[2], dtype=dtype) for w, _ in head.layers]
         width = head.out_w.shape[2]
-        self.sub_out = torch.empty(g * sub_items * t * width) if g > 1 else None
+        self.sub_out = torch.empty(g * sub_items * t * width, dtype=dtype) if g > 1 or dtype != torch.float32 else None
+        self.up = None  # float32 copy of 16-bit halves, made on first need
         self.out = torch.empty(g * chunk_items * t * width)
 
     def logits(self, halves, qpair) -> torch.Tensor:
         """(m, 2, T, G*K1) database halves (PB, PA) x (2, T, G*K1) query halves (PA, PB)
-        -> the output layer, (G, m*T, 4p)."""
+        -> the output layer, (G, m*T, 4p) float32."""
         head = self.head
         g, t = head.groups, head.steps
         m = halves.shape[0]
         width = head.out_w.shape[2]
         out = self.out[: g * m * t * width].view(g, m * t, width)
+        qpair = qpair.to(self.dtype)
         if g > 1:
             qpair = qpair.view(2, t, g, -1).permute(2, 0, 1, 3).unsqueeze(1)  # (G, 1, 2, T, K1)
         for s in range(0, m, self.sub_items):
@@ -133,31 +177,50 @@ class _Block:
         m = halves.shape[0]
         k1 = head.width // g
         rows = m * t
+        exact = self.dtype == torch.float32
+        if halves.dtype != self.dtype:
+            if self.up is None:
+                self.up = torch.empty(self.sub_items * 2 * t * g * k1, dtype=self.dtype)
+            halves = self.up[: halves.numel()].view(halves.shape).copy_(halves)
         u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
         z = self.z[: g * rows * k1].view(g, m, t, k1)
+        if g > 1:
+            halves = halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4)
         # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one fused add-ReLU, one sum.
-        if g == 1:
-            _add_relu(halves, qpair, out=u[0])
+        if exact:
+            _add_relu(halves, qpair, out=u[0] if g == 1 else u)
         else:
-            _add_relu(halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4), qpair, out=u)
+            torch.add(halves, qpair, out=u[0] if g == 1 else u)
+            _relu16_(u)
         torch.add(u[:, :, 0], u[:, :, 1], out=z)
         z = z.view(g, rows, k1)
-        # Hidden layers: the bare product, then bias and ReLU in one pass (addmm would first
-        # copy the bias into every output row, then ReLU would make another pass).
+        # Hidden layers, float32: the bare product, then bias and ReLU in one pass (addmm would
+        # first copy the bias into every output row, then ReLU would make another pass);
+        # 16-bit: addmm (the bias is oneDNN's), then the bit ReLU.
         for (w, b), buf in zip(head.layers, self.layer_out):
             dst = buf[: g * rows * w.shape[2]].view(g, rows, w.shape[2])
-            if g == 1:
-                torch.mm(z[0], w[0], out=dst[0])
+            if exact:
+                if g == 1:
+                    torch.mm(z[0], w[0], out=dst[0])
+                else:
+                    torch.bmm(z, w, out=dst)
+                _bias_relu_(dst, b)
             else:
-                torch.bmm(z, w, out=dst)
-            _bias_relu_(dst, b)
+                if g == 1:
+                    torch.addmm(b[0], z[0], w[0], out=dst[0])
+                else:
+                    torch.baddbmm(b, z, w, out=dst)
+                _relu16_(dst)
             z = dst
-        if g == 1:
+        if g == 1 and exact:
             torch.addmm(head.out_b[0], z[0], head.out_w[0], out=dst_out[0])
         else:
             width = head.out_w.shape[2]
             tmp = self.sub_out[: g * rows * width].view(g, rows, width)
-            torch.baddbmm(head.out_b, z, head.out_w, out=tmp)
+            if g == 1:
+                torch.addmm(head.out_b[0], z[0], head.out_w[0], out=tmp[0])
+            else:
+                torch.baddbmm(head.out_b, z, head.out_w, out=tmp)
             dst_out.copy_(tmp)
 
     def pool(self, out: torch.Tensor, m: int) -> torch.Tensor:
