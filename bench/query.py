@@ -1,6 +1,6 @@
 """Benchmark the search engine against the naive approach on a synthetic store.
 
-    python bench/query.py --items 100000 [--json] [--cli] [--cache-dtype bfloat16]
+    python bench/query.py --items 100000 [--json] [--cli] [--cache-dtype bfloat16|float16]
 
 Builds a store of N items (random features written straight into a real feature store, in
 10-item files so results carry time ranges) and a model of the paper's architecture with
@@ -15,6 +15,10 @@ random weights and random batch-norm statistics, then prints in one run:
   FLOPs of the engine's main product shape, (640 x 256) x (256 x 128), on the same threads,
   in runs alternating with the engine's; matmul_peak_gflops is the best short burst (torch's
   own threading, that shape, a larger one and a square one);
+- with a compact --cache-dtype (bfloat16, float16; search.cache): same_topk_as_float32, how
+  many of --compare-queries searches returned the float32 engine's top K (rows and levels),
+  and rescored_median/max, the items each re-scored exactly (search.rerank); same_topk then
+  checks that re-scoring against the naive run;
 - rss_mb (now) and peak_rss_mb; build_s (computing the database side), and with --cli
   cli_cold_s: a fresh `soundsearch query --json` process end to end on this store, for a
   file the store does not hold (decoded and featurized: logmel here, which needs no torch;
@@ -61,6 +65,7 @@ from soundsearch.features import get_featurizer
 from soundsearch.model.config import ModelConfig
 from soundsearch.model.checkpoint import load_model, save_model
 from soundsearch.model.network import LoadedModel, PresenceNet
+from soundsearch.search.cache import CACHE_DTYPES
 from soundsearch.search.engine import SearchEngine, rank
 from soundsearch.store import FileEntry, Store
 from soundsearch.taxonomy import Taxonomy
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--naive-repeat", type=int, default=2)
     ap.add_argument("--naive-items", type=int, default=None, help="time the naive run on this many items and scale (for 1M)")
-    ap.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--cache-dtype", default="float32", choices=list(CACHE_DTYPES))
     ap.add_argument("--block-rows", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--dir", type=Path, default=None, help="where to build store and model (kept); default: a temp dir, removed")
@@ -320,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefilter", action="store_true", help="also time the candidate prefilter and its recall")
     ap.add_argument("--candidates", type=int, default=None, help="prefilter candidates (default: the engine's)")
     ap.add_argument("--recall-queries", type=int, default=50)
+    ap.add_argument("--compare-queries", type=int, default=20, help="compact cache: queries compared with float32")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -397,6 +403,22 @@ def main(argv: list[str] | None = None) -> int:
         fig["matmul_gflops_per_cpu_s"] = round(mm_cpu, 1)
         fig["engine_vs_matmul_cpu"] = round(fig["engine_gflops_per_cpu_s"] / fig["matmul_gflops_per_cpu_s"], 3)
         fig["rss_mb"] = round(rss_mb(), 1)
+        if engine.compact:
+            # The compact scan's search against the float32 engine's (its cache built here if
+            # missing, untimed), over fresh queries; and how many items it re-scored exactly.
+            f32 = SearchEngine(store, model)
+            f32.prepare()
+            agree, rescored = [], []
+            qrng = np.random.default_rng(args.seed + 3)
+            for i in range(args.compare_queries):
+                qq = query if i == 0 else (qrng.normal(0, 1, (1, store.dim)) + qrng.normal(0, 1, (store.steps, store.dim))).astype(np.float32)
+                got = [(r.item.row, r.level) for r in engine.search(qq, k=args.k, exact=True).results]
+                rescored.append(engine.last_rescored)
+                agree.append(got == [(r.item.row, r.level) for r in f32.search(qq, k=args.k, exact=True).results])
+            fig["same_topk_as_float32"] = f"{sum(agree)}/{len(agree)}"
+            fig["rescored_median"] = int(np.median(rescored))
+            fig["rescored_max"] = int(np.max(rescored))
+            del f32  # after rss_mb: its pages are not this engine's
         if args.prefilter:
             prefilter_figures(fig, engine, store, query, args)
 
@@ -421,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             qh = model.net.embed(torch.from_numpy(model.normalise(query[None]))).mean(1)
             close = (torch.cat(pooled) @ torch.nn.functional.normalize(qh, dim=1)[0]).numpy()
         naive_top = rank(naive.level, naive.expected, close, k=args.k).tolist()
-        full = engine.score_all(query, probs=True, rows=np.arange(m_items))
+        # (From a compact cache: its float32 re-scoring, what the search's top is made of.)
+        full = engine.score_all(query, probs=True, rows=np.arange(m_items), recompute=engine.compact)
         # The naive side is ranked by presence: so is the engine's, whatever the model records.
         engine_top = rank(full.level[0], full.expected[0], full.closeness[0], k=args.k).tolist()
         fig["same_topk"] = engine_top == naive_top

@@ -191,12 +191,69 @@ def test_unwritable_cache_folder_still_searches(tmp_path, store, model):
     np.testing.assert_array_equal(engine.score_all(queries(1)).level[0], ref.level)
 
 
-def test_bfloat16_cache_is_close(store, model):
+@pytest.mark.parametrize("dtype,tol", [("bfloat16", 5e-2), ("float16", 5e-3)])
+def test_compact_cache_scan_is_close_and_recompute_exact(store, model, dtype, tol):
     exact = SearchEngine(store, model).score_all(queries(2), probs=True)
-    half = SearchEngine(store, model, cache_dtype="bfloat16").score_all(queries(2), probs=True)
-    assert np.abs(half.probs - exact.probs).max() < 2e-2
+    compact = SearchEngine(store, model, cache_dtype=dtype)
+    half = compact.score_all(queries(2), probs=True)
+    assert np.abs(half.probs - exact.probs).max() < tol
+    # The pooled embedding and the acoustic vector are stored as float32: exact.
+    np.testing.assert_array_equal(half.closeness, exact.closeness)
+    np.testing.assert_array_equal(half.acoustic, exact.acoustic)
+    np.testing.assert_array_equal(compact.acoustic_matrix(), SearchEngine(store, model).acoustic_matrix())
+    # A compact row: 16-bit halves, float32 tail (2 storage values a value).
+    full = SearchEngine(store, model).prepare()
+    assert compact.cache_path().stat().st_size < 0.6 * full.cache_path().stat().st_size
+    # Re-scored from float32 rows recomputed from the features: the float32 engine's scores.
+    rows = np.array([3, 0, 17, 36])
+    again = compact.score_all(queries(2), probs=True, rows=rows, recompute=True)
+    np.testing.assert_array_equal(again.level, exact.level[:, rows])
+    np.testing.assert_allclose(again.probs, exact.probs[:, rows], atol=1e-5)
+    np.testing.assert_allclose(again.expected, exact.expected[:, rows], atol=1e-5)
     with pytest.raises(SearchError, match="float32"):
         SearchEngine(store, model, cache_dtype="int8")
+
+
+def _same_results(a, b) -> None:
+    assert [r.item.row for r in a.results] == [r.item.row for r in b.results]
+    assert [r.level for r in a.results] == [r.level for r in b.results]
+    assert [r.states.tolist() for r in a.results] == [r.states.tolist() for r in b.results]
+    assert [r.duplicate for r in a.results] == [r.duplicate for r in b.results]
+    assert [r.moments for r in a.results] == [r.moments for r in b.results]
+    for x, y in zip(a.results, b.results):
+        np.testing.assert_allclose(x.probs, y.probs, atol=1e-5)
+        assert abs(x.score - y.score) < 1e-5 and abs(x.rank_score - y.rank_score) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_compact_cache_search_equals_float32_after_rescoring(tmp_path, model, dtype, backend):
+    # Enough items that a search re-scores only some of them (it looks at 64 first).
+    big, feats = make_store(tmp_path / "big", 600, seed=4)
+    if backend == "numpy":
+        from soundsearch.model.arrays import load_arrays
+
+        model = load_arrays(model.path)
+    exact = SearchEngine(big, model)
+    compact = SearchEngine(big, model, cache_dtype=dtype)
+    c = len(model.taxonomy)
+    qs = list(queries(4, seed=21)) + [feats[5] + 0.3, feats[200]]  # near and at stored items
+    cat = model.taxonomy.categories
+    asks = [dict(k=10), dict(k=5, require=[cat[0]]), dict(k=5, exclude=[cat[1]]), dict(k=10, min_level=c - 2),
+            dict(k=3, include_self=False), dict(k=4, group_by="file"), dict(k=5, mode="acoustic")]
+    rescored = []
+    for q in qs:
+        for kw in asks:
+            want = exact.search(q, exact=True, **kw)
+            got = compact.search(q, exact=True, **kw)
+            _same_results(want, got)
+            rescored.append(compact.last_rescored)
+    assert max(rescored) < 600  # the point: most items keep their approximate scores
+    # A long query (several items) too, and through the prefilter's rows.
+    long_q = feats[40:43] + 0.2
+    _same_results(exact.search(long_q, k=6, exact=True), compact.search(long_q, k=6, exact=True))
+    _same_results(exact.search(qs[0], k=6, candidates=300), compact.search(qs[0], k=6, candidates=300))
+    big.close()
 
 
 def _reference_order(level, expected, closeness):

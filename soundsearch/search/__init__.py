@@ -6,6 +6,7 @@
     backends.py    where the arithmetic runs: numpy (no torch) or torch, one interface
     kernel.py      the pair-specific arithmetic on chunks of items (torch)
     kernel_numpy.py  the same in numpy
+    rerank.py      a compact cache's search: which items are re-scored exactly
     query.py       what the query is, and which stored items are the query itself
     filters.py     --require, --exclude, --min-level, and what each removes
     ranking.py     the ranking modes, near-duplicates, the fitted blend weight

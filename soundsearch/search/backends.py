@@ -50,9 +50,11 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def as_float32(raw: np.ndarray) -> np.ndarray:
-    """Cached values (float32, or bfloat16 as uint16) as float32."""
-    return bf16_to_f32(raw) if raw.dtype == np.uint16 else np.asarray(raw, dtype=np.float32)
+def as_float32(raw: np.ndarray, dtype: str = "bfloat16") -> np.ndarray:
+    """Cached values (float32, or 16-bit values of `dtype` as uint16) as float32."""
+    if raw.dtype != np.uint16:
+        return np.asarray(raw, dtype=np.float32)
+    return bf16_to_f32(raw) if dtype == "bfloat16" else raw.view(np.float16).astype(np.float32)
 
 
 def _cpu_count() -> int:
@@ -84,13 +86,17 @@ class NumpyBackend:
         """(Q, 2, T, G*K1) query halves (PA, PB)."""
         return np.ascontiguousarray(np.stack([qa, qb], axis=1), dtype=np.float32)
 
-    def halves(self, raw: np.ndarray) -> np.ndarray:
-        """(m, 2, T, G*K1) database halves (PB, PA) of cached rows."""
+    def halves(self, part: np.ndarray, dtype: str = "float32") -> np.ndarray:
+        """(m, 2, T, G*K1) database halves (PB, PA) from cached rows' halves part (m, 2 T G*K1):
+        float32, or the 16-bit values of a compact cache of `dtype` as uint16."""
         t, k = self.head.steps, self.head.width
-        part = raw[:, : 2 * t * k]
-        return as_float32(part).reshape(raw.shape[0], 2, t, k)
+        return as_float32(part, dtype).reshape(part.shape[0], 2, t, k)
 
-    def block(self, sub_items: int, chunk_items: int) -> Any:
+    def scan_dtype(self, cache_dtype: str) -> str:
+        """The dtype a cache's scan computes in: float32 here."""
+        return "float32"
+
+    def block(self, sub_items: int, chunk_items: int, dtype: str = "float32") -> Any:
         from soundsearch.search.kernel_numpy import NumpyBlock
 
         return NumpyBlock(self.head, sub_items, chunk_items)
@@ -152,6 +158,7 @@ class TorchBackend:
             out_w=t(h.out_w),
             out_b=t(h.out_b),
         )
+        self._heads = {"float32": self.head}  # the head per compute dtype (block)
 
     def default_workers(self) -> int:
         return max(1, int(self._torch.get_num_threads()))
@@ -175,19 +182,33 @@ class TorchBackend:
     def pair(self, qa: np.ndarray, qb: np.ndarray):
         return self._torch.from_numpy(np.ascontiguousarray(np.stack([qa, qb], axis=1), dtype=np.float32))
 
-    def halves(self, raw: np.ndarray):
+    def halves(self, part: np.ndarray, dtype: str = "float32"):
+        """(m, 2, T, G*K1) database halves from cached rows' halves part, as a view: float32,
+        or a compact cache's 16-bit values (torch's bfloat16 or float16)."""
         torch = self._torch
         t, k = self.head.steps, self.head.width
-        if raw.dtype == np.uint16:
-            db = torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16)
+        if part.strides[1] != part.itemsize:
+            part = np.ascontiguousarray(part)
+        if part.dtype == np.uint16:
+            db = torch.from_numpy(part.view(np.int16)).view(getattr(torch, dtype))
         else:
-            db = torch.from_numpy(raw if raw.flags.c_contiguous else np.ascontiguousarray(raw))
-        return db[:, : 2 * t * k].view(raw.shape[0], 2, t, k)
+            db = torch.from_numpy(part)
+        return db.view(part.shape[0], 2, t, k)
 
-    def block(self, sub_items: int, chunk_items: int) -> Any:
-        from soundsearch.search.kernel import _Block
+    def scan_dtype(self, cache_dtype: str) -> str:
+        """The dtype a cache's scan computes in: bfloat16 for a bfloat16 cache where the CPU
+        multiplies bfloat16 natively (kernel.fast_bfloat16), float32 otherwise."""
+        from soundsearch.search.kernel import fast_bfloat16
 
-        return _Block(self.head, sub_items, chunk_items)
+        return "bfloat16" if cache_dtype == "bfloat16" and fast_bfloat16() else "float32"
+
+    def block(self, sub_items: int, chunk_items: int, dtype: str = "float32") -> Any:
+        from soundsearch.search.kernel import _Block, head_in
+
+        head = self._heads.get(dtype)
+        if head is None:
+            head = self._heads[dtype] = head_in(self.head, getattr(self._torch, dtype))
+        return _Block(head, sub_items, chunk_items)
 
     def probs(self, block: Any, halves, qpair, m: int) -> np.ndarray:
         with self._torch.no_grad():

@@ -5,10 +5,19 @@ and stale removal.
 item [PB | PA | pooled | acoustic], then as few rows as hold the acoustic standardisation
 (mu, sigma) as raw float32 bytes (exact in either dtype; pack_norm, unpack_norm). The acoustic
 part costs D' values per item (logmel's default mean,std,max: 384, 1.5 KiB in float32, +7% on
-the 5.1k-value row of the default model). float32 by default; bfloat16 on request halves size
-and memory traffic but is not exact, so it is never the default. Written to a temporary file and
-renamed into place (paths.TempFile); writing one removes caches of older store states and of older
-versions of the same model file, and what builds killed before their rename left behind.
+the 5.1k-value row of the default model).
+
+float32 by default. The compact dtypes (COMPACT_DTYPES: bfloat16, float16) store the halves
+[PB | PA], 82-91% of a row and all that the pair arithmetic reads, in 16 bits, and the pooled
+embedding and acoustic vector as their float32 bytes (2 storage values each), so closeness and
+the acoustic cosine stay exact: a row of the default model (aisfx) is 14.5 KiB instead of 24.5,
+of a logmel store 12 instead of 22, and a query streams half the bytes of halves. Scores from
+the 16-bit halves are approximate; a search re-scores the items that could rank near the top
+from float32 rows (rerank.py), so its results are the float32 engine's.
+
+Written to a temporary file and renamed into place (paths.TempFile); writing one removes caches
+of older store states and of older versions of the same model file, and what builds killed
+before their rename left behind.
 """
 
 from __future__ import annotations
@@ -31,7 +40,21 @@ if TYPE_CHECKING:
 # Bump when the cache layout or the folding changes: old files then simply stop matching.
 CACHE_VERSION = 3
 CACHE_PREFIX = "search-"
-CACHE_DTYPES = ("float32", "bfloat16")
+CACHE_DTYPES = ("float32", "bfloat16", "float16")
+# Halves in 16 bits, the rest as float32 bytes; every value stored as uint16 (numpy has no
+# bfloat16), read as bfloat16 or float16.
+COMPACT_DTYPES = ("bfloat16", "float16")
+
+
+def storage_dtype(dtype: str) -> type:
+    """The numpy type of a cache of `dtype`'s file."""
+    return np.uint16 if dtype in COMPACT_DTYPES else np.float32
+
+
+def row_width(dtype: str, halves: int, tail: int) -> int:
+    """Storage values per item row: `halves` 16-bit values and `tail` float32 values take two
+    storage values each in a compact cache."""
+    return halves + 2 * tail if dtype in COMPACT_DTYPES else halves + tail
 
 
 def _sha(data: bytes | str, n: int = 16) -> str:

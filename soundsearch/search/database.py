@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundsearch.errors import SearchError, StoreError
-from soundsearch.search.backends import as_float32, f32_to_bf16, make_backend
+from soundsearch.search.backends import f32_to_bf16, make_backend
 from soundsearch.search.cache import (
     CACHE_DTYPES,
+    COMPACT_DTYPES,
     cache_name,
     create_cache_file,
     load_cache,
@@ -36,6 +37,8 @@ from soundsearch.search.cache import (
     norm_rows,
     pack_norm,
     publish_cache_file,
+    row_width,
+    storage_dtype,
     unpack_norm,
 )
 
@@ -69,6 +72,9 @@ class DatabaseSide:
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.path) / "cache"
         self.cache_dtype = cache_dtype
+        # A compact cache (cache.COMPACT_DTYPES) holds the halves in 16 bits: its presence
+        # scores are approximate until re-scored from float32 rows (exact_rows; rerank.py).
+        self.compact = cache_dtype in COMPACT_DTYPES
         self.persist = persist
         self.form = model.inference_form()
         self.backend = make_backend(model, self.form, backend)
@@ -97,8 +103,19 @@ class DatabaseSide:
         return self._acoustic_width
 
     @property
+    def _halves_width(self) -> int:
+        """Values of [PB | PA] per item: 2 T G*K1."""
+        return 2 * self.head.steps * self.head.width
+
+    @property
+    def _tail_width(self) -> int:
+        """Values of [pooled | acoustic] per item, float32 in every cache."""
+        return self.embed_width + self.acoustic_width
+
+    @property
     def _row_width(self) -> int:
-        return 2 * self.head.steps * self.head.width + self.embed_width + self.acoustic_width
+        """Storage values per cache row (cache.row_width)."""
+        return row_width(self.cache_dtype, self._halves_width, self._tail_width)
 
     def _norm_rows(self, storage: type) -> int:
         return norm_rows(self.acoustic_width, self._row_width, storage)
@@ -134,9 +151,14 @@ class DatabaseSide:
 
     def acoustic_matrix(self) -> np.ndarray:
         """(N, D') float32 unit acoustic vectors of every stored item, from the cache."""
+        return self.vector_part("acoustic", 0, self.n_items)
+
+    def vector_part(self, vector: str, start: int, stop: int) -> np.ndarray:
+        """(stop - start, width) float32 rows of the cache's "pooled" or "acoustic" part."""
         self.prepare()
-        off = 2 * self.head.steps * self.head.width + self.embed_width
-        return as_float32(self._cache[: self.n_items, off:])
+        tail = self._split(self._cache[start:stop])[1]
+        e = self.embed_width
+        return np.ascontiguousarray(tail[:, e:] if vector == "acoustic" else tail[:, :e], dtype=np.float32)
 
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
@@ -149,7 +171,7 @@ class DatabaseSide:
         if self._cache is not None:
             return self
         path = self.cache_path()
-        storage = np.uint16 if self.cache_dtype == "bfloat16" else np.float32
+        storage = storage_dtype(self.cache_dtype)
         arr = load_cache(path, (self.n_items + self._norm_rows(storage), self._row_width), storage)
         if arr is not None:
             self._ac_mean, self._ac_std = unpack_norm(arr, self.n_items, self.acoustic_width)
@@ -173,7 +195,7 @@ class DatabaseSide:
 
             def build_chunk(start: int) -> None:
                 rows = self._database_rows(feats[start : start + _BUILD_CHUNK])
-                out[start : start + rows.shape[0]] = f32_to_bf16(rows) if storage is np.uint16 else rows
+                self._pack(rows, out[start : start + rows.shape[0]])
 
             self.backend.run_chunks(build_chunk, range(0, n, _BUILD_CHUNK), self.workers)
             if tmp is None:
@@ -201,3 +223,38 @@ class DatabaseSide:
     def _sides(self, feats_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(PA, PB, pooled) of raw (n, T, D) features, numpy float32, from the backend."""
         return self.backend.sides(feats_raw)
+
+    def _pack(self, rows: np.ndarray, dst: np.ndarray) -> None:
+        """Float32 database rows (n, halves + tail) into cache rows `dst` of this dtype."""
+        if not self.compact:
+            dst[:] = rows
+            return
+        h = self._halves_width
+        halves = rows[:, :h]
+        dst[:, :h] = f32_to_bf16(halves) if self.cache_dtype == "bfloat16" else halves.astype(np.float16).view(np.uint16)
+        dst[:, h:] = np.ascontiguousarray(rows[:, h:], dtype=np.float32).view(np.uint16)
+
+    def _split(self, raw: np.ndarray, compact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cache rows (of a compact layout or not; default: this cache's) -> their halves
+        (n, 2 T G*K1) as stored (float32, or 16-bit values as uint16: backend.halves reads
+        them) and their [pooled | acoustic] (n, E + D') float32, both views of `raw`."""
+        h = self._halves_width
+        if raw.strides[1] != raw.itemsize:
+            raw = np.ascontiguousarray(raw)
+        if not (self.compact if compact is None else compact):
+            return raw[:, :h], raw[:, h:]
+        return raw[:, :h], raw[:, h:].view(np.float32)
+
+    def exact_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), halves + tail) float32 database rows of these store rows, recomputed
+        from the stored features: what a compact cache's approximate scores are checked with."""
+        self.prepare()
+        rows = np.asarray(rows, dtype=np.int64)
+        feats = self.store.features()
+        # One thread: a few hundred rows are small work, where intra-op threads only add
+        # barriers (torch.cat of 266 rows: 40 ms with two threads on a busy machine).
+        with self.backend.single():
+            out = [self._database_rows(np.asarray(feats[rows[s : s + _BUILD_CHUNK]]))
+                   for s in range(0, rows.shape[0], _BUILD_CHUNK)]
+        width = self._halves_width + self._tail_width
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)

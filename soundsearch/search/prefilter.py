@@ -81,17 +81,9 @@ class Prefilter:
         self._indexes: dict[str, object] = {}
         self.built: list[str] = []  # vectors whose index the last use had to build
 
-    def _columns(self, vector: str) -> slice:
-        side = self.side
-        off = 2 * side.head.steps * side.head.width
-        e = side.embed_width
-        return slice(off + e, None) if vector == "acoustic" else slice(off, off + e)
-
     def vectors(self, vector: str, start: int, stop: int) -> np.ndarray:
         """(stop - start, width) float32 rows of the cache's `vector` part."""
-        from soundsearch.search.backends import as_float32
-
-        return np.ascontiguousarray(as_float32(self.side._cache[start:stop, self._columns(vector)]))
+        return self.side.vector_part(vector, start, stop)
 
     def index(self, vector: str):
         """The usearch index of `vector` for the current cache: loaded, or built (and saved)."""
