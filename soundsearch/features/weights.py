@@ -290,13 +290,15 @@ def load_derived(source: WeightSource, expected: str | None, kind: str) -> tuple
 
 def save_derived(source: WeightSource, weights: Weights, kind: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
     """Write `arrays` derived from `weights` for load_derived, atomically (as
-    save_safetensors_atomically), unless a file load_derived would use is there already. The
-    path; None when the weights dir cannot be written (it only costs torch next time)."""
+    save_safetensors_atomically), unless a whole file load_derived would use is there already.
+    The path; None when the weights dir cannot be written (it only costs torch next time)."""
     env_file = _env_file(source)
     dest = derived_path(source, weights.digest, kind)
     try:
         with np.load(dest, allow_pickle=False) as npz:
             if _usable(_read_meta(npz), kind, weights.digest, env_file):
+                for k in npz.files:
+                    npz[k]  # read through, so the CRCs are checked: a damaged one is replaced
                 return dest
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
