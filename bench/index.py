@@ -203,7 +203,7 @@ def bench_reindex_many(root: Path, store: Path, n_files: int) -> dict:
 def bench_aisfx(paths: list[Path], n_files: int) -> dict:
     """aisfx on one core: real-time factor, and the conv stack's achieved rate next to matmul's.
 
-    FLOPs are counted from the block shapes (features.aisfx.conv_flops, checked against torch's
+    FLOPs are counted from the block shapes (AiSFX.conv_flops, checked against torch's
     FlopCounterMode on one block here); only time inside the network counts for the GFLOP/s.
     """
     import torch
@@ -212,10 +212,9 @@ def bench_aisfx(paths: list[Path], n_files: int) -> dict:
     from query import matmul_cpu_gflops, matmul_gflops  # bench/query.py, beside this file
     from soundsearch.errors import FeaturizerError
     from soundsearch.features import featurize_file, get_featurizer
-    from soundsearch.features.aisfx import conv_flops
 
     try:
-        fz = get_featurizer("aisfx")
+        fz = get_featurizer("aisfx").for_indexing()
     except FeaturizerError as e:
         return {"aisfx_note": str(e)}
     before = torch.get_num_threads()
@@ -232,7 +231,7 @@ def bench_aisfx(paths: list[Path], n_files: int) -> dict:
             t0 = time.perf_counter()
             out = embed(blocks)
             net["wall_s"] += time.perf_counter() - t0
-            net["flops"] += conv_flops(blocks.shape[1]) * blocks.shape[0]
+            net["flops"] += fz.conv_flops(blocks.shape[1]) * blocks.shape[0]
             return out
 
         fz.embed = timed_embed  # type: ignore[method-assign]
@@ -262,7 +261,7 @@ def bench_aisfx(paths: list[Path], n_files: int) -> dict:
         "aisfx_x_realtime_per_core": round(audio / wall, 2),
         "aisfx_x_realtime_per_cpu_second": round(audio / cpu, 2),
         "aisfx_s_per_10s_item": round(min(item_times), 3),
-        "aisfx_gflop_per_block_counted": round(conv_flops(100) / 1e9, 3),
+        "aisfx_gflop_per_block_counted": round(fz.conv_flops(100) / 1e9, 3),
         "aisfx_gflop_per_block_torch": round(conv_total / 1e9, 3),
         "aisfx_network_share": round(net_wall / wall, 3),
         "aisfx_conv_gflops": round(net_flops / net_wall / 1e9, 1),

@@ -311,12 +311,10 @@ def test_cli_index_and_status_with_aisfx(fz, tmp_path, store_dir):
 def test_flop_count_matches_torch(fz):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from soundsearch.features.aisfx import conv_flops
-
     with FlopCounterMode(display=False) as counter:
-        fz.embed(np.zeros((2, 100, 96), np.float32))
+        fz.embed(np.zeros((2, 100, 96), np.float32), backend="torch")
     counted = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
-    assert counted == 2 * conv_flops(100) == 2 * 3_861_430_272  # 3.86 GFLOP per block
+    assert counted == 2 * fz.conv_flops(100) == 2 * 3_861_430_272  # 3.86 GFLOP per block
 
 
 def test_batch_norm_fold_is_exact_float64(fz):
@@ -325,10 +323,11 @@ def test_batch_norm_fold_is_exact_float64(fz):
 
     tensors = fz.weights.tensors
     folded = fold_batch_norm(tensors)
+    assert len(folded) == 8
     for n, (w, b) in enumerate(folded):
         block, i = n // 2 + 1, n % 2 + 1
         bn = {k: tensors[f"conv_block{block}.bn{i}.{k}"].double() for k in ("weight", "bias", "running_mean", "running_var")}
         scale = bn["weight"] / torch.sqrt(bn["running_var"] + BN_EPS)
-        assert torch.equal(w, (tensors[f"conv_block{block}.conv{i}.weight"].double() * scale[:, None, None, None]).float())
-        assert torch.equal(b, (bn["bias"] - bn["running_mean"] * scale).float())
-        assert w.dtype == b.dtype == torch.float32
+        assert w.dtype == b.dtype == np.float32
+        assert torch.equal(torch.from_numpy(w), (tensors[f"conv_block{block}.conv{i}.weight"].double() * scale[:, None, None, None]).float())
+        assert torch.equal(torch.from_numpy(b), (bn["bias"] - bn["running_mean"] * scale).float())

@@ -155,7 +155,8 @@ def _aisfx_or_skip() -> None:
 
 
 def test_aisfx_features_of_a_stored_file_are_what_featurizing_gives(tmp_path):
-    # The default featurizer is deterministic: the stored items are what a query would compute.
+    # The default featurizer is deterministic: the stored items are what a query would compute,
+    # to float rounding (a short query runs aisfx's network in numpy, indexing in torch).
     _aisfx_or_skip()
     lib = tmp_path / "lib"
     write_audio(lib / "a.wav", tone(440, 1.5, 44100), 44100)
@@ -166,7 +167,7 @@ def test_aisfx_features_of_a_stored_file_are_what_featurizing_gives(tmp_path):
             again = featurize_file(path, st.featurizer(), cutting=st.cutting)
             reused = query_features(st, path)
             assert reused.segments == list(again.segments)
-            np.testing.assert_allclose(reused.feats, again.features, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(reused.feats, again.features, rtol=1e-4, atol=1e-5)
 
 
 def _cold_query(argv: list[str], env: dict) -> tuple[dict, bool]:

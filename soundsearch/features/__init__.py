@@ -68,6 +68,13 @@ class Featurizer:
             return np.zeros((0, self.steps, self.dim), np.float32)
         return np.stack([self(s) for s in signals]).astype(np.float32, copy=False)
 
+    def for_indexing(self) -> Featurizer:
+        """This featurizer set up to featurize many files (indexing); returns it. One with a
+        faster path for a single short query than for many files (aisfx's network in numpy,
+        which spares importing torch) turns it off here, so a store's features all come from
+        one code path."""
+        return self
+
     def item_stats(self, feats: np.ndarray) -> np.ndarray:
         """(N, T, D) stored per-step features -> (N, D') float32 whole-item statistics
         (features.item_stats with this featurizer's `stats`)."""

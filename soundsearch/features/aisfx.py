@@ -6,9 +6,10 @@ Learning for the Automatic Indexing of Sound Effects Libraries", ISMIR 2022, rel
 with them are derived from that work and must credit it. soundsearch does not ship the weights
 and does not import `aisfx`: it reads the package's checkpoint safely (no pickled code runs,
 see features.weights), converts it once to `<data dir>/weights/aisfx-<sha16>.safetensors`,
-and runs the network in its own torch code. Weights are looked for in $SOUNDSEARCH_AISFX_WEIGHTS
-(.safetensors or the original .pth), then the converted copy, then the installed package
-(`pip install --no-deps aisfx`; its pinned dependencies conflict with soundsearch's).
+and runs the network in its own torch or numpy code (below). Weights are looked for in
+$SOUNDSEARCH_AISFX_WEIGHTS (.safetensors or the original .pth), then the converted copy, then
+the installed package (`pip install --no-deps aisfx`; its pinned dependencies conflict with
+soundsearch's).
 
 Front-end (aisfx's librosa path, matched to float32 rounding): the item at 44.1 kHz mono is
 peak-normalised (an all-zero item is left as it is, so silence gives finite features); frames
@@ -40,9 +41,21 @@ its three 2x2 max-pools leave one time step from.
 Network (aisfx's EmbeddingNet): four blocks of (3x3 conv, batch norm, ReLU) twice with 64,
 128, 256 and 512 channels, 2x2 max-pool after the first three; then mean over frequency and max
 over time, 512 values per block. Batch norm is folded into the convolutions; the training
-heads are not used. About 3.86 GFLOP per 100-frame block (bench/index.py counts it), so a 10 s
-item (8 blocks) costs ~31 GFLOP: this featurizer is ~100x logmel's cost, and uses CUDA when
-available.
+heads are not used. The folded weights' shapes are the network's one description here (widths,
+depth and pools are read from them and checked, `_check_layers`). About 3.86 GFLOP per
+100-frame block (bench/index.py counts it), so a 10 s item (8 blocks) costs ~31 GFLOP: this
+featurizer is ~100x logmel's cost.
+
+Two implementations of it, equal to float rounding (tests/test_aisfx_numpy.py): torch (batched,
+channels-last, CUDA when available), which indexing uses throughout (`for_indexing`); and numpy
+(im2col and one matrix product per convolution, one BLAS thread), which spares a query importing
+torch (~1 s of a cold `soundsearch query`). The folded weights are kept as
+`<weights dir>/aisfx-<sha16>.folded.npz` whenever they are loaded with torch (features.weights:
+save_derived), and a featurizer built for a store's spec (which names the weights' checksum)
+reads them from there without torch. It then runs its first NUMPY_MAX_BLOCKS blocks in numpy,
+its front-end's FFT with them (numpy's, sparing scipy's import), and imports torch for the rest:
+~0.04-0.1 s a block either way on a busy 2-core machine, so a query of up to ~30 s (32 blocks) is
+done before importing torch would have paid off, where more cores speed torch's threads.
 
 Per item the block embeddings (B, 512) are pooled to (steps, 512 * len(stats)) by
 features.pool_steps; by default mean and max, (10, 1024).
@@ -50,17 +63,26 @@ features.pool_steps; by default mean and max, (10, 1024).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from soundsearch.errors import FeaturizerError
 from soundsearch.features import Featurizer, check_signal, parse_stats, pool_steps
 from soundsearch.features.logmel import MelPower, _hann, centered_frames, mel_filterbank
-from soundsearch.features.weights import WeightSource, Weights, numpy_pickle_globals, resolve_weights
+from soundsearch.features.weights import (
+    DIGEST_CHARS,
+    WeightSource,
+    Weights,
+    load_derived,
+    numpy_pickle_globals,
+    resolve_weights,
+    save_derived,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS_ENV = "SOUNDSEARCH_AISFX_WEIGHTS"
 INSTALL_HINT = (
@@ -79,11 +101,14 @@ MIN_FRAMES = 8
 SPEC_MAX = 9.457798957824707
 TRIM_DB = 60.0
 BN_EPS = 1e-5
-CHANNELS = (64, 128, 256, 512)
 DEFAULT_STATS = "mean,max"
 # Blocks per forward pass: batching across items amortises per-call overhead, while a block
 # costs ~8 MB of activations in the first conv block, so 32 stay well inside memory.
 _MAX_BATCH_BLOCKS = 32
+# Blocks a featurizer runs in numpy before it imports torch (module docstring, "Network").
+NUMPY_MAX_BLOCKS = 32
+# The derived weights file's kind: weights_dir/aisfx-<sha16>.folded.npz (features.weights).
+FOLDED = "folded"
 
 _FIXED: dict[str, Any] = {
     "sample_rate": SAMPLE_RATE,
@@ -127,15 +152,20 @@ WEIGHT_SOURCE = WeightSource(
     extra_globals=tuple(numpy_pickle_globals()),
 )
 
+# A layer is (kernel (3, 3, in, out), bias (out,)), float32: the layout the numpy forward pass
+# multiplies by as it is, and the one the folded weights file keeps.
+Layer = tuple[np.ndarray, np.ndarray]
 
-def fold_batch_norm(tensors: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(weight, bias)] for the 8 convolutions with each following batch norm folded in."""
+
+def fold_batch_norm(tensors: Mapping[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(weight (out, in, 3, 3), bias (out,))] float32 of the checkpoint's convolutions in order
+    (conv_block1.conv1, .conv2, conv_block2.conv1, ...), each with its batch norm folded in."""
 
     def f64(name: str) -> np.ndarray:
-        return tensors[name].detach().cpu().numpy().astype(np.float64)
+        return np.asarray(tensors[name], dtype=np.float64)
 
     layers = []
-    for block in range(1, 5):
+    for block in range(1, 1 + len({k.split(".")[0] for k in tensors if k.startswith("conv_block")})):
         for i in (1, 2):
             try:
                 w = f64(f"conv_block{block}.conv{i}.weight")
@@ -147,26 +177,90 @@ def fold_batch_norm(tensors: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor
             # the same IEEE operations as torch's float64 ones (bit-identical weights), ~7x
             # faster here (0.02 s against 0.16 s of every process that featurizes, a query's too).
             layers.append((
-                torch.from_numpy((w * scale[:, None, None, None]).astype(np.float32)),
-                torch.from_numpy((bn["bias"] - bn["running_mean"] * scale).astype(np.float32)),
+                (w * scale[:, None, None, None]).astype(np.float32),
+                (bn["bias"] - bn["running_mean"] * scale).astype(np.float32),
             ))
-    expected = [(c_out, c_in) for c_in, c_out in zip((1,) + CHANNELS, CHANNELS) for c_in in (c_in, c_out)]
-    got = [tuple(w.shape[:2]) for w, _ in layers]
-    if got != expected or any(tuple(w.shape[2:]) != (3, 3) for w, _ in layers):
-        raise FeaturizerError(f"aisfx weights have unexpected shapes {got}; {INSTALL_HINT}")
     return layers
 
 
-def conv_flops(frames: int, n_mels: int = N_MELS) -> int:
-    """Multiply-adds x 2 of the conv stack on one (frames, n_mels) block."""
+def _to_layers(folded: list[tuple[np.ndarray, np.ndarray]]) -> list[Layer]:
+    return [(np.ascontiguousarray(w.transpose(2, 3, 1, 0)), b) for w, b in folded]
+
+
+def _to_arrays(layers: list[Layer]) -> dict[str, np.ndarray]:
+    """The folded weights file's arrays: conv{j}.weight (3, 3, in, out), conv{j}.bias (out,)."""
+    return {f"conv{j}.{part}": a for j, layer in enumerate(layers) for part, a in zip(("weight", "bias"), layer)}
+
+
+def _from_arrays(arrays: Mapping[str, np.ndarray]) -> list[Layer] | None:
+    n = len(arrays) // 2
+    try:
+        layers = [(arrays[f"conv{j}.weight"], arrays[f"conv{j}.bias"]) for j in range(n)]
+    except KeyError:
+        return None
+    return layers if layers and 2 * n == len(arrays) else None
+
+
+def _check_layers(layers: list[Layer]) -> list[Layer]:
+    """`layers` when they are aisfx's EmbeddingNet: pairs of 3x3 convolutions from one input
+    channel, each taking the previous one's channels, with a 2x2 max-pool after every pair but
+    the last, as many pools as MIN_FRAMES allows (8 frames: three). The shapes are the network's
+    one description; nothing else here states its widths."""
+    shapes = [(tuple(w.shape), tuple(b.shape)) for w, b in layers]
+    ok = (
+        len(layers) >= 2
+        and len(layers) % 2 == 0
+        and 2 ** _n_pools(len(layers)) == MIN_FRAMES
+        and all(len(w) == 4 and w[:2] == (3, 3) and b == (w[3],) for w, b in shapes)
+        and shapes[0][0][2] == 1
+        and all(a[0][3] == b[0][2] for a, b in zip(shapes, shapes[1:]))
+        and all(w.dtype == b.dtype == np.float32 for w, b in layers)
+    )
+    if not ok:
+        raise FeaturizerError(f"aisfx weights have unexpected shapes {[w for w, _ in shapes]}; {INSTALL_HINT}")
+    return layers
+
+
+def _n_pools(n_layers: int) -> int:
+    return n_layers // 2 - 1
+
+
+def _pools_after(j: int, n_layers: int) -> bool:
+    """Whether a 2x2 max-pool follows convolution j (of n_layers): after every pair but the last."""
+    return j % 2 == 1 and j < n_layers - 1
+
+
+def conv_flops(frames: int, layers: Sequence[Layer], n_mels: int = N_MELS) -> int:
+    """Multiply-adds x 2 of the conv stack `layers` on one (frames, n_mels) block."""
     total, t, f = 0, frames, n_mels
-    c_in = 1
-    for block, c_out in enumerate(CHANNELS):
-        total += 2 * t * f * 9 * (c_in * c_out + c_out * c_out)
-        c_in = c_out
-        if block < 3:
+    for j, (w, _) in enumerate(layers):
+        kh, kw, c_in, c_out = w.shape
+        total += 2 * t * f * kh * kw * c_in * c_out
+        if _pools_after(j, len(layers)):
             t, f = t // 2, f // 2
     return total
+
+
+def _conv3x3_relu(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ReLU(conv2d(x, w, padding=1) + b) on channels-last (B, T, F, C) float32, as torch's
+    conv2d (a correlation): im2col, then one matrix product with the (9 C, O) kernel."""
+    n, t, f, c = x.shape
+    padded = np.zeros((n, t + 2, f + 2, c), np.float32)
+    padded[:, 1:-1, 1:-1] = x
+    col = np.empty((n, t, f, 3, 3, c), np.float32)
+    for i in range(3):
+        for j in range(3):
+            col[:, :, :, i, j] = padded[:, i : i + t, j : j + f]
+    out = col.reshape(n * t * f, 9 * c) @ w.reshape(9 * c, -1)
+    out += b
+    np.maximum(out, 0.0, out=out)
+    return out.reshape(n, t, f, -1)
+
+
+def _max_pool2(x: np.ndarray) -> np.ndarray:
+    """2x2 max-pool of (B, T, F, C), an odd last row or column dropped (torch's floor mode)."""
+    n, t, f, c = x.shape
+    return x[:, : t // 2 * 2, : f // 2 * 2].reshape(n, t // 2, 2, f // 2, 2, c).max(axis=(2, 4))
 
 
 class AiSFX(Featurizer):
@@ -201,20 +295,53 @@ class AiSFX(Featurizer):
         self.stats = parse_stats(stats)
         self.hop_frames = hop_frames
         self.sample_rate = SAMPLE_RATE
-        self.dim = CHANNELS[-1] * len(self.stats)
         # 1 + n // hop >= MIN_FRAMES: a signal this long needs no padding frames.
         self.frame_samples = (MIN_FRAMES - 1) * HOP_LENGTH
-        loaded = resolve_weights(WEIGHT_SOURCE, expected=weights)
-        self.weights: Weights = loaded
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        # Channels-last activations and weights: on this project's CPU runner the conv stack
-        # measured ~1.7x faster than in the default NCHW layout (oneDNN's preferred layout).
-        self._layers = [
-            (w.to(self._device).contiguous(memory_format=torch.channels_last), b.to(self._device))
-            for w, b in fold_batch_norm(loaded.tensors)
-        ]
+        self._device_name = device
+        self._weights: Weights | None = None
+        self._torch_layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # The weights with batch norm folded in, read without torch when a store's spec names
+        # them (`weights`) and they were folded before; else loaded with torch, folded, and
+        # kept for next time (features.weights: load_derived, save_derived).
+        derived = load_derived(WEIGHT_SOURCE, weights, FOLDED) if device is None else None
+        layers = _from_arrays(derived[0]) if derived is not None else None
+        if layers is not None:
+            digest = derived[1]
+        else:
+            loaded = resolve_weights(WEIGHT_SOURCE, expected=weights)
+            layers, digest = _to_layers(fold_batch_norm(loaded.tensors)), loaded.digest
+            self._weights = loaded
+        self._layers = _check_layers(layers)
+        self.weights_digest = digest
+        if self._weights is not None:
+            save_derived(WEIGHT_SOURCE, self._weights, FOLDED, _to_arrays(self._layers))
+            self._torch_network()  # torch is imported: the network runs there (embed)
+        self.dim = self._layers[-1][0].shape[3] * len(self.stats)
+        # Blocks left to run in numpy before torch is imported for the rest (embed).
+        self.numpy_blocks_left = 0 if device is not None else NUMPY_MAX_BLOCKS
         self._window = _hann(N_FFT)
-        self._mel_power = MelPower(mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS, 0.0, SAMPLE_RATE / 2.0, htk=True, norm="unit_sum"))
+        fb = mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS, 0.0, SAMPLE_RATE / 2.0, htk=True, norm="unit_sum")
+        self._filterbank = fb
+        self._mel_power: MelPower | None = None  # scipy's float32 FFT: made on first use
+        self._mel_power_numpy = MelPower(fb, use_scipy=False)
+
+    @property
+    def weights(self) -> Weights:
+        """The weights as torch tensors (loaded with torch on first use when folded ones were read)."""
+        if self._weights is None:
+            self._weights = resolve_weights(WEIGHT_SOURCE, expected=self.weights_digest[:DIGEST_CHARS])
+        return self._weights
+
+    def for_indexing(self) -> AiSFX:
+        """Indexing runs the network in torch from the first block: batched, and on CUDA when
+        there is one; numpy only spares a short query importing torch."""
+        self.numpy_blocks_left = 0
+        self._torch_network()
+        return self
+
+    def conv_flops(self, frames: int) -> int:
+        """Multiply-adds x 2 of the network on one block of `frames` frames."""
+        return conv_flops(frames, self._layers)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -222,7 +349,7 @@ class AiSFX(Featurizer):
             "steps": self.steps,
             "stats": ",".join(self.stats),
             "hop_frames": self.hop_frames,
-            "weights": self.weights.short,
+            "weights": self.weights_digest[:DIGEST_CHARS],
             **_FIXED,
         }
 
@@ -237,9 +364,17 @@ class AiSFX(Featurizer):
         if peak > 0.0:
             x = x / np.float32(peak)
         view = centered_frames(x, N_FFT, HOP_LENGTH)
+        # While the network runs in numpy (a short query), so does the FFT: importing scipy
+        # (~0.2 s) costs more than numpy's slower FFT of a few hundred frames; equal to rounding.
+        if self._numpy_next():
+            mel = self._mel_power_numpy
+        else:
+            if self._mel_power is None:
+                self._mel_power = MelPower(self._filterbank)
+            mel = self._mel_power
         out = np.empty((view.shape[0], N_MELS), np.float32)
         for i in range(0, view.shape[0], 64):  # chunks keep the FFT's working set in cache
-            out[i : i + 64] = self._mel_power(view[i : i + 64] * self._window)
+            out[i : i + 64] = mel(view[i : i + 64] * self._window)
         return out
 
     @staticmethod
@@ -292,16 +427,72 @@ class AiSFX(Featurizer):
 
     # -- network ---------------------------------------------------------------------------
 
-    def embed(self, blocks: np.ndarray) -> np.ndarray:
-        """(B, 512) float32 embeddings of (B, L, 96) blocks (all of one length L >= 8)."""
+    def _numpy_next(self) -> bool:
+        return self._torch_layers is None and self.numpy_blocks_left > 0
+
+    def embed(self, blocks: np.ndarray, backend: str | None = None) -> np.ndarray:
+        """(B, 512) float32 embeddings of (B, L, 96) blocks (all of one length L >= 8).
+
+        `backend` None: numpy while torch is not loaded and the blocks fit in what is left of
+        NUMPY_MAX_BLOCKS, else torch (imported now if need be); "numpy" or "torch" to choose."""
+        if backend is None:
+            backend = "numpy" if self._numpy_next() and blocks.shape[0] <= self.numpy_blocks_left else "torch"
+        if backend == "numpy":
+            self.numpy_blocks_left = max(0, self.numpy_blocks_left - blocks.shape[0])
+            return self._embed_numpy(blocks)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}")
+        return self._embed_torch(blocks)
+
+    def _embed_numpy(self, blocks: np.ndarray) -> np.ndarray:
+        """embed in numpy: block by block (a block's im2col of its first convolutions is ~22 MB),
+        with one BLAS thread: for the matrix sizes of one block that was fastest on this
+        project's shared 2-core runner (0.04-0.1 s a block, against 0.3 s with two threads
+        competing with other work), and it is the same work torch does in ~1 s of importing."""
+        from threadpoolctl import threadpool_limits
+
+        n = len(self._layers)
+        out = np.empty((blocks.shape[0], self._layers[-1][0].shape[3]), np.float32)
+        with threadpool_limits(1, user_api="blas"):
+            for k in range(blocks.shape[0]):
+                x = np.ascontiguousarray(blocks[k : k + 1, :, :, None], dtype=np.float32)
+                for j, (w, b) in enumerate(self._layers):
+                    x = _conv3x3_relu(x, w, b)
+                    if _pools_after(j, n):
+                        x = _max_pool2(x)
+                out[k] = x[0].mean(axis=1).max(axis=0)  # mean over frequency, max over time
+        return out
+
+    def _torch_network(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The folded layers as torch tensors on the device (torch imported here)."""
+        if self._torch_layers is None:
+            import torch
+
+            self._device = torch.device(self._device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+            # Channels-last activations and weights: on this project's CPU runner the conv
+            # stack measured ~1.7x faster than in the default NCHW layout (oneDNN's preferred).
+            self._torch_layers = [
+                (
+                    torch.from_numpy(w).permute(3, 2, 0, 1).to(self._device).contiguous(memory_format=torch.channels_last),
+                    torch.from_numpy(b).to(self._device),
+                )
+                for w, b in self._layers
+            ]
+        return self._torch_layers
+
+    def _embed_torch(self, blocks: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        layers = self._torch_network()
         out = []
         with torch.inference_mode():
             for i in range(0, blocks.shape[0], _MAX_BATCH_BLOCKS):
                 x = torch.from_numpy(np.ascontiguousarray(blocks[i : i + _MAX_BATCH_BLOCKS])).to(self._device)
                 x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-                for j, (w, b) in enumerate(self._layers):
+                for j, (w, b) in enumerate(layers):
                     x = F.relu_(F.conv2d(x, w, b, padding=1))
-                    if j in (1, 3, 5):
+                    if _pools_after(j, len(layers)):
                         x = F.max_pool2d(x, 2)
                 out.append(x.mean(dim=3).amax(dim=2).float().cpu().numpy())
         return np.concatenate(out)

@@ -15,24 +15,38 @@ containers and the few extra types a source names explicitly may be unpickled.
 
 The checksum (`tensors_digest`) is over tensor names, dtypes, shapes and bytes, so the same
 weights give the same checksum whether they came from the .pth or a .safetensors copy.
+
+Reading any of those needs torch (~1 s to import). A featurizer that can also run without it
+keeps arrays derived from its weights (aisfx: the convolutions with batch norm folded in) beside
+the converted copy, as `<name>-<sha16>.<kind>.npz` (`save_derived`, whenever it has loaded the
+weights with torch), and reads them back with numpy alone (`load_derived`). They are named by
+the checksum of the weights they were derived from, which a store's featurizer spec records, so
+they stand only for exactly those weights; the zip's CRCs catch a damaged file. Derived from the
+file the source's environment variable names, they are used only while that variable names a
+file with the path, size and mtime recorded in them: a file changed in place is read again with
+torch. Torch is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from soundsearch import paths
 from soundsearch.errors import FeaturizerError
+
+if TYPE_CHECKING:
+    import torch
 
 DIGEST_CHARS = 16
 
@@ -57,6 +71,8 @@ def load_checkpoint_safely(path: Path, extra_globals: Sequence[Any] = ()) -> Any
 
     FeaturizerError when the file is unreadable or needs anything else unpickled.
     """
+    import torch
+
     try:
         with torch.serialization.safe_globals(list(extra_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -69,6 +85,8 @@ def load_checkpoint_safely(path: Path, extra_globals: Sequence[Any] = ()) -> Any
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 hex of the tensors' names, dtypes, shapes and contents, in name order."""
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
@@ -212,3 +230,94 @@ def resolve_weights(source: WeightSource, expected: str | None = None) -> Weight
         except OSError:
             pass  # an unwritable data dir only costs converting again next time
     return Weights(tensors, digest, origin)
+
+
+# -- arrays derived from the weights, read without torch (module docstring) -------------------
+
+_META = "__meta__"
+
+
+def derived_path(source: WeightSource, digest: str, kind: str) -> Path:
+    return paths.user_weights_dir() / f"{source.name}-{digest[:DIGEST_CHARS]}.{kind}.npz"
+
+
+def _env_file(source: WeightSource) -> Path | None:
+    env = os.environ.get(source.env_var)
+    return Path(env).expanduser() if env else None
+
+
+def _stamp(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"origin": str(path.resolve()), "origin_size": st.st_size, "origin_mtime_ns": st.st_mtime_ns}
+
+
+def _read_meta(npz: Any) -> dict[str, Any]:
+    meta = json.loads(str(npz[_META][()]))
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a mapping")
+    return meta
+
+
+def _usable(meta: dict[str, Any], kind: str, expected: str, env_file: Path | None) -> bool:
+    if meta.get("kind") != kind or not str(meta.get("sha256", "")).startswith(expected):
+        return False
+    if env_file is None:
+        return True
+    try:
+        stamp = _stamp(env_file)
+    except OSError:
+        return False
+    return all(meta.get(k) == v for k, v in stamp.items())
+
+
+def load_derived(source: WeightSource, expected: str | None, kind: str) -> tuple[dict[str, np.ndarray], str] | None:
+    """(arrays, full checksum of the weights) of `kind` derived from the weights with checksum
+    prefix `expected`, read without torch; None when there is no usable file (no `expected`,
+    none written yet, damaged, or not made from the file the source's environment variable
+    names as it is now)."""
+    if not expected:
+        return None
+    path = derived_path(source, expected, kind)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = _read_meta(npz)
+            if not _usable(meta, kind, expected, _env_file(source)):
+                return None
+            return {k: npz[k] for k in npz.files if k != _META}, str(meta["sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def save_derived(source: WeightSource, weights: Weights, kind: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
+    """Write `arrays` derived from `weights` for load_derived, atomically (as
+    save_safetensors_atomically), unless a whole file load_derived would use is there already.
+    The path; None when the weights dir cannot be written (it only costs torch next time)."""
+    env_file = _env_file(source)
+    dest = derived_path(source, weights.digest, kind)
+    try:
+        with np.load(dest, allow_pickle=False) as npz:
+            if _usable(_read_meta(npz), kind, weights.digest, env_file):
+                for k in npz.files:
+                    npz[k]  # read through, so the CRCs are checked: a damaged one is replaced
+                return dest
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    meta: dict[str, Any] = {"kind": kind, "sha256": weights.digest}
+    try:
+        meta.update(_stamp(weights.origin))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}, **{_META: np.array(json.dumps(meta))})
+        paths.chmod_as_created(tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        return None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest

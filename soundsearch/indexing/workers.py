@@ -58,7 +58,7 @@ def _worker_featurizer(spec: dict, identity: str):
     if fz is None:
         from soundsearch.features import featurizer_from_spec
 
-        fz = _WORKER_FEATURIZERS[identity] = featurizer_from_spec(spec)
+        fz = _WORKER_FEATURIZERS[identity] = featurizer_from_spec(spec).for_indexing()
     return fz
 
 
@@ -111,7 +111,7 @@ def featurized(todo: list[tuple[str, int, int]], fz, cutting, n_jobs: int, clust
     """FileEntries of (path, size, mtime_ns) tasks, in task order, from n_jobs worker processes
     (n_jobs 1: here, in this process), or from the workers of a dask `cluster` (cluster.py)."""
     spec, identity = fz.spec(), fz.identity
-    _WORKER_FEATURIZERS[identity] = fz  # the in-process path (jobs=1) reuses the parent's
+    _WORKER_FEATURIZERS[identity] = fz.for_indexing()  # the in-process path (jobs=1) reuses the parent's
     if cluster is not None:
         from soundsearch.indexing import cluster as dask_cluster
 

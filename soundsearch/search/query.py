@@ -80,7 +80,10 @@ def query_features(store: Store, query, start: float | None = None, end: float |
     stored = store.items_for_path(path)
     if len(stored) == feats.shape[0]:
         rows = np.array([r.row for r in stored], dtype=np.int64)
-        if np.allclose(store.features()[rows], feats, rtol=1e-5, atol=1e-5):
+        # Equal to float rounding, not bit for bit: a short query's aisfx front-end and network
+        # run in numpy, the store's in scipy and torch (up to ~1e-4 apart, tests/test_aisfx_numpy.py);
+        # another file's features are ~0.1-1 off.
+        if np.allclose(store.features()[rows], feats, rtol=1e-3, atol=1e-3):
             self_rows = rows
     return QueryFeatures(path, list(ff.segments), feats, self_rows)
 
