@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +67,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def cold_query(argv: list[str], env: dict) -> tuple[dict, dict]:
+    """`soundsearch query *argv --json` in a fresh process: its document, and which of torch
+    and scipy it imported ({name: bool})."""
+    code = (
+        "import sys, json\n"
+        "from soundsearch.cli import app\n"
+        f"sys.argv = ['soundsearch', 'query', *{argv!r}, '--json']\n"
+        "try:\n"
+        "    app(prog_name='soundsearch')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "sys.stderr.write('\\nMODULES ' + json.dumps({m: m in sys.modules for m in ('torch', 'scipy')}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), json.loads(done.stderr.rsplit("MODULES ", 1)[1])

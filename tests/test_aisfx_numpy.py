@@ -6,16 +6,12 @@ Skips when the aisfx weights are not available (as tests/test_aisfx.py).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import chirp, noise_bursts, tone, write_audio
+from conftest import chirp, cold_query, noise_bursts, tone, write_audio
 from soundsearch.errors import FeaturizerError
 from soundsearch.features import featurizer_from_spec, get_featurizer
 from soundsearch.features import aisfx as A
@@ -206,24 +202,6 @@ def test_other_weights_are_refused_without_torch_weights_to_fold(torch_fz):
         featurizer_from_spec({"name": "aisfx", "params": {**torch_fz.params, "weights": "0123456789abcdef"}})
 
 
-def _cold_query(argv: list[str], env: dict) -> tuple[dict, dict]:
-    """`soundsearch query *argv --json` in a fresh process: its document, and which of torch
-    and scipy it imported."""
-    code = (
-        "import sys, json\n"
-        "from soundsearch.cli import app\n"
-        f"sys.argv = ['soundsearch', 'query', *{argv!r}, '--json']\n"
-        "try:\n"
-        "    app(prog_name='soundsearch')\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "sys.stderr.write('\\nMODULES ' + json.dumps({m: m in sys.modules for m in ('torch', 'scipy')}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), json.loads(done.stderr.rsplit("MODULES ", 1)[1])
-
-
 def test_a_cold_query_of_a_one_shot_the_store_lacks_loads_no_torch(torch_fz, weights_dir, tmp_path):
     from soundsearch.indexing import index_paths
     from soundsearch.model.checkpoint import load_model
@@ -242,7 +220,7 @@ def test_a_cold_query_of_a_one_shot_the_store_lacks_loads_no_torch(torch_fz, wei
     query = write_audio(tmp_path / "elsewhere" / "shot.wav", shot, SR)
     env = {"SOUNDSEARCH_STORE": str(store), "SOUNDSEARCH_MODELS": str(tmp_path / "models"),
            "SOUNDSEARCH_WEIGHTS_DIR": str(weights_dir)}
-    doc, imported = _cold_query([str(query)], env)
+    doc, imported = cold_query([str(query)], env)
     # No long recordings in this store, so no print scan: nothing on this path needs scipy either.
     assert imported == {"torch": False, "scipy": False}
     assert not doc["query"]["in_store"] and doc["results"]

@@ -3,17 +3,14 @@ features and results as featurizing it again, and a cold `soundsearch query` of 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import chirp, noise_bursts, tone, write_audio
+from conftest import chirp, cold_query, noise_bursts, tone, write_audio
 from soundsearch.errors import FeaturizerError
 from soundsearch.features import featurize_file
 from soundsearch.indexing import index_paths
@@ -170,23 +167,6 @@ def test_aisfx_features_of_a_stored_file_are_what_featurizing_gives(tmp_path):
             np.testing.assert_allclose(reused.feats, again.features, rtol=1e-4, atol=1e-5)
 
 
-def _cold_query(argv: list[str], env: dict) -> tuple[dict, bool]:
-    """`soundsearch query *argv --json` in a fresh process: its document, and whether torch was loaded."""
-    code = (
-        "import sys, json\n"
-        "from soundsearch.cli import app\n"
-        f"sys.argv = ['soundsearch', 'query', *{argv!r}, '--json']\n"
-        "try:\n"
-        "    app(prog_name='soundsearch')\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "sys.stderr.write('\\nTORCH ' + json.dumps('torch' in sys.modules))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, **env), timeout=300)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), json.loads(done.stderr.rsplit("TORCH ", 1)[1])
-
-
 def test_a_cold_query_of_an_indexed_file_loads_no_torch(tmp_path):
     _aisfx_or_skip()
     lib = tmp_path / "lib"
@@ -196,8 +176,8 @@ def test_a_cold_query_of_an_indexed_file_loads_no_torch(tmp_path):
     store = tmp_path / "store"
     index_paths(store, [lib], jobs=1)  # the default featurizer, for the default model
     env = {"SOUNDSEARCH_STORE": str(store), "SOUNDSEARCH_MODELS": str(tmp_path / "models")}
-    doc, torch_loaded = _cold_query([str(lib / "b.wav"), "--include-self"], env)
-    assert torch_loaded is False
+    doc, imported = cold_query([str(lib / "b.wav"), "--include-self"], env)
+    assert imported["torch"] is False
     assert doc["results"][0]["is_query"] and doc["results"][0]["path"] == str(lib / "b.wav")
     # The same ranking as the file featurized again (with torch) and scored by the torch engine.
     from soundsearch.model.checkpoint import load_model

@@ -150,7 +150,7 @@ class SearchEngine(DatabaseSide):
             return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
         e = self.embed_width
 
-        t, k = self.head.steps, self.head.width
+        t = self.head.steps
         block_rows = self.block_rows
         if block_rows is None:
             block_rows = COMPACT_BLOCK_ROWS if scan == "bfloat16" else DEFAULT_BLOCK_ROWS
