@@ -248,3 +248,20 @@ def test_a_quieter_copy_under_other_sound_is_confirmed_and_other_sound_is_not():
     found = confirmed_places(q, u8, Scanner(q).scores(u8))
     assert found and abs(found[0][0] - at) <= 1 and found[0][1] >= CONTAINS_SCORE
     assert all(abs(o - at) <= 1 for o, _ in found)  # nothing claimed in the background alone
+
+
+def test_index_leaves_prints_to_the_first_inside_query_past_the_hours_limit(lib, tmp_path, monkeypatch):
+    import shutil
+
+    import soundsearch.constants as constants
+
+    monkeypatch.setattr(constants, "INSIDE_MAX_HOURS", 0.01)  # below this library's 130 s
+    library = tmp_path / "library"
+    shutil.copytree(lib["lib"], library)
+    store = tmp_path / "store"
+    r = CliRunner().invoke(app, ["index", str(library), "--store", str(store), "--featurizer", "logmel", "--jobs", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["prints"] == 0 and not list((store / PRINTS_DIR).glob("*.npy"))
+    doc = query_json(dict(lib, store=store), str(lib["outside"] / "call.wav"), "-k", "4", "--inside")
+    assert sum(r["contains"] is not None for r in doc["results"]) == 4
+    assert len(list((store / PRINTS_DIR).glob("*.npy"))) == 3  # made by that query, kept

@@ -226,10 +226,19 @@ class PrintCache:
 
 
 def warm(store: "Store", workers: int = 4) -> int:
-    """Make the missing prints of a store's long recordings and drop stale ones; how many exist."""
+    """Make the missing prints of a store's long recordings and drop stale ones; how many exist.
+
+    A store with more than constants.INSIDE_MAX_HOURS of long recordings is searched inside
+    them only when a query asks (`--inside`), so its prints are made then, not by every index
+    run: hundreds of hours would cost an hour of decoding for a search that may never come."""
+    from soundsearch.constants import INSIDE_MAX_HOURS
+
     cache = PrintCache(store.path)
     cache.prune(store)
-    return len(cache.prints(store, sorted(long_recordings(store)), workers))
+    longs, hours = cache.recordings(store)
+    if hours > INSIDE_MAX_HOURS:
+        return sum(1 for _ in cache.folder.glob("*.npy")) if cache.folder.is_dir() else 0
+    return len(cache.prints(store, sorted(longs), workers))
 
 
 __all__ = [
