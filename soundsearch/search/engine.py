@@ -87,6 +87,10 @@ class SearchEngine(DatabaseSide):
         self.block_rows = None if block_rows is None else max(int(block_rows), model.config.steps)
         self.chunk_rows = max(int(chunk_rows), self.block_rows or model.config.steps)
         self._prefilter = None
+        # How blend and acoustic searches pick their candidates (search.prefilter): "presence",
+        # the predicted blend score over every item; "acoustic", the acoustic vector's HNSW
+        # index (what bench/query.py compares it with).
+        self.prefilter_predictor = "presence"
         self._prints = None  # search.prints.PrintCache, made on the first query that needs it
         self.last_rescored: int | None = None  # items the last search re-scored exactly (compact cache)
 
@@ -329,6 +333,10 @@ class SearchEngine(DatabaseSide):
             pooled = _unit(pooled.mean(0, keepdims=True))[0]
             rows = np.union1d(pre.candidates("pooled", pooled, count),
                               pre.candidates("acoustic", acoustic, DUPLICATE_CANDIDATES))
+        elif self.prefilter_predictor == "presence":
+            weight = 1.0 if ranking.mode is RankingMode.ACOUSTIC else float(ranking.weight)
+            presence_q = self.self_presence(q) if weight < 1.0 else np.zeros(len(self.taxonomy), np.float32)
+            rows = pre.predicted(presence_q, acoustic, weight, count)
         else:
             rows = pre.candidates("acoustic", acoustic, count)
         if self_rows is not None:
