@@ -32,10 +32,14 @@ level offset and per-step noise), and the queries are fresh draws of the same ki
 store is i.i.d. noise around per-file offsets, on which a prefilter means nothing.
 
 With --prefilter the model records the shipped default model's ranking (blend, w = 0.75) and
-the run adds: prefilter_ms, warm SearchEngine.search through the candidate prefilter
-(search.prefilter, --candidates items); prefilter_recall_at_10, the share of the exact engine's
-top 10 (search(exact=True)) that the prefiltered search returns, over --recall-queries
-queries; prefilter_build_s and prefilter_index_mb, the index's first build and its file.
+the run adds, over the same queries, for the engine's presence predictor at each
+--presence-candidates count (prefilter_<count>_*) and for the acoustic HNSW index at
+--candidates (prefilter_acoustic_*; default: the engine's count for it): *_ms, warm
+SearchEngine.search through the candidate prefilter (search.prefilter); *_recall_at_10, the
+share of the exact engine's top 10 (search(exact=True)) that the prefiltered search returns,
+over --recall-queries queries; prefilter_build_s and prefilter_index_mb, the HNSW index's first
+build and its file, predictor_build_s and predictor_mb the same for the predictor's matrix.
+--skip-naive leaves out the naive run.
 
 Timings are the minimum over --repeat runs (the median is printed too): on a small shared
 machine the minimum is the figure least disturbed by other work. The *_cpu figures count the

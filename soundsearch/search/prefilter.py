@@ -1,10 +1,29 @@
-"""Candidate prefilter for large stores: an approximate nearest-neighbour index (usearch HNSW)
-over one per-item vector of the search cache, whose best matches are the only items the exact
-pair scoring then scores.
+"""Candidate prefilter for large stores: a cheap predictor of the ranking mode's score over
+every stored item, whose best items are the only ones the exact pair scoring then scores.
 
-Which vector: the one that predicts the ranking mode's exact top 10 (measured on a clustered
-synthetic store, 10k items, 60 queries; recall of the exact top 10 among the N best by brute
-force over the vector):
+Blend and acoustic searches: the presence predictor. Each stored item's self-presence p_i (the
+model's probability that it holds each category: the item paired with itself, as
+SearchEngine.self_presence does for a query) is computed once, beside the cache, with its
+acoustic vector: a (N, C + D') float32 matrix. The pair's expected agreement
+sum_c p_both + p_neither is predicted as sum_c p_q p_i + (1 - p_q)(1 - p_i), linear in p_i, so
+the blend score (1 - w) expected / C + w acoustic (ranking.rank_score) of every item is one
+scan of that matrix (the acoustic cosine exact); its best `count` items, the acoustically
+closest (near-duplicates) among them, are the candidates. Recall of the exact top 10 on the
+clustered synthetic store (bench/query.py --clustered --prefilter, random-weight model, blend
+w=0.75, 50 queries, one run per size):
+
+    items    predictor                 candidates    recall    ms (2 shared cores)
+    20k      acoustic HNSW (before)    2000          0.948     30-41
+    20k      presence predictor        500           0.996     19
+    100k     acoustic HNSW (before)    10000         0.942     120
+    100k     presence predictor        500/1000/2000 0.992/0.998/1.000  37/41/54
+
+The matrix costs one model pass per item once (2.5 s at 100k) and 1.5 KB per item (150 MB at
+100k, 1.5 GB at 1M: the scan, memory-bound, then dominates a query).
+
+The acoustic HNSW index (usearch) remains for presence searches and for comparison
+(SearchEngine.prefilter_predictor = "acoustic"). Which vector, by brute force over it (10k
+items, 60 queries, recall of the exact top 10 among the N best):
 
     mode (model)                    acoustic vector     pooled embedding    N
     blend w=0.75 (shipped default)  1.00                0.85 (w=0.5)        1000
@@ -12,15 +31,14 @@ force over the vector):
     presence (logmel-scenes-v1)     0.29                0.61                1000
     presence (logmel-scenes-v1)     0.37                0.91                2000
 
-So blend and acoustic searches take their candidates from the acoustic vector (the blend's
-acoustic term carries most of its weight, and near-duplicates of the query are by definition
-its closest acoustic vectors). The presence order is predicted poorly by either vector: such
-searches scan every item unless `--candidates` asks for the prefilter, which then takes
-candidates from the pooled embedding (closeness, the presence order's own tie-break) plus the
-acoustic vector's best DUPLICATE_CANDIDATES (the near-duplicates).
+The presence order is predicted poorly by either vector (and the presence predictor is not
+tried on it yet: its level term is not linear in p_i): such searches scan every item unless
+`--candidates` asks for the prefilter, which then takes candidates from the pooled embedding
+(closeness, the presence order's own tie-break) plus the acoustic vector's best
+DUPLICATE_CANDIDATES (the near-duplicates).
 
 One index file per (cache file, vector), `prefilter-<cache stem>-<vector>-v<N>.usearch` beside
-the cache, so it goes stale exactly when the cache does (the store's state, the model file and
+the cache (and the predictor's `prefilter-<cache stem>-predictor-v<N>.npy`), so it goes stale exactly when the cache does (the store's state, the model file and
 content, the dtype). It is rebuilt rather than extended when the store grows: every acoustic
 vector moves with the store's standardisation anyway, and building it costs a fraction of the
 cache build it follows (bench/query.py --prefilter prints both). Written to a temporary file
@@ -175,8 +193,9 @@ class Prefilter:
             (1 - w) / C * sum_c [p_q p_i + (1 - p_q)(1 - p_i)] + w * cos(acoustic_q, acoustic_i)
 
         (p: self-presence; the pair model's expected agreement predicted from each side's own
-        presence, linear in p_i) plus the `duplicates` acoustically closest (the near-duplicates
-        the ranking puts first). One scan of the predictor matrix, exact in its acoustic part."""
+        presence, linear in p_i), the `duplicates` acoustically closest among them (the
+        near-duplicates the ranking puts first; at most a quarter of the count). One scan of
+        the predictor matrix, exact in its acoustic part."""
         m = self.predictor()
         n, c = m.shape[0], int(presence.shape[0])
         count = max(1, min(int(count), n))
@@ -188,10 +207,10 @@ class Prefilter:
             np.matmul(m[start : start + _SCAN_CHUNK], vec, out=both[start : start + _SCAN_CHUNK])
         cos = both[:, 1]
         score = both[:, 0] + np.float32(weight) * cos
-        rows = _top(score, count)
-        if duplicates > 0 and weight < 1.0:
-            rows = np.union1d(rows, _top(cos, min(duplicates, n)))
-        return np.unique(rows)
+        dup = min(int(duplicates), count // 4) if weight < 1.0 else 0
+        if dup > 0:
+            score[_top(cos, dup)] = np.inf  # the near-duplicates first, within the count
+        return np.sort(_top(score, count))
 
 
 def _top(score: np.ndarray, count: int) -> np.ndarray:
