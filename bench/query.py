@@ -271,7 +271,7 @@ def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.n
         engine.prefilter_predictor = predictor
         kw = {"candidates": count}
         engine.search(query, k=args.k, **kw)  # warm
-        best, median, _, res = timed(lambda: engine.search(query, k=args.k, **kw), args.repeat)
+        best, median, _, res = timed(lambda kw=kw: engine.search(query, k=args.k, **kw), args.repeat)
         key = f"prefilter_{predictor}" if predictor == "acoustic" else f"prefilter_{name}"
         fig[f"{key}_candidates"] = res.candidates
         fig[f"{key}_ms"] = round(best * 1e3, 1)
