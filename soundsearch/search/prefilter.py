@@ -12,14 +12,23 @@ closest (near-duplicates) among them, are the candidates. Recall of the exact to
 clustered synthetic store (bench/query.py --clustered --prefilter, random-weight model, blend
 w=0.75, 50 queries, one run per size):
 
-    items    predictor                 candidates    recall    ms (2 shared cores)
-    20k      acoustic HNSW (before)    2000          0.948     30-41
-    20k      presence predictor        500           0.996     19
-    100k     acoustic HNSW (before)    10000         0.942     120
-    100k     presence predictor        500/1000/2000 0.992/0.998/1.000  37/41/54
+    items    predictor                 candidates      recall              ms (2 shared cores)
+    20k      acoustic HNSW (before)    2000            0.948               28.7
+    20k      presence predictor        250/500/1000    0.994/0.996/0.996   13.7/18.0/30.1
+    100k     acoustic HNSW (before)    10000           0.942               110.6-120.4
+    100k     presence predictor        500/1000/2000   0.992/0.998/1.000   36.7/41.0-42.0/54.1
+
+(each line pair from one run; two 100k runs). On real features: the corpus's aisfx items (357,
+an existing store) replicated to 20k as mixes of two (0.5-1) with noise (0.3-1 std), the
+shipped default model (blend w=0.4), 30 queries of the same kind: the acoustic index with 2000
+candidates 0.997, the presence predictor with 250 / 500 / 1000 0.990 / 1.000 / 1.000 (47 ms
+against 23 / 30 / 35 ms). Tried and dropped: the acoustic part projected on its top 32-128
+principal directions (to shrink the scan) recalls 0.13-0.60 at 1000 on the synthetic store,
+whose acoustic vectors are far from low-rank.
 
 The matrix costs one model pass per item once (2.5 s at 100k) and 1.5 KB per item (150 MB at
-100k, 1.5 GB at 1M: the scan, memory-bound, then dominates a query).
+100k, 1.5 GB at 1M). The scan with its top-k takes 16.4 ms at 100k, so ~165 ms at 1M if linear
+(unmeasured): over the 150 ms goal there before the candidates are even scored.
 
 The acoustic HNSW index (usearch) remains for presence searches and for comparison
 (SearchEngine.prefilter_predictor = "acoustic"). Which vector, by brute force over it (10k
@@ -38,7 +47,8 @@ tried on it yet: its level term is not linear in p_i): such searches scan every 
 DUPLICATE_CANDIDATES (the near-duplicates).
 
 One index file per (cache file, vector), `prefilter-<cache stem>-<vector>-v<N>.usearch` beside
-the cache (and the predictor's `prefilter-<cache stem>-predictor-v<N>.npy`), so it goes stale exactly when the cache does (the store's state, the model file and
+the cache (the predictor's: `prefilter-<cache stem>-predictor-v<N>.npy`), so it goes stale
+exactly when the cache does (the store's state, the model file and
 content, the dtype). It is rebuilt rather than extended when the store grows: every acoustic
 vector moves with the store's standardisation anyway, and building it costs a fraction of the
 cache build it follows (bench/query.py --prefilter prints both). Written to a temporary file
