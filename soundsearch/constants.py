@@ -42,8 +42,8 @@ TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Stores of at least this many items search with the candidate prefilter (search.prefilter)
-# in the blend and acoustic modes: a cheap predictor of the score (search.prefilter) picks the candidates, and only those
-# are scored exactly. Measured by bench/query.py --clustered --prefilter on 2 shared cores, one
+# in the blend and acoustic modes: a cheap predictor of the score picks the candidates, and
+# only those are scored exactly. Measured by bench/query.py --clustered --prefilter on 2 shared cores, one
 # run per size: the exact scan costs 126 ms at 10k items and 1193 ms at 100k (~12 us per item),
 # so ~0.25 s here; the prefilter with 1000 candidates 23 and 28 ms; its index builds in 12% and
 # 24% of the search cache's build (0.39 s vs 3.25 s; 7.1 s vs 29.8 s).
