@@ -32,10 +32,14 @@ level offset and per-step noise), and the queries are fresh draws of the same ki
 store is i.i.d. noise around per-file offsets, on which a prefilter means nothing.
 
 With --prefilter the model records the shipped default model's ranking (blend, w = 0.75) and
-the run adds: prefilter_ms, warm SearchEngine.search through the candidate prefilter
-(search.prefilter, --candidates items); prefilter_recall_at_10, the share of the exact engine's
-top 10 (search(exact=True)) that the prefiltered search returns, over --recall-queries
-queries; prefilter_build_s and prefilter_index_mb, the index's first build and its file.
+the run adds, over the same queries, for the engine's presence predictor at each
+--presence-candidates count (prefilter_<count>_*) and for the acoustic HNSW index at
+--candidates (prefilter_acoustic_*; default: the engine's count for it): *_ms, warm
+SearchEngine.search through the candidate prefilter (search.prefilter); *_recall_at_10, the
+share of the exact engine's top 10 (search(exact=True)) that the prefiltered search returns,
+over --recall-queries queries; prefilter_build_s and prefilter_index_mb, the HNSW index's first
+build and its file, predictor_build_s and predictor_mb the same for the predictor's matrix.
+--skip-naive leaves out the naive run.
 
 Timings are the minimum over --repeat runs (the median is printed too): on a small shared
 machine the minimum is the figure least disturbed by other work. The *_cpu figures count the
@@ -244,36 +248,54 @@ def make_store(path: Path, n_items: int, seed: int, clustered: bool = False) -> 
 
 
 def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.ndarray, args) -> None:
-    """prefilter_* figures (see the module docstring) into `fig`."""
-    from soundsearch.search.prefilter import index_path
+    """prefilter_* figures (see the module docstring) into `fig`: the engine's predictor
+    (presence: the predicted blend score over every item) at each --presence-candidates count,
+    as prefilter_<count>_*, and the acoustic HNSW index at --candidates as prefilter_acoustic_*,
+    over the same queries."""
+    from soundsearch.search.prefilter import index_path, predictor_path
 
-    kw = {"candidates": args.candidates}  # None: the engine's default count
     t0 = time.perf_counter()
     engine.prefilter().index("acoustic")
     fig["prefilter_build_s"] = round(time.perf_counter() - t0, 2)
-    fig["prefilter_built"] = engine.prefilter().built == ["acoustic"]
+    fig["prefilter_built"] = "acoustic" in engine.prefilter().built
     path = index_path(engine.cache_path(), "acoustic")
     fig["prefilter_index_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
-    engine.search(query, k=args.k, **kw)  # warm
-    best, median, _, res = timed(lambda: engine.search(query, k=args.k, **kw), args.repeat)
-    fig["prefilter_candidates"] = res.candidates
-    fig["prefilter_ms"] = round(best * 1e3, 1)
-    fig["prefilter_median_ms"] = round(median * 1e3, 1)
+    t0 = time.perf_counter()
+    engine.prefilter().predictor()
+    fig["predictor_build_s"] = round(time.perf_counter() - t0, 2)
+    path = predictor_path(engine.cache_path())
+    fig["predictor_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
+    counts = [int(c) for c in args.presence_candidates.split(",")] if args.presence_candidates else [None]
+    configs = [("acoustic", "acoustic", args.candidates)] + [("presence", str(c or "default"), c) for c in counts]
+    for predictor, name, count in configs:
+        engine.prefilter_predictor = predictor
+        kw = {"candidates": count}
+        engine.search(query, k=args.k, **kw)  # warm
+        best, median, _, res = timed(lambda kw=kw: engine.search(query, k=args.k, **kw), args.repeat)
+        key = f"prefilter_{predictor}" if predictor == "acoustic" else f"prefilter_{name}"
+        fig[f"{key}_candidates"] = res.candidates
+        fig[f"{key}_ms"] = round(best * 1e3, 1)
+        fig[f"{key}_median_ms"] = round(median * 1e3, 1)
     draw = clustered_items(store.dim, store.steps, args.items, args.seed + 2) if args.clustered else None
     rng = np.random.default_rng(args.seed + 2)
-    recall, exact_t = [], []
+    recall: dict[str, list[float]] = {}
+    exact_t = []
     for _ in range(args.recall_queries):
         q = draw(1)[0] if draw is not None else (rng.normal(0, 1, (1, store.dim)) + rng.normal(0, 1, (store.steps, store.dim))).astype(np.float32)
         t0 = time.perf_counter()
         want = [r.item.row for r in engine.search(q, k=10, exact=True).results]
         exact_t.append(time.perf_counter() - t0)
-        got = [r.item.row for r in engine.search(q, k=10, **kw).results]
-        recall.append(len(set(want) & set(got)) / max(1, len(want)))
-    fig["prefilter_recall_at_10"] = round(float(np.mean(recall)), 4)
-    fig["prefilter_recall_min"] = round(float(np.min(recall)), 2)
-    fig["prefilter_recall_queries"] = len(recall)
+        for predictor, name, count in configs:
+            engine.prefilter_predictor = predictor
+            key = f"prefilter_{predictor}" if predictor == "acoustic" else f"prefilter_{name}"
+            got = [r.item.row for r in engine.search(q, k=10, candidates=count).results]
+            recall.setdefault(key, []).append(len(set(want) & set(got)) / max(1, len(want)))
+    engine.prefilter_predictor = "presence"
+    for key, values in recall.items():
+        fig[f"{key}_recall_at_10"] = round(float(np.mean(values)), 4)
+        fig[f"{key}_recall_min"] = round(float(np.min(values)), 2)
+    fig["prefilter_recall_queries"] = args.recall_queries
     fig["exact_median_ms_recall_queries"] = round(statistics.median(exact_t) * 1e3, 1)
-    fig["prefilter_speedup"] = round(fig["engine_ms"] / fig["prefilter_ms"], 1)
     fig["rss_mb"] = round(rss_mb(), 1)
 
 
@@ -324,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clustered", action="store_true", help="items that cluster, as a real library's do (see above)")
     ap.add_argument("--prefilter", action="store_true", help="also time the candidate prefilter and its recall")
     ap.add_argument("--candidates", type=int, default=None, help="prefilter candidates (default: the engine's)")
+    ap.add_argument("--presence-candidates", default=None,
+                    help="comma-separated candidate counts for the presence predictor (default: the engine's)")
+    ap.add_argument("--skip-naive", action="store_true", help="no naive run (prefilter studies)")
     ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--compare-queries", type=int, default=20, help="compact cache: queries compared with float32")
     ap.add_argument("--json", action="store_true")
@@ -422,34 +447,35 @@ def main(argv: list[str] | None = None) -> int:
         if args.prefilter:
             prefilter_figures(fig, engine, store, query, args)
 
-        # --naive-items M: the naive run (minutes at a million items) covers the first M items
-        # only; its time is scaled to all N, and the top-K comparison is made on those M.
-        m_items = min(n, args.naive_items or n)
-        feats = store.features()[:m_items]
-        nbest, nmedian, ncpu, naive = timed(lambda: model.score_pairs(query, feats, batch=4096), args.naive_repeat)
-        scale = n / m_items
-        fig["naive_items"] = m_items
-        fig["naive_ms"] = round(nbest * scale * 1e3, 1)
-        fig["naive_median_ms"] = round(nmedian * scale * 1e3, 1)
-        fig["naive_cpu_s"] = round(ncpu * scale, 3)
-        fig["speedup"] = round(nbest * scale / best, 2)
-        fig["speedup_cpu"] = round(ncpu * scale / cpu, 2)
-        # Closeness for the naive ranking's last tie-break, from the towers directly (untimed).
-        with torch.no_grad():
-            pooled = []
-            for s in range(0, m_items, 8192):
-                h = model.net.embed(torch.from_numpy(model.normalise(feats[s : s + 8192]))).mean(1)
-                pooled.append(torch.nn.functional.normalize(h, dim=1))
-            qh = model.net.embed(torch.from_numpy(model.normalise(query[None]))).mean(1)
-            close = (torch.cat(pooled) @ torch.nn.functional.normalize(qh, dim=1)[0]).numpy()
-        naive_top = rank(naive.level, naive.expected, close, k=args.k).tolist()
-        # (From a compact cache: its float32 re-scoring, what the search's top is made of.)
-        full = engine.score_all(query, probs=True, rows=np.arange(m_items), recompute=engine.compact)
-        # The naive side is ranked by presence: so is the engine's, whatever the model records.
-        engine_top = rank(full.level[0], full.expected[0], full.closeness[0], k=args.k).tolist()
-        fig["same_topk"] = engine_top == naive_top
-        fig["max_abs_prob_diff"] = float(np.abs(full.probs[0] - naive.probs).max())
-        fig["level_agreement"] = float((full.level[0] == naive.level).mean())
+        if not args.skip_naive:
+            # --naive-items M: the naive run (minutes at a million items) covers the first M items
+            # only; its time is scaled to all N, and the top-K comparison is made on those M.
+            m_items = min(n, args.naive_items or n)
+            feats = store.features()[:m_items]
+            nbest, nmedian, ncpu, naive = timed(lambda: model.score_pairs(query, feats, batch=4096), args.naive_repeat)
+            scale = n / m_items
+            fig["naive_items"] = m_items
+            fig["naive_ms"] = round(nbest * scale * 1e3, 1)
+            fig["naive_median_ms"] = round(nmedian * scale * 1e3, 1)
+            fig["naive_cpu_s"] = round(ncpu * scale, 3)
+            fig["speedup"] = round(nbest * scale / best, 2)
+            fig["speedup_cpu"] = round(ncpu * scale / cpu, 2)
+            # Closeness for the naive ranking's last tie-break, from the towers directly (untimed).
+            with torch.no_grad():
+                pooled = []
+                for s in range(0, m_items, 8192):
+                    h = model.net.embed(torch.from_numpy(model.normalise(feats[s : s + 8192]))).mean(1)
+                    pooled.append(torch.nn.functional.normalize(h, dim=1))
+                qh = model.net.embed(torch.from_numpy(model.normalise(query[None]))).mean(1)
+                close = (torch.cat(pooled) @ torch.nn.functional.normalize(qh, dim=1)[0]).numpy()
+            naive_top = rank(naive.level, naive.expected, close, k=args.k).tolist()
+            # (From a compact cache: its float32 re-scoring, what the search's top is made of.)
+            full = engine.score_all(query, probs=True, rows=np.arange(m_items), recompute=engine.compact)
+            # The naive side is ranked by presence: so is the engine's, whatever the model records.
+            engine_top = rank(full.level[0], full.expected[0], full.closeness[0], k=args.k).tolist()
+            fig["same_topk"] = engine_top == naive_top
+            fig["max_abs_prob_diff"] = float(np.abs(full.probs[0] - naive.probs).max())
+            fig["level_agreement"] = float((full.level[0] == naive.level).mean())
         fig["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
         if args.cli:

@@ -42,8 +42,8 @@ TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Stores of at least this many items search with the candidate prefilter (search.prefilter)
-# in the blend and acoustic modes: an approximate index picks the candidates, and only those
-# are scored exactly. Measured by bench/query.py --clustered --prefilter on 2 shared cores, one
+# in the blend and acoustic modes: a cheap predictor of the score picks the candidates, and
+# only those are scored exactly. Measured by bench/query.py --clustered --prefilter on 2 shared cores, one
 # run per size: the exact scan costs 126 ms at 10k items and 1193 ms at 100k (~12 us per item),
 # so ~0.25 s here; the prefilter with 1000 candidates 23 and 28 ms; its index builds in 12% and
 # 24% of the search cache's build (0.39 s vs 3.25 s; 7.1 s vs 29.8 s).
@@ -54,6 +54,13 @@ PREFILTER_MIN_ITEMS = 20_000
 # held the recall; 10% at 100k is an extrapolation from the 10k run, not yet measured.
 PREFILTER_CANDIDATES = 1000
 PREFILTER_SHARE = 0.10
+# The same for the presence predictor (search.prefilter: the blend score predicted from each
+# item's self-presence and its exact acoustic cosine), what blend and acoustic searches use.
+# Recall of the exact top 10, bench/query.py --clustered --prefilter, 50 queries, one run per
+# size on 2 shared cores: 100k items, 500 / 1000 / 2000 candidates 0.992 / 0.998 / 1.000 in
+# 37 / 41 / 54 ms (the acoustic index with 10,000: 0.942 in 120 ms, same run); 20k, 1000:
+# 0.996. 1% of the store keeps the count growing with it (10,000 at 1M items): unmeasured there.
+PREDICTOR_SHARE = 0.01
 
 # A query of up to 30 s also looks for its own sound inside the store's long recordings
 # (search.contains) when they add up to at most this many hours: the scan costs about 0.25-0.4 s

@@ -15,7 +15,7 @@ from soundsearch.cli import app
 from soundsearch.errors import SearchError
 from soundsearch.model.checkpoint import load_model
 from soundsearch.search.engine import SearchEngine
-from soundsearch.search.prefilter import index_path
+from soundsearch.search.prefilter import index_path, predictor_path
 from soundsearch.search.ranking import order_items, resolve_ranking, set_ranking
 from soundsearch.search.results import StoredQuery
 from soundsearch.store import Store
@@ -68,6 +68,52 @@ def test_prefilter_recalls_the_exact_top_10(big, mode):
     assert np.mean(recall) >= 0.95
 
 
+@pytest.mark.parametrize("mode", ["blend", "acoustic"])
+def test_presence_predictor_recalls_the_top_10_with_fewer_candidates(big, mode):
+    store, model = big
+    engine = SearchEngine(store, model)
+    recall = []
+    for q in clustered(20, seed=7):
+        got = engine.search(q, k=10, mode=mode, candidates=30)
+        assert got.candidates is not None and got.candidates <= 30
+        want = _exact_top(engine, q, mode)
+        recall.append(np.isin(want, [r.item.row for r in got.results]).mean())
+    assert engine.prefilter().built == ["predictor"]  # no HNSW index needed
+    assert np.mean(recall) >= 0.95
+
+
+def test_self_presence_of_every_item_matches_the_query_side(big):
+    store, model = big
+    engine = SearchEngine(store, model)
+    feats = store.features()
+    got = engine.self_presence_rows(0, 600)
+    for i in (0, 17, 599):
+        np.testing.assert_allclose(got[i], engine.self_presence(feats[i : i + 1]), atol=1e-5)
+    m = engine.prefilter().predictor()
+    c = len(engine.taxonomy)
+    np.testing.assert_allclose(m[:, :c], got, atol=1e-6)
+    np.testing.assert_array_equal(m[:, c:], engine.acoustic_matrix())
+
+
+def test_damaged_predictor_is_rebuilt(big):
+    store, model = big
+    engine = SearchEngine(store, model)
+    q = clustered(1, seed=4)[0]
+    want = [r.item.row for r in engine.search(q, candidates=50).results]
+    path = predictor_path(engine.cache_path())
+    assert engine.prefilter().built == ["predictor"] and path.is_file()
+    again = SearchEngine(store, model)
+    assert [r.item.row for r in again.search(q, candidates=50).results] == want
+    assert again.prefilter().built == []  # read back
+    del engine, again
+    for damage in (b"not a matrix", path.read_bytes()[: path.stat().st_size // 2]):
+        path.write_bytes(damage)
+        fresh = SearchEngine(store, model)
+        assert [r.item.row for r in fresh.search(q, candidates=50).results] == want
+        assert fresh.prefilter().built == ["predictor"]
+        del fresh
+
+
 def test_exact_equals_the_engine_and_is_the_default_below_the_threshold(big, monkeypatch):
     store, model = big
     engine = SearchEngine(store, model)
@@ -109,18 +155,21 @@ def test_own_items_stay_first_and_narrow_filters_fall_back_to_every_item(big):
 def test_damaged_index_is_rebuilt(big):
     store, model = big
     engine = SearchEngine(store, model)
+    engine.prefilter_predictor = "acoustic"  # the HNSW index's candidates
     q = clustered(1, seed=4)[0]
     want = [r.item.row for r in engine.search(q, candidates=50).results]
     assert engine.prefilter().built == ["acoustic"]
     path = index_path(engine.cache_path(), "acoustic")
     assert path.is_file() and not list(path.parent.glob(".*.tmp"))
     again = SearchEngine(store, model)
+    again.prefilter_predictor = "acoustic"
     assert [r.item.row for r in again.search(q, candidates=50).results] == want
     assert again.prefilter().built == []  # read back
     del engine, again  # drop their memory maps before the file is replaced
     for damage in (b"not an index", path.read_bytes()[: path.stat().st_size // 2]):
         path.write_bytes(damage)
         fresh = SearchEngine(store, model)
+        fresh.prefilter_predictor = "acoustic"
         got = [r.item.row for r in fresh.search(q, candidates=50).results]
         assert fresh.prefilter().built == ["acoustic"]
         # Built on several threads, a graph's insertion order varies: the same items, near enough.
@@ -134,13 +183,19 @@ def test_stale_index_is_rebuilt_after_the_store_changes(big):
     engine = SearchEngine(store, model)
     q = clustered(1, seed=5)[0]
     engine.search(q, candidates=50)
+    engine.prefilter().index("acoustic")
     old = index_path(engine.cache_path(), "acoustic")
+    old_predictor = predictor_path(engine.cache_path())
+    assert old_predictor.is_file()
     write_items(store, clustered(8, seed=11), name="new")
     grown = SearchEngine(store, model)
     got = grown.search(q, candidates=50)
+    grown.prefilter().index("acoustic")
     new = index_path(grown.cache_path(), "acoustic")
-    assert grown.prefilter().built == ["acoustic"] and new != old
+    assert grown.prefilter().built == ["predictor", "acoustic"] and new != old
     assert new.is_file() and not old.exists()
+    assert predictor_path(grown.cache_path()).is_file() and not old_predictor.exists()
+    assert grown.prefilter().predictor().shape[0] == 608
     assert len(grown.prefilter().index("acoustic")) == 608
     assert got.items_searched == 608
 

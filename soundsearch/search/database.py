@@ -160,6 +160,30 @@ class DatabaseSide:
         e = self.embed_width
         return np.ascontiguousarray(tail[:, e:] if vector == "acoustic" else tail[:, :e], dtype=np.float32)
 
+    def self_presence_rows(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, C) float32: the model's probability that each stored item holds each
+        category (each paired with itself, p_both / (p_both + p_neither)), from the cached
+        halves, in numpy (the prefilter's presence predictor; SearchEngine.self_presence is
+        the same for a query)."""
+        from soundsearch.presence import STATES
+        from soundsearch.search.backends import as_float32
+        from soundsearch.search.kernel_numpy import NumpyBlock
+
+        self.prepare()
+        head = self.form.head
+        sub = 256
+        block = NumpyBlock(head, sub, sub)
+        both_i, neither_i = STATES.index("both"), STATES.index("neither")
+        out = np.empty((max(0, stop - start), head.n_categories), np.float32)
+        for s in range(start, stop, sub):
+            e = min(stop, s + sub)
+            part = as_float32(self._split(self._cache[s:e])[0], self.cache_dtype)
+            halves = np.ascontiguousarray(part).reshape(e - s, 2, head.steps, head.width)
+            y = block.self_probs(halves).astype(np.float64)
+            both, neither = y[:, both_i], y[:, neither_i]
+            out[s - start : e - start] = both / np.maximum(both + neither, 1e-12)
+        return out
+
     def cache_path(self) -> Path:
         """Where the database side for this store state and model lives."""
         if self._model_key is None:

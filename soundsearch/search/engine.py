@@ -87,6 +87,10 @@ class SearchEngine(DatabaseSide):
         self.block_rows = None if block_rows is None else max(int(block_rows), model.config.steps)
         self.chunk_rows = max(int(chunk_rows), self.block_rows or model.config.steps)
         self._prefilter = None
+        # How blend and acoustic searches pick their candidates (search.prefilter): "presence",
+        # the predicted blend score over every item; "acoustic", the acoustic vector's HNSW
+        # index (what bench/query.py compares it with).
+        self.prefilter_predictor = "presence"
         self._prints = None  # search.prints.PrintCache, made on the first query that needs it
         self.last_rescored: int | None = None  # items the last search re-scored exactly (compact cache)
 
@@ -242,7 +246,9 @@ class SearchEngine(DatabaseSide):
 
         Stores of PREFILTER_MIN_ITEMS items or more are searched in the blend and acoustic
         modes through the candidate prefilter (search.prefilter): only the `candidates`
-        (default PREFILTER_CANDIDATES, or PREFILTER_SHARE of the store when more) items an approximate index puts nearest the query are
+        (default PREFILTER_CANDIDATES, or PREDICTOR_SHARE of the store when more) items with
+        the best predicted score (the query's and each item's self-presence, and their
+        acoustic cosine; presence mode: the items an approximate index puts nearest) are
         scored exactly, the query's own items always among them. `candidates` asks for it at
         any size and mode; `exact` scores every item. When the candidates leave fewer than k
         results (narrow filters), every item is scored after all.
@@ -309,7 +315,7 @@ class SearchEngine(DatabaseSide):
 
     def _candidate_rows(self, ranking, feats, self_rows, candidates: int | None) -> np.ndarray | None:
         """Sorted store rows to score for this query, or None to score every item."""
-        from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
+        from soundsearch.constants import PREDICTOR_SHARE, PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
         from soundsearch.search.prefilter import DUPLICATE_CANDIDATES
         from soundsearch.search.ranking import RankingMode
 
@@ -317,7 +323,9 @@ class SearchEngine(DatabaseSide):
         presence = ranking.mode is RankingMode.PRESENCE
         if candidates is None and (n < PREFILTER_MIN_ITEMS or presence):
             return None  # small store, or a mode the prefilter predicts poorly (prefilter.py)
-        count = max(PREFILTER_CANDIDATES, int(n * PREFILTER_SHARE)) if candidates is None else int(candidates)
+        predicted = not presence and self.prefilter_predictor == "presence"
+        share = PREDICTOR_SHARE if predicted else PREFILTER_SHARE
+        count = max(PREFILTER_CANDIDATES, int(n * share)) if candidates is None else int(candidates)
         if count >= n:
             return None
         pre = self.prefilter()
@@ -329,6 +337,10 @@ class SearchEngine(DatabaseSide):
             pooled = _unit(pooled.mean(0, keepdims=True))[0]
             rows = np.union1d(pre.candidates("pooled", pooled, count),
                               pre.candidates("acoustic", acoustic, DUPLICATE_CANDIDATES))
+        elif predicted:
+            weight = 1.0 if ranking.mode is RankingMode.ACOUSTIC else float(ranking.weight)
+            presence_q = self.self_presence(q) if weight < 1.0 else np.zeros(len(self.taxonomy), np.float32)
+            rows = pre.predicted(presence_q, acoustic, weight, count)
         else:
             rows = pre.candidates("acoustic", acoustic, count)
         if self_rows is not None:

@@ -46,6 +46,24 @@ class NumpyBlock:
         presence probabilities pooled over T, (m, 3, C) float32."""
         return self.pool(self.logits(halves, qpair), m)
 
+    def self_probs(self, halves: np.ndarray) -> np.ndarray:
+        """(m, 2, T, G*K1) database halves (PB, PA) -> each item paired with itself, pooled
+        over T, (m, 3, C) float32: the query side of item i is its own (PA_i, PB_i)."""
+        head = self.head
+        g, t = head.groups, head.steps
+        k1 = head.width // g
+        m = halves.shape[0]
+        width = head.out_w.shape[2]
+        out = self.out[: g * m * t * width].reshape(g, m * t, width)
+        for s in range(0, m, self.sub_items):
+            e = min(m, s + self.sub_items)
+            part = halves[s:e]
+            own = part[:, ::-1]  # (PA_i, PB_i), lined up with the database's (PB_i, PA_i)
+            if g > 1:
+                own = own.reshape(e - s, 2, t, g, k1).transpose(3, 0, 1, 2, 4)
+            self._sub(part, own, out[:, s * t : e * t])
+        return self.pool(out, m)
+
     def logits(self, halves: np.ndarray, qpair: np.ndarray) -> np.ndarray:
         """-> the output layer, (G, m*T, 4p)."""
         head = self.head

@@ -1,10 +1,38 @@
-"""Candidate prefilter for large stores: an approximate nearest-neighbour index (usearch HNSW)
-over one per-item vector of the search cache, whose best matches are the only items the exact
-pair scoring then scores.
+"""Candidate prefilter for large stores: a cheap predictor of the ranking mode's score over
+every stored item, whose best items are the only ones the exact pair scoring then scores.
 
-Which vector: the one that predicts the ranking mode's exact top 10 (measured on a clustered
-synthetic store, 10k items, 60 queries; recall of the exact top 10 among the N best by brute
-force over the vector):
+Blend and acoustic searches: the presence predictor. Each stored item's self-presence p_i (the
+model's probability that it holds each category: the item paired with itself, as
+SearchEngine.self_presence does for a query) is computed once, beside the cache, with its
+acoustic vector: a (N, C + D') float32 matrix. The pair's expected agreement
+sum_c p_both + p_neither is predicted as sum_c p_q p_i + (1 - p_q)(1 - p_i), linear in p_i, so
+the blend score (1 - w) expected / C + w acoustic (ranking.rank_score) of every item is one
+scan of that matrix (the acoustic cosine exact); its best `count` items, the acoustically
+closest (near-duplicates) among them, are the candidates. Recall of the exact top 10 on the
+clustered synthetic store (bench/query.py --clustered --prefilter, random-weight model, blend
+w=0.75, 50 queries, one run per size):
+
+    items    predictor                 candidates      recall              ms (2 shared cores)
+    20k      acoustic HNSW (before)    2000            0.948               28.7
+    20k      presence predictor        250/500/1000    0.994/0.996/0.996   13.7/18.0/30.1
+    100k     acoustic HNSW (before)    10000           0.942               110.6-120.4
+    100k     presence predictor        500/1000/2000   0.992/0.998/1.000   36.7/41.0-42.0/54.1
+
+(each line pair from one run; two 100k runs). On real features: the corpus's aisfx items (357,
+an existing store) replicated to 20k as mixes of two (0.5-1) with noise (0.3-1 std), the
+shipped default model (blend w=0.4), 30 queries of the same kind: the acoustic index with 2000
+candidates 0.997, the presence predictor with 250 / 500 / 1000 0.990 / 1.000 / 1.000 (47 ms
+against 23 / 30 / 35 ms). Tried and dropped: the acoustic part projected on its top 32-128
+principal directions (to shrink the scan) recalls 0.13-0.60 at 1000 on the synthetic store,
+whose acoustic vectors are far from low-rank.
+
+The matrix costs one model pass per item once (2.5 s at 100k) and 1.5 KB per item (150 MB at
+100k, 1.5 GB at 1M). The scan with its top-k takes 16.4 ms at 100k, so ~165 ms at 1M if linear
+(unmeasured): over the 150 ms goal there before the candidates are even scored.
+
+The acoustic HNSW index (usearch) remains for presence searches and for comparison
+(SearchEngine.prefilter_predictor = "acoustic"). Which vector, by brute force over it (10k
+items, 60 queries, recall of the exact top 10 among the N best):
 
     mode (model)                    acoustic vector     pooled embedding    N
     blend w=0.75 (shipped default)  1.00                0.85 (w=0.5)        1000
@@ -12,15 +40,15 @@ force over the vector):
     presence (logmel-scenes-v1)     0.29                0.61                1000
     presence (logmel-scenes-v1)     0.37                0.91                2000
 
-So blend and acoustic searches take their candidates from the acoustic vector (the blend's
-acoustic term carries most of its weight, and near-duplicates of the query are by definition
-its closest acoustic vectors). The presence order is predicted poorly by either vector: such
-searches scan every item unless `--candidates` asks for the prefilter, which then takes
-candidates from the pooled embedding (closeness, the presence order's own tie-break) plus the
-acoustic vector's best DUPLICATE_CANDIDATES (the near-duplicates).
+The presence order is predicted poorly by either vector (and the presence predictor is not
+tried on it yet: its level term is not linear in p_i): such searches scan every item unless
+`--candidates` asks for the prefilter, which then takes candidates from the pooled embedding
+(closeness, the presence order's own tie-break) plus the acoustic vector's best
+DUPLICATE_CANDIDATES (the near-duplicates).
 
 One index file per (cache file, vector), `prefilter-<cache stem>-<vector>-v<N>.usearch` beside
-the cache, so it goes stale exactly when the cache does (the store's state, the model file and
+the cache (the predictor's: `prefilter-<cache stem>-predictor-v<N>.npy`), so it goes stale
+exactly when the cache does (the store's state, the model file and
 content, the dtype). It is rebuilt rather than extended when the store grows: every acoustic
 vector moves with the store's standardisation anyway, and building it costs a fraction of the
 cache build it follows (bench/query.py --prefilter prints both). Written to a temporary file
@@ -46,6 +74,9 @@ if TYPE_CHECKING:
 
 INDEX_VERSION = 1
 INDEX_PREFIX = "prefilter-"
+PREDICTOR_VERSION = 1
+# Store rows per product of the predictor scan (a few MB of the matrix at a time).
+_SCAN_CHUNK = 65536
 VECTORS = ("acoustic", "pooled")
 # HNSW parameters. expansion_add 32 instead of usearch's 128 built a 100k-item clustered index
 # 12x faster (8.6 s vs 105 s on 2 cores) for 0.98 recall of the top 10 within the best 1000;
@@ -64,6 +95,7 @@ __all__ = [
     "VECTORS",
     "Prefilter",
     "index_path",
+    "predictor_path",
 ]
 
 
@@ -73,13 +105,21 @@ def index_path(cache_path: Path, vector: str) -> Path:
     return cache_path.with_name(f"{INDEX_PREFIX}{stem}-{vector}-v{INDEX_VERSION}.usearch")
 
 
+def predictor_path(cache_path: Path) -> Path:
+    """The presence predictor's file of a cache file: (N, C + D') float32, [self-presence |
+    acoustic vector] per stored item."""
+    stem = cache_path.name[len("search-") : -len(".npy")]
+    return cache_path.with_name(f"{INDEX_PREFIX}{stem}-predictor-v{PREDICTOR_VERSION}.npy")
+
+
 class Prefilter:
     """The candidate indexes of one engine's database side, loaded or built on first use."""
 
     def __init__(self, side: "DatabaseSide"):
         self.side = side
         self._indexes: dict[str, object] = {}
-        self.built: list[str] = []  # vectors whose index the last use had to build
+        self._predictor: np.ndarray | None = None
+        self.built: list[str] = []  # vectors whose index the last use had to build ("predictor" too)
 
     def vectors(self, vector: str, start: int, stop: int) -> np.ndarray:
         """(stop - start, width) float32 rows of the cache's `vector` part."""
@@ -124,6 +164,107 @@ class Prefilter:
         return np.unique(np.asarray(found.keys, dtype=np.int64))
 
 
+    def predictor(self) -> np.ndarray:
+        """(N, C + D') float32 [self-presence | acoustic vector] of every stored item: loaded
+        (memory-mapped), or computed (and saved beside the cache)."""
+        side = self.side
+        side.prepare()
+        if self._predictor is not None:
+            return self._predictor
+        n = side.n_items
+        c = side.form.head.n_categories
+        width = c + side.acoustic_width
+        path = predictor_path(side.cache_path()) if side._cache_path is not None else None
+        arr = _load_matrix(path, n, width) if path is not None else None
+        if arr is None:
+            arr = self._build_predictor(n, c, width, path)
+            self.built.append("predictor")
+        self._predictor = arr
+        return arr
+
+    def _build_predictor(self, n: int, c: int, width: int, path: Path | None) -> np.ndarray:
+        side = self.side
+        out = np.empty((n, width), np.float32)
+
+        def chunk(start: int) -> None:
+            stop = min(n, start + _BUILD_CHUNK)
+            out[start:stop, :c] = side.self_presence_rows(start, stop)
+            out[start:stop, c:] = side.vector_part("acoustic", start, stop)
+
+        side.backend.run_chunks(chunk, range(0, n, _BUILD_CHUNK), side.workers)
+        if path is not None and side.persist:
+            _save_matrix(out, path)
+        return out
+
+    def predicted(self, presence: np.ndarray, acoustic: np.ndarray, weight: float, count: int,
+                  duplicates: int = DUPLICATE_CANDIDATES) -> np.ndarray:
+        """Store rows, ascending, of the `count` best items by the predicted blend score
+
+            (1 - w) / C * sum_c [p_q p_i + (1 - p_q)(1 - p_i)] + w * cos(acoustic_q, acoustic_i)
+
+        (p: self-presence; the pair model's expected agreement predicted from each side's own
+        presence, linear in p_i), the `duplicates` acoustically closest among them (the
+        near-duplicates the ranking puts first; at most a quarter of the count). One scan of
+        the predictor matrix, exact in its acoustic part."""
+        m = self.predictor()
+        n, c = m.shape[0], int(presence.shape[0])
+        count = max(1, min(int(count), n))
+        vec = np.zeros((m.shape[1], 2), np.float32)
+        vec[:c, 0] = (1.0 - weight) / c * (2.0 * np.asarray(presence, np.float64) - 1.0)
+        vec[c:, 1] = np.asarray(acoustic, np.float32).reshape(-1)
+        both = np.empty((n, 2), np.float32)
+        for start in range(0, n, _SCAN_CHUNK):
+            np.matmul(m[start : start + _SCAN_CHUNK], vec, out=both[start : start + _SCAN_CHUNK])
+        cos = both[:, 1]
+        score = both[:, 0] + np.float32(weight) * cos
+        dup = min(int(duplicates), count // 4) if weight < 1.0 else 0
+        if dup > 0:
+            score[_top(cos, dup)] = np.inf  # the near-duplicates first, within the count
+        return np.sort(_top(score, count))
+
+
+def _top(score: np.ndarray, count: int) -> np.ndarray:
+    """Rows of the `count` highest scores (unordered)."""
+    if count >= score.shape[0]:
+        return np.arange(score.shape[0], dtype=np.int64)
+    return np.argpartition(score, score.shape[0] - count)[score.shape[0] - count :].astype(np.int64)
+
+
+def _load_matrix(path: Path, n: int, width: int) -> np.ndarray | None:
+    """The predictor at `path` memory-mapped, or None when missing, unreadable or of another shape."""
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None  # damaged: rebuilt over it
+    if arr.dtype != np.float32 or arr.shape != (n, width):
+        return None
+    return arr
+
+
+def _save_matrix(arr: np.ndarray, path: Path) -> None:
+    """Write the predictor atomically beside the cache (kept in memory where it cannot be)."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.lib.format.write_array(fh, arr, allow_pickle=False)
+        paths.chmod_as_created(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"no room for the prefilter predictor in {path.parent}: free some disk space") from None
+        return
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    remove_stale_indexes(path.parent)
+
+
 def _load(path: Path, n: int, width: int):
     """The index at `path` memory-mapped, or None when missing, unreadable or of another shape."""
     if not path.is_file():
@@ -165,10 +306,11 @@ def _save(index, path: Path) -> None:
 def remove_stale_indexes(cache_dir: Path) -> None:
     """Drop index files whose cache file is gone (an older store state or model) or of
     another index version."""
-    for other in cache_dir.glob(f"{INDEX_PREFIX}*.usearch"):
+    current = (f"v{INDEX_VERSION}.usearch", f"v{PREDICTOR_VERSION}.npy")
+    for other in [*cache_dir.glob(f"{INDEX_PREFIX}*.usearch"), *cache_dir.glob(f"{INDEX_PREFIX}*.npy")]:
         stem, _, rest = other.name[len(INDEX_PREFIX) :].rpartition("-")
         stem = stem.rpartition("-")[0]  # drop the vector name
-        if rest != f"v{INDEX_VERSION}.usearch" or not (cache_dir / f"search-{stem}.npy").is_file():
+        if rest not in current or not (cache_dir / f"search-{stem}.npy").is_file():
             try:
                 other.unlink()
             except OSError:
