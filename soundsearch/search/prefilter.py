@@ -35,7 +35,7 @@ The acoustic HNSW index (usearch) remains for presence searches and for comparis
 items, 60 queries, recall of the exact top 10 among the N best):
 
     mode (model)                    acoustic vector     pooled embedding    N
-    blend w=0.75 (shipped default)  1.00                0.85 (w=0.5)        1000
+    blend w=0.75 (a stop-16 model)  1.00                0.85 (w=0.5)        1000
     acoustic                        1.00                0.76                1000
     presence (logmel-scenes-v1)     0.29                0.61                1000
     presence (logmel-scenes-v1)     0.37                0.91                2000
