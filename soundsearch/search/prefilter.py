@@ -245,24 +245,12 @@ def _load_matrix(path: Path, n: int, width: int) -> np.ndarray | None:
 
 def _save_matrix(arr: np.ndarray, path: Path) -> None:
     """Write the predictor atomically beside the cache (kept in memory where it cannot be)."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.lib.format.write_array(fh, arr, allow_pickle=False)
-        paths.chmod_as_created(tmp)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        import errno
 
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreError(f"no room for the prefilter predictor in {path.parent}: free some disk space") from None
-        return
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    remove_stale_indexes(path.parent)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+    _publish(path, "prefilter predictor", write)
 
 
 def _load(path: Path, n: int, width: int):
@@ -283,11 +271,18 @@ def _load(path: Path, n: int, width: int):
 def _save(index, path: Path) -> None:
     """Write the index atomically beside the cache; drop indexes of caches that are gone. A
     folder that cannot be written to keeps the index in memory (the cache does the same)."""
+    _publish(path, "prefilter index", index.save)
+
+
+def _publish(path: Path, what: str, write) -> None:
+    """`write(tmp)` a file beside `path` and rename it onto `path`, then drop the files of
+    caches that are gone. A folder that cannot be written to keeps it in memory only; a full
+    disk is a StoreError naming `what`."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        index.save(tmp)
+        write(tmp)
         paths.chmod_as_created(tmp)
         os.replace(tmp, path)
         tmp = None
@@ -295,7 +290,7 @@ def _save(index, path: Path) -> None:
         import errno
 
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreError(f"no room for the prefilter index in {path.parent}: free some disk space") from None
+            raise StoreError(f"no room for the {what} in {path.parent}: free some disk space") from None
         return
     finally:
         if tmp is not None:
