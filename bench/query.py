@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated candidate counts for the presence predictor (default: the engine's)")
     ap.add_argument("--skip-naive", action="store_true", help="no naive run (prefilter studies)")
     ap.add_argument("--recall-queries", type=int, default=50)
-    ap.add_argument("--compare-queries", type=int, default=20, help="compact cache: queries compared with float32")
+    ap.add_argument("--compare-queries", type=int, default=20, help="compact cache: queries compared with float32 (0: none, and no float32 cache built: for 1M)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         fig["matmul_gflops_per_cpu_s"] = round(mm_cpu, 1)
         fig["engine_vs_matmul_cpu"] = round(fig["engine_gflops_per_cpu_s"] / fig["matmul_gflops_per_cpu_s"], 3)
         fig["rss_mb"] = round(rss_mb(), 1)
-        if engine.compact:
+        if engine.compact and args.compare_queries > 0:
             # The compact scan's search against the float32 engine's (its cache built here if
             # missing, untimed), over fresh queries; and how many items it re-scored exactly.
             f32 = SearchEngine(store, model)
