@@ -233,7 +233,7 @@ def test_stores_with_many_hours_of_long_recordings_scan_only_when_asked(lib, mon
 
 
 def test_a_quieter_copy_under_other_sound_is_confirmed_and_other_sound_is_not():
-    from soundsearch.search.contains import Scanner, confirmed_places
+    from soundsearch.search.contains import Scanner
 
     rng = np.random.default_rng(1)
     q = np.full((40, 40), -40.0)
@@ -245,7 +245,7 @@ def test_a_quieter_copy_under_other_sound_is_confirmed_and_other_sound_is_not():
     # The query 10 dB down, added in power to the background at `at`.
     host[at : at + 40] = 10 * np.log10(10 ** ((q - 10) / 10) + 10 ** (background[at : at + 40] / 10))
     u8 = quantise(host)
-    found = confirmed_places(q, u8, Scanner(q).scores(u8))
+    found = Scanner(q).places(u8)
     assert found and abs(found[0][0] - at) <= 1 and found[0][1] >= CONTAINS_SCORE
     assert all(abs(o - at) <= 1 for o, _ in found)  # nothing claimed in the background alone
 

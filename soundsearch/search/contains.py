@@ -115,6 +115,7 @@ class Scanner:
         qs = qs[None] if qs.ndim == 2 else qs
         self.nq = qs.shape[1]
         masks = np.stack([_query_mask(q) for q in qs])
+        self.images, self.masks = qs, masks
         self.bands = np.flatnonzero(masks.any((0, 1)))
         self.size = max(_CHUNK, 1 << int(np.ceil(np.log2(2 * self.nq))))
         self.kernels = []
@@ -155,6 +156,22 @@ class Scanner:
         return out
 
 
+    def places(self, print_u8: np.ndarray) -> list[tuple[int, float]]:
+        """(offset, score) of the places in a print where the query's sound is (module
+        docstring: the scan's candidates, scored again by the gain-aware correlation), best
+        first."""
+        scan_scores = self.scores(print_u8)
+        nq = self.nq
+        cands = places(scan_scores, max(1, nq // 2), threshold=SCAN_SCORE, limit=CANDIDATES)
+        found = np.full(scan_scores.size, -1.0)
+        for offset, _ in cands:
+            lo, hi = max(0, offset - TRY_FRAMES), min(scan_scores.size, offset + TRY_FRAMES + 1)
+            windows = dequantise(np.stack([print_u8[o : o + nq] for o in range(lo, hi)])).astype(np.float64)
+            best = np.max([_gain_score(q[m], windows[:, m]) for q, m in zip(self.images, self.masks)], axis=0)
+            found[lo:hi] = np.maximum(found[lo:hi], best)
+        return places(found, nq) if cands else []
+
+
 def scan(query_db: np.ndarray, print_u8: np.ndarray) -> np.ndarray:
     """(offsets,) float32: the score (module docstring) of the query's (frames, bands) dB image
     at each offset of a print at which the whole query fits; empty when the print is shorter.
@@ -175,25 +192,6 @@ def places(scores: np.ndarray, query_frames: int, threshold: float | None = None
             if len(chosen) >= limit:
                 break
     return chosen
-
-
-def confirmed_places(query_db: np.ndarray, print_u8: np.ndarray, scan_scores: np.ndarray) -> list[tuple[int, float]]:
-    """(offset, score) of the places where the query's sound is (module docstring: the scan's
-    candidates, scored again by the gain-aware correlation), best first."""
-    qs = np.asarray(query_db, np.float64)
-    qs = qs[None] if qs.ndim == 2 else qs
-    nq = qs.shape[1]
-    cands = places(scan_scores, max(1, nq // 2), threshold=SCAN_SCORE, limit=CANDIDATES)
-    if not cands:
-        return []
-    masks = [_query_mask(q) for q in qs]
-    found = np.full(scan_scores.size, -1.0)
-    for offset, _ in cands:
-        lo, hi = max(0, offset - TRY_FRAMES), min(scan_scores.size, offset + TRY_FRAMES + 1)
-        windows = dequantise(np.stack([print_u8[o : o + nq] for o in range(lo, hi)])).astype(np.float64)
-        best = np.max([_gain_score(q[m], windows[:, m]) for q, m in zip(qs, masks)], axis=0)
-        found[lo:hi] = np.maximum(found[lo:hi], best)
-    return places(found, nq)
 
 
 def _gain_score(query: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -219,23 +217,16 @@ def query_image(query_path, segments) -> np.ndarray | None:
     SHIFTS samples apart, or None when it cannot be located (not a file, too long, too short,
     silent or unreadable). A sound that starts between two of the print's frames matches the
     grid nearest it: measured on a chirp call, half a frame (8 ms) off cost 0.22 of the score."""
-    from soundsearch.audio import read_seconds
-    from soundsearch.errors import SoundsearchError
-    from soundsearch.search.fingerprint import fingerprint
+    from soundsearch.search.fingerprint import fingerprint, read_signal
 
     if query_path is None or not segments:
         return None
     start, end = min(s for s, _ in segments), max(e for _, e in segments)
     if end - start > MAX_QUERY_SECONDS:
         return None
-    try:
-        x, sr = read_seconds(query_path, start, end)
-    except (SoundsearchError, OSError, RuntimeError, ValueError):
+    x = read_signal(query_path, start, end)
+    if x is None:
         return None
-    if sr != SAMPLE_RATE and x.size:
-        import soxr
-
-        x = soxr.resample(x, sr, SAMPLE_RATE).astype(np.float32)
     images = [fingerprint(np.concatenate([np.zeros(i * HOP // SHIFTS, np.float32), x]), SAMPLE_RATE) for i in range(SHIFTS)]
     if any(img is None for img in images):
         return None
@@ -257,7 +248,7 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
     longs, _ = cache.recordings(store)
     if not longs:
         return None
-    own = str(query_path.absolute()) if hasattr(query_path, "absolute") else str(query_path)
+    own = str(query_path)  # absolute, as query_features gives it and the store keeps paths
     q0, q1 = min(s for s, _ in segments), max(e for _, e in segments)
     items = store.items()
     n = len(items)
@@ -269,7 +260,7 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
     scanner = Scanner(img)
     for path, u8 in prints.items():
         rows = longs[path]
-        for offset, value in confirmed_places(img, u8, scanner.scores(u8)):
+        for offset, value in scanner.places(u8):
             t0 = offset * FRAME_SECONDS
             t1 = t0 + length
             if path == own and t0 < q1 and t1 > q0:
@@ -296,5 +287,4 @@ def _covering_item(items, rows: list[int], t0: float, t1: float) -> int | None:
     return best
 
 
-__all__ = ["CONTAINS_SCORE", "LOUD_DB", "MAX_QUERY_SECONDS", "Located", "Scanner", "confirmed_places", "locate", "places",
-           "query_image", "scan"]
+__all__ = ["CONTAINS_SCORE", "LOUD_DB", "MAX_QUERY_SECONDS", "Located", "Scanner", "locate", "places", "query_image", "scan"]

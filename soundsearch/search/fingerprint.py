@@ -94,8 +94,8 @@ def fingerprint(signal: np.ndarray, sample_rate: int) -> np.ndarray | None:
     return np.maximum(db, db.max() - FLOOR_DB).astype(np.float32)
 
 
-def read_fingerprint(path, start: float, end: float) -> np.ndarray | None:
-    """The fingerprint of [start, end) of a file; None when it cannot be read or is silent."""
+def read_signal(path, start: float, end: float) -> np.ndarray | None:
+    """[start, end) of a file, mono float32 at SAMPLE_RATE; None when it cannot be read."""
     from soundsearch.audio import read_seconds
     from soundsearch.errors import SoundsearchError
 
@@ -103,7 +103,17 @@ def read_fingerprint(path, start: float, end: float) -> np.ndarray | None:
         x, sr = read_seconds(path, start, end)
     except (SoundsearchError, OSError, RuntimeError, ValueError):
         return None
-    return fingerprint(x, sr)
+    if sr != SAMPLE_RATE and x.size:
+        import soxr
+
+        x = soxr.resample(x, sr, SAMPLE_RATE).astype(np.float32)
+    return x
+
+
+def read_fingerprint(path, start: float, end: float) -> np.ndarray | None:
+    """The fingerprint of [start, end) of a file; None when it cannot be read or is silent."""
+    x = read_signal(path, start, end)
+    return None if x is None else fingerprint(x, SAMPLE_RATE)
 
 
 _CENTRES: np.ndarray | None = None
