@@ -133,10 +133,6 @@ def build(work: Path, n_rec: int, minutes: float, n_distract: int, seed: int) ->
     return {"lib": lib, "events": events, "queries": queries, "long_hours": n_rec * minutes / 60}
 
 
-def _moment(r) -> tuple[float, float]:
-    return r.located if r.located is not None else (r.item.start, r.item.end)
-
-
 def run_cutting(name: str, hop: float, ev: int, located: bool, data: dict, work: Path, featurizer: str, jobs: int) -> dict:
     from soundsearch.indexing import index_paths
     from soundsearch.model.checkpoint import load_model
@@ -167,7 +163,7 @@ def run_cutting(name: str, hop: float, ev: int, located: bool, data: dict, work:
             # (search.contains), else the item's own range.
             hits = [
                 r.rank for r in res.results
-                if r.item.path.name == target.name and _moment(r)[0] < q["end"] and _moment(r)[1] > q["start"]
+                if r.item.path.name == target.name and r.moment[0] < q["end"] and r.moment[1] > q["start"]
             ]
             wrong_claims.append(sum(
                 1 for r in res.results

@@ -101,10 +101,6 @@ def _query_part(results: "SearchResults", cats: list[str]) -> dict:
     }
 
 
-def _moment(r) -> tuple[float, float]:
-    return r.located if r.located is not None else (r.item.start, r.item.end)
-
-
 def _result_entry(r, name: str, cats: list[str], query_presence) -> dict:
     """One entry of the document's "results": the item, its scores and its categories."""
     from soundsearch.presence import STATES
@@ -120,7 +116,7 @@ def _result_entry(r, name: str, cats: list[str], query_presence) -> dict:
         "windowed": is_windowed(r.item.start, r.item.end, r.item.file_duration),
         # The matched moment in its file: where the query's own sound was found inside the
         # recording (search.contains, to 16 ms) when it was, else the item's time range.
-        "moment": {"start": round(_moment(r)[0], 3), "end": round(_moment(r)[1], 3)},
+        "moment": {"start": round(r.moment[0], 3), "end": round(r.moment[1], 3)},
         # The score with which the query's sound was found at `moment` (search.contains), or
         # null when the result was not found that way.
         "contains": None if r.contains is None else round(r.contains, 6),

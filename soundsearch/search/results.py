@@ -65,6 +65,12 @@ class Result:
     # above the best item of the first file left out; 1 otherwise.
     moments: int = 1
 
+    @property
+    def moment(self) -> tuple[float, float]:
+        """(start, end) seconds of the matched moment in its file: where the query's sound was
+        located inside it when it was (`located`), else the item's own range."""
+        return self.located if self.located is not None else (self.item.start, self.item.end)
+
 
 def _place(located, row: int) -> dict:
     if located is None or np.isnan(located.score[row]):
