@@ -251,11 +251,10 @@ def order_items(
     first = first[rank(level[first], expected[first], closeness[first])]
     dups = np.flatnonzero(dup)
     dups = dups[top_by_score(dup_key[dups])]
-    held = np.zeros(n, dtype=bool)
-    if contains is not None:
-        held = ~np.isnan(np.asarray(contains, dtype=np.float64)) & ~own & ~dup
+    inside_score = np.full(n, np.nan) if contains is None else np.asarray(contains, dtype=np.float64)
+    held = ~np.isnan(inside_score) & ~own & ~dup
     inside = np.flatnonzero(held)
-    inside = inside[top_by_score(np.asarray(contains, dtype=np.float64)[inside])] if inside.size else inside
+    inside = inside[top_by_score(inside_score[inside])]
     rest = np.flatnonzero(~own & ~dup & ~held)
     left = None if k is None else max(0, k - first.size - dups.size - inside.size)
     if ranking.mode is RankingMode.PRESENCE:
