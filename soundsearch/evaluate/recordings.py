@@ -51,7 +51,7 @@ class Recordings:
         order = np.asarray(order)
         top = min(top, self.n_database)
         if self.one_item_each:
-            return self.db_rec[order[:, :top]]
+            return order[:, :top]  # each item is its own recording, numbered as the items
         recs = self.db_rec[order]
         out = np.empty((order.shape[0], top), dtype=np.int64)
         for q in range(order.shape[0]):
@@ -62,7 +62,7 @@ class Recordings:
     def per_recording(self, per_item: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Per-query-item scores ({s: (items, K)}) averaged over each query recording's items."""
         if self.one_item_each:
-            return {s: np.asarray(v)[np.argsort(self.q_rec, kind="stable")] for s, v in per_item.items()}
+            return per_item
         counts = np.bincount(self.q_rec, minlength=self.n_queries).astype(np.float64)[:, None]
         out = {}
         for s, v in per_item.items():
