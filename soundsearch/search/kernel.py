@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable, Iterable, Iterator
@@ -22,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from soundsearch.model.inference import InferenceHead
+from soundsearch.search.backends import map_threads
 from soundsearch.presence import STATES
 
 # relu(a + b) in one pass (the op torch's mobile optimizer fuses add + relu into); plain add
@@ -71,7 +71,6 @@ def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) 
     small operation, keep each block in one core's cache and never wait at a barrier for a
     descheduled thread: on a busy machine intra-op threading was measured 10x slower.
     """
-    starts = list(starts)
     local = threading.local()
 
     def run(start: int) -> None:
@@ -84,13 +83,7 @@ def _run_chunks(fn: Callable[[int], None], starts: Iterable[int], workers: int) 
             fn(start)
 
     with _torch_threads(1):
-        if workers <= 1 or len(starts) <= 1:
-            for start in starts:
-                run(start)
-            return
-        with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
-            for _ in pool.map(run, starts):
-                pass
+        map_threads(run, starts, workers)
 
 
 @functools.lru_cache(maxsize=1)
