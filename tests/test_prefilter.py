@@ -89,10 +89,20 @@ def test_self_presence_of_every_item_matches_the_query_side(big):
     got = engine.self_presence_rows(0, 600)
     for i in (0, 17, 599):
         np.testing.assert_allclose(got[i], engine.self_presence(feats[i : i + 1]), atol=1e-5)
-    m = engine.prefilter().predictor()
+    pre = engine.prefilter()
+    m = pre.predictor()
     c = len(engine.taxonomy)
-    np.testing.assert_allclose(m[:, :c], got, atol=1e-6)
-    np.testing.assert_array_equal(m[:, c:], engine.acoustic_matrix())
+    assert m.dtype == np.int8 and m.shape == (600, c + engine.acoustic_width + 4)
+    # Self-presence in steps of 1/127; the acoustic vector to half a step of its row's scale.
+    np.testing.assert_allclose(m[:, :c] / 127.0, got, atol=0.5 / 127 + 1e-6)
+    acoustic = engine.acoustic_matrix()
+    scales = pre.acoustic_scales()
+    np.testing.assert_allclose(scales, np.abs(acoustic).max(1) / 127, rtol=1e-6)
+    err = np.abs(m[:, c:-4] * scales[:, None] - acoustic)
+    assert (err <= 0.5 * scales[:, None] * (1 + 1e-5)).all()
+    # So the predicted cosine is within a percent or two of the exact one.
+    cos = (m[:, c:-4] * scales[:, None]) @ acoustic[0]
+    np.testing.assert_allclose(cos, acoustic @ acoustic[0], atol=0.02)
 
 
 def test_damaged_predictor_is_rebuilt(big):
@@ -223,3 +233,23 @@ def test_cli_status_names_the_threshold_and_query_refuses_both_knobs(big, tmp_pa
     wav.write_bytes(b"")
     res = runner.invoke(app, ["query", str(wav), "--store", str(store.path), "--exact", "--candidates", "5"])
     assert res.exit_code != 0 and "--candidates" in res.output
+
+
+def test_int8_predicted_scores_pick_the_float_predictions_best(big):
+    """The int8 scan's candidates are, up to quantization, the float predictor's: the same
+    formula in float64 over the unquantized presence and acoustic vectors."""
+    store, model = big
+    engine = SearchEngine(store, model)
+    presence_i = engine.self_presence_rows(0, 600).astype(np.float64)
+    acoustic_i = engine.acoustic_matrix().astype(np.float64)
+    c, w = presence_i.shape[1], 0.75
+    overlap = []
+    for q in clustered(10, seed=11):
+        pq = engine.self_presence(q[None]).astype(np.float64)
+        aq = engine.acoustic_of(q[None], aggregate=True)[0].astype(np.float64)
+        got = engine.prefilter().predicted(pq, aq, w, 60, duplicates=0)
+        score = (1 - w) / c * (presence_i @ (2 * pq - 1)) + w * (acoustic_i @ aq)
+        want = np.argsort(-score)[:60]
+        assert got.shape == (60,) and np.all(np.diff(got) > 0)
+        overlap.append(np.isin(want, got).mean())
+    assert np.mean(overlap) >= 0.9 and min(overlap) >= 0.8

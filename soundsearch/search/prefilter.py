@@ -4,10 +4,10 @@ every stored item, whose best items are the only ones the exact pair scoring the
 Blend and acoustic searches: the presence predictor. Each stored item's self-presence p_i (the
 model's probability that it holds each category: the item paired with itself, as
 SearchEngine.self_presence does for a query) is computed once, beside the cache, with its
-acoustic vector: a (N, C + D') float32 matrix. The pair's expected agreement
+acoustic vector, quantized to int8: a (N, C + D' + 4) matrix (quantize_rows). The pair's expected agreement
 sum_c p_both + p_neither is predicted as sum_c p_q p_i + (1 - p_q)(1 - p_i), linear in p_i, so
 the blend score (1 - w) expected / C + w acoustic (ranking.rank_score) of every item is one
-scan of that matrix (the acoustic cosine exact); its best `count` items, the acoustically
+scan of that matrix (the acoustic cosine to int8 precision); its best `count` items, the acoustically
 closest (near-duplicates) among them, are the candidates. Recall of the exact top 10 on the
 clustered synthetic store (bench/query.py --clustered --prefilter, random-weight model, blend
 w=0.75, 50 queries, one run per size):
@@ -74,9 +74,11 @@ if TYPE_CHECKING:
 
 INDEX_VERSION = 1
 INDEX_PREFIX = "prefilter-"
-PREDICTOR_VERSION = 1
-# Store rows per product of the predictor scan (a few MB of the matrix at a time).
-_SCAN_CHUNK = 65536
+PREDICTOR_VERSION = 2
+# The predictor's self-presence in steps of 1/127, and each row's acoustic scale as the bytes
+# of one float32 at the end of the row (quantize_rows).
+PRESENCE_STEPS = 127.0
+_SCALE_BYTES = 4
 VECTORS = ("acoustic", "pooled")
 # HNSW parameters. expansion_add 32 instead of usearch's 128 built a 100k-item clustered index
 # 12x faster (8.6 s vs 105 s on 2 cores) for 0.98 recall of the top 10 within the best 1000;
@@ -106,8 +108,7 @@ def index_path(cache_path: Path, vector: str) -> Path:
 
 
 def predictor_path(cache_path: Path) -> Path:
-    """The presence predictor's file of a cache file: (N, C + D') float32, [self-presence |
-    acoustic vector] per stored item."""
+    """The presence predictor's file of a cache file: (N, C + D' + 4) int8 (Prefilter.predictor)."""
     stem = cache_path.name[len("search-") : -len(".npy")]
     return cache_path.with_name(f"{INDEX_PREFIX}{stem}-predictor-v{PREDICTOR_VERSION}.npy")
 
@@ -119,6 +120,7 @@ class Prefilter:
         self.side = side
         self._indexes: dict[str, object] = {}
         self._predictor: np.ndarray | None = None
+        self._scales: np.ndarray | None = None
         self.built: list[str] = []  # vectors whose index the last use had to build ("predictor" too)
 
     def vectors(self, vector: str, start: int, stop: int) -> np.ndarray:
@@ -165,36 +167,45 @@ class Prefilter:
 
 
     def predictor(self) -> np.ndarray:
-        """(N, C + D') float32 [self-presence | acoustic vector] of every stored item: loaded
-        (memory-mapped), or computed (and saved beside the cache)."""
+        """(N, C + D' + 4) int8 [self-presence | acoustic vector | acoustic scale] of every
+        stored item (see `quantize_rows`): loaded (memory-mapped), or computed (and saved
+        beside the cache)."""
         side = self.side
         side.prepare()
         if self._predictor is not None:
             return self._predictor
         n = side.n_items
         c = side.form.head.n_categories
-        width = c + side.acoustic_width
+        width = c + side.acoustic_width + _SCALE_BYTES
         path = predictor_path(side.cache_path()) if side._cache_path is not None else None
         arr = _load_matrix(path, n, width) if path is not None else None
         if arr is None:
             arr = self._build_predictor(n, c, width, path)
             self.built.append("predictor")
         self._predictor = arr
+        self._scales = None
         return arr
 
     def _build_predictor(self, n: int, c: int, width: int, path: Path | None) -> np.ndarray:
         side = self.side
-        out = np.empty((n, width), np.float32)
+        out = np.empty((n, width), np.int8)
 
         def chunk(start: int) -> None:
             stop = min(n, start + _BUILD_CHUNK)
-            out[start:stop, :c] = side.self_presence_rows(start, stop)
-            out[start:stop, c:] = side.vector_part("acoustic", start, stop)
+            out[start:stop] = quantize_rows(side.self_presence_rows(start, stop), side.vector_part("acoustic", start, stop))
 
         side.backend.run_chunks(chunk, range(0, n, _BUILD_CHUNK), side.workers)
         if path is not None and side.persist:
             _save_matrix(out, path)
         return out
+
+    def acoustic_scales(self) -> np.ndarray:
+        """(N,) float32 per-item scale of the predictor's int8 acoustic part (kept after the
+        first use: reading it touches every row)."""
+        m = self.predictor()
+        if self._scales is None:
+            self._scales = np.ascontiguousarray(m[:, -_SCALE_BYTES:]).view(np.float32).reshape(-1)
+        return self._scales
 
     def predicted(self, presence: np.ndarray, acoustic: np.ndarray, weight: float, count: int,
                   duplicates: int = DUPLICATE_CANDIDATES) -> np.ndarray:
@@ -205,22 +216,53 @@ class Prefilter:
         (p: self-presence; the pair model's expected agreement predicted from each side's own
         presence, linear in p_i), the `duplicates` acoustically closest among them (the
         near-duplicates the ranking puts first; at most a quarter of the count). One scan of
-        the predictor matrix, exact in its acoustic part."""
+        the int8 predictor matrix: two integer dot products per item (numkong's SIMD kernels,
+        on the engine's threads), the query's two weight vectors quantized to int8 too."""
+        import numkong
+
         m = self.predictor()
         n, c = m.shape[0], int(presence.shape[0])
         count = max(1, min(int(count), n))
-        vec = np.zeros((m.shape[1], 2), np.float32)
-        vec[:c, 0] = (1.0 - weight) / c * (2.0 * np.asarray(presence, np.float64) - 1.0)
-        vec[c:, 1] = np.asarray(acoustic, np.float32).reshape(-1)
-        both = np.empty((n, 2), np.float32)
-        for start in range(0, n, _SCAN_CHUNK):
-            np.matmul(m[start : start + _SCAN_CHUNK], vec, out=both[start : start + _SCAN_CHUNK])
-        cos = both[:, 1]
-        score = both[:, 0] + np.float32(weight) * cos
+        wp = (1.0 - weight) / c * (2.0 * np.asarray(presence, np.float64) - 1.0)
+        wa = np.asarray(acoustic, np.float64).reshape(-1)
+        vec = np.zeros((2, m.shape[1]), np.int8)
+        sp = _quantize_into(vec[0, :c], wp)
+        sa = _quantize_into(vec[1, c : c + wa.shape[0]], wa)
+        dots = np.asarray(numkong.cdist(m, vec, metric="dot", threads=self.side.workers, out_dtype="float32"))
+        cos = dots[:, 1] * self.acoustic_scales() * np.float32(sa)
+        score = dots[:, 0] * np.float32(sp / PRESENCE_STEPS) + np.float32(weight) * cos
         dup = min(int(duplicates), count // 4) if weight < 1.0 else 0
         if dup > 0:
             score[_top(cos, dup)] = np.inf  # the near-duplicates first, within the count
         return np.sort(_top(score, count))
+
+
+def quantize_rows(presence: np.ndarray, acoustic: np.ndarray) -> np.ndarray:
+    """Predictor rows of (M, C) self-presence and (M, D') unit acoustic vectors: int8
+    [round(127 p) | round(a / s) | s as float32 bytes], s = max|a| / 127 per row.
+
+    int8 quarters the matrix the scan reads (the scan is bound by memory bandwidth: 1M items of
+    the float32 form are 1.5 GB, ~140 ms at this machine's ~11 GB/s) and integer dot products
+    are the cheapest SIMD work there is. A per-row scale needs no statistics of the whole
+    store, so rows quantize one chunk at a time; the presence part has a fixed range."""
+    m, c = presence.shape
+    out = np.empty((m, c + acoustic.shape[1] + _SCALE_BYTES), np.int8)
+    out[:, :c] = np.rint(np.clip(presence, 0.0, 1.0) * PRESENCE_STEPS)
+    scale = np.abs(acoustic).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    out[:, c:-_SCALE_BYTES] = np.clip(np.rint(acoustic / scale[:, None]), -127, 127)
+    out[:, -_SCALE_BYTES:] = scale.view(np.int8).reshape(m, _SCALE_BYTES)
+    return out
+
+
+def _quantize_into(dest: np.ndarray, values: np.ndarray) -> float:
+    """Write round(values / s) into the int8 `dest`, s = max|values| / 127; return s (0 for zeros)."""
+    top = float(np.abs(values).max()) if values.size else 0.0
+    if top == 0.0:
+        dest[:] = 0
+        return 0.0
+    dest[:] = np.rint(values * (127.0 / top))
+    return top / 127.0
 
 
 def _top(score: np.ndarray, count: int) -> np.ndarray:
@@ -238,7 +280,7 @@ def _load_matrix(path: Path, n: int, width: int) -> np.ndarray | None:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
         return None  # damaged: rebuilt over it
-    if arr.dtype != np.float32 or arr.shape != (n, width):
+    if arr.dtype != np.int8 or arr.shape != (n, width):
         return None
     return arr
 
