@@ -62,6 +62,15 @@ PREFILTER_SHARE = 0.10
 # 0.996. 1% of the store keeps the count growing with it (10,000 at 1M items): unmeasured there.
 PREDICTOR_SHARE = 0.01
 
+# Stores of at least this many items keep the search cache compact (search.cache: the halves in
+# bfloat16, the top re-scored exactly from float32 values, search.rerank), so the same results
+# for about half the disk and memory: 11.7 GB instead of ~20 GB at 1M logmel items. Below it
+# float32, whose full scans are faster with the numpy backend on CPUs without bfloat16
+# products; at this size the float32 cache would be ~4.5 GB (logmel) and most searches
+# (blend, acoustic) score only the prefilter's candidates, so the slower full scan is rare.
+COMPACT_CACHE_MIN_ITEMS = 200_000
+COMPACT_CACHE_DTYPE = "bfloat16"
+
 # A query of up to 30 s also looks for its own sound inside the store's long recordings
 # (search.contains) when they add up to at most this many hours: the scan costs about 0.25-0.4 s
 # per hour of them per query on 2 busy cores, so 10 hours keep it within ~3 s. Past that it

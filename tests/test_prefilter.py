@@ -227,6 +227,7 @@ def test_cli_status_names_the_threshold_and_query_refuses_both_knobs(big, tmp_pa
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["prefilter_min_items"] == constants.PREFILTER_MIN_ITEMS and doc["prefilter"] is False
+    assert doc["compact_cache_min_items"] == constants.COMPACT_CACHE_MIN_ITEMS and doc["cache_dtype"] == "float32"
     res = runner.invoke(app, ["status", "--store", str(store.path)])
     assert "prefilter" in res.stdout and f"{constants.PREFILTER_MIN_ITEMS:,}" in res.stdout
     wav = tmp_path / "q.wav"
@@ -253,3 +254,19 @@ def test_int8_predicted_scores_pick_the_float_predictions_best(big):
         assert got.shape == (60,) and np.all(np.diff(got) > 0)
         overlap.append(np.isin(want, got).mean())
     assert np.mean(overlap) >= 0.9 and min(overlap) >= 0.8
+
+
+def test_large_stores_get_the_compact_cache_with_the_float32_results(big, monkeypatch):
+    store, model = big
+    q = clustered(1, seed=5)[0]
+    small = SearchEngine(store, model)
+    assert small.cache_dtype == "float32" and not small.compact
+    want = [(r.item.row, r.level) for r in small.search(q, k=10, exact=True).results]
+    monkeypatch.setattr(constants, "COMPACT_CACHE_MIN_ITEMS", 600)
+    large = SearchEngine(store, model)
+    assert large.cache_dtype == constants.COMPACT_CACHE_DTYPE and large.compact
+    assert [(r.item.row, r.level) for r in large.search(q, k=10, exact=True).results] == want
+    assert large.cache_path() != small.cache_path() and large.cache_path().is_file()
+    assert SearchEngine(store, model, cache_dtype="float32").cache_dtype == "float32"  # asked for: kept
+    doc = json.loads(CliRunner().invoke(app, ["status", "--store", str(store.path), "--json"]).stdout)
+    assert doc["cache_dtype"] == constants.COMPACT_CACHE_DTYPE

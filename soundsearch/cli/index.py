@@ -16,7 +16,8 @@ from soundsearch.cli._common import (
     print_some, progress, shown, waiting,
 )
 from soundsearch.errors import printable
-from soundsearch.constants import PREFILTER_MIN_ITEMS
+from soundsearch.constants import COMPACT_CACHE_MIN_ITEMS, PREFILTER_MIN_ITEMS
+from soundsearch.search.cache import default_cache_dtype
 
 if TYPE_CHECKING:
     from soundsearch.indexing import IndexProgress
@@ -331,6 +332,8 @@ def _status_json(stats, failures: list, problems: list[str], checks: dict) -> di
     doc["problems"] = problems
     doc["prefilter_min_items"] = PREFILTER_MIN_ITEMS
     doc["prefilter"] = stats.items >= PREFILTER_MIN_ITEMS
+    doc["compact_cache_min_items"] = COMPACT_CACHE_MIN_ITEMS
+    doc["cache_dtype"] = default_cache_dtype(stats.items)
     doc.update(checks)
     return doc
 
@@ -347,6 +350,8 @@ def _status_table(stats, failures: list, unverified: int) -> None:
         ("on disk", _human_bytes(stats.bytes_on_disk)),
         ("prefilter", ("on" if stats.items >= PREFILTER_MIN_ITEMS else "off")
          + f" (stores of {PREFILTER_MIN_ITEMS:,} items or more score only the prefilter's candidates)"),
+        ("cache", default_cache_dtype(stats.items)
+         + f" (stores of {COMPACT_CACHE_MIN_ITEMS:,} items or more keep the search cache in 16 bits)"),
     ]
     # A dataset cache names thousands of files as its roots: show a few, count the rest.
     for i, root in enumerate(stats.roots[:SHOW]):

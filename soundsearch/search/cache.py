@@ -7,7 +7,7 @@ item [PB | PA | pooled | acoustic], then as few rows as hold the acoustic standa
 part costs D' values per item (logmel's default mean,std,max: 384, 1.5 KiB in float32, +7% on
 the 5.1k-value row of the default model).
 
-float32 by default. The compact dtypes (COMPACT_DTYPES: bfloat16, float16) store the halves
+float32 by default, compact from COMPACT_CACHE_MIN_ITEMS items (default_cache_dtype). The compact dtypes (COMPACT_DTYPES: bfloat16, float16) store the halves
 [PB | PA], 82-91% of a row and all that the pair arithmetic reads, in 16 bits, and the pooled
 embedding and acoustic vector as their float32 bytes (2 storage values each), so closeness and
 the acoustic cosine stay exact: a row of the default model (aisfx) is 14.5 KiB instead of 24.5,
@@ -44,6 +44,13 @@ CACHE_DTYPES = ("float32", "bfloat16", "float16")
 # Halves in 16 bits, the rest as float32 bytes; every value stored as uint16 (numpy has no
 # bfloat16), read as bfloat16 or float16.
 COMPACT_DTYPES = ("bfloat16", "float16")
+
+
+def default_cache_dtype(n_items: int) -> str:
+    """The cache dtype a store of `n_items` gets unless one is asked for (constants)."""
+    from soundsearch.constants import COMPACT_CACHE_DTYPE, COMPACT_CACHE_MIN_ITEMS
+
+    return COMPACT_CACHE_DTYPE if n_items >= COMPACT_CACHE_MIN_ITEMS else "float32"
 
 
 def storage_dtype(dtype: str) -> type:

@@ -32,6 +32,7 @@ from soundsearch.search.cache import (
     COMPACT_DTYPES,
     cache_name,
     create_cache_file,
+    default_cache_dtype,
     load_cache,
     model_key,
     norm_rows,
@@ -60,14 +61,16 @@ class DatabaseSide:
         store: "Store",
         model: "ModelBase",
         cache_dir: Path | None,
-        cache_dtype: str,
+        cache_dtype: str | None,
         persist: bool,
         workers: int | None,
         backend: str | None = None,
     ):
+        model.check_featurizer(store.featurizer_identity)
+        if cache_dtype is None:
+            cache_dtype = default_cache_dtype(int(store.features().shape[0]))
         if cache_dtype not in CACHE_DTYPES:
             raise SearchError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, not {cache_dtype!r}")
-        model.check_featurizer(store.featurizer_identity)
         self.store = store
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path(store.path) / "cache"

@@ -64,7 +64,9 @@ class SearchEngine(DatabaseSide):
     """Scores queries against every item of a store with a presence model.
 
     The database side is computed on first use (or loaded from `cache_dir`, default
-    `<store>/cache`); `prepare()` does it eagerly. `backend` ("numpy" or "torch", backends.py)
+    `<store>/cache`); `prepare()` does it eagerly. `cache_dtype` (cache.CACHE_DTYPES) defaults
+    to float32, or compact in stores of COMPACT_CACHE_MIN_ITEMS items or more
+    (cache.default_cache_dtype). `backend` ("numpy" or "torch", backends.py)
     defaults to the model's own: torch for a model loaded with its network, numpy for one
     loaded as arrays.
     """
@@ -74,7 +76,7 @@ class SearchEngine(DatabaseSide):
         store: "Store",
         model: "ModelBase",
         cache_dir: Path | None = None,
-        cache_dtype: str = "float32",
+        cache_dtype: str | None = None,
         block_rows: int | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         persist: bool = True,
