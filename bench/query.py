@@ -24,7 +24,8 @@ random weights and random batch-norm statistics, then prints in one run:
   file the store does not hold (decoded and featurized: logmel here, which needs no torch;
   an aisfx store also imports torch and runs its network); cli_cold_indexed_s: the same for
   a file the store holds unchanged ("more like this": its stored items are the query, no
-  featurizer, no torch). Both over --cli-repeat fresh processes, minimum and median.
+  featurizer, no torch). Both over --cli-repeat fresh processes, minimum and median;
+  cli_cold_peak_rss_mb (and _indexed_): the largest peak resident set of those processes.
 
 With --clustered the store's items cluster as a real library's takes do (clustered_items:
 N/100 source templates, each item one source, 30% mixed with a second at 0.6, plus a per-item
@@ -299,6 +300,22 @@ def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.n
     fig["rss_mb"] = round(rss_mb(), 1)
 
 
+# `soundsearch ARGS` run as `python -c _PEAK_SHIM ARGS`, writing its own peak resident set
+# (VmHWM, kB) to $BENCH_HWM_FILE at exit. Measured from inside because a child's ru_maxrss
+# includes the resident set of the parent it was forked from (this benchmark's, GBs).
+_PEAK_SHIM = """
+import atexit, os, runpy, sys
+def _hwm():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["BENCH_HWM_FILE"], "w") as out:
+        out.write(kb)
+atexit.register(_hwm)
+sys.argv = ["soundsearch", *sys.argv[1:]]
+runpy.run_module("soundsearch", run_name="__main__", alter_sys=True)
+"""
+
+
 def cli_figures(fig: dict, store: Store, store_dir: Path, model_path: Path, external: Path, args) -> None:
     """cli_cold_* figures (see the module docstring) into `fig`."""
     indexed = indexed_query_path(store_dir)
@@ -311,16 +328,23 @@ def cli_figures(fig: dict, store: Store, store_dir: Path, model_path: Path, exte
         cmd = [sys.executable, "-m", "soundsearch", "query", str(wav), "--store", str(store_dir),
                "--model", str(model_path), "--json", "-k", str(args.k)]
         cold, cold_cpu = [], []
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = 0.0
         for _ in range(args.cli_repeat):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            cold.append(time.perf_counter() - t0)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cold_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-            if proc.returncode != 0:
-                fig[f"{key}_error"] = proc.stderr.strip()[-500:]
-                break
+            with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile() as hwm:
+                t0 = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-c", _PEAK_SHIM, *cmd[3:]], stdout=subprocess.DEVNULL,
+                                      stderr=err, env={**os.environ, "BENCH_HWM_FILE": hwm.name})
+                cold.append(time.perf_counter() - t0)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cold_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                before = after
+                peak = max(peak, int(Path(hwm.name).read_text() or 0) / 1024)
+                if proc.returncode != 0:
+                    err.seek(0)
+                    fig[f"{key}_error"] = err.read().decode(errors="replace").strip()[-500:]
+                    break
+        fig[f"{key}_peak_rss_mb"] = round(peak, 1)
         fig[f"{key}_s"] = round(min(cold), 2)
         fig[f"{key}_median_s"] = round(statistics.median(cold), 2)
         fig[f"{key}_runs_s"] = [round(c, 2) for c in cold]
