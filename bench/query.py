@@ -40,7 +40,7 @@ SearchEngine.search through the candidate prefilter (search.prefilter); *_recall
 share of the exact engine's top 10 (search(exact=True)) that the prefiltered search returns,
 over --recall-queries queries; prefilter_build_s and prefilter_index_mb, the HNSW index's first
 build and its file, predictor_build_s and predictor_mb the same for the predictor's matrix.
---skip-naive leaves out the naive run.
+--skip-naive leaves out the naive run, --skip-hnsw the acoustic HNSW comparison.
 
 Timings are the minimum over --repeat runs (the median is printed too): on a small shared
 machine the minimum is the figure least disturbed by other work. The *_cpu figures count the
@@ -255,19 +255,21 @@ def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.n
     over the same queries."""
     from soundsearch.search.prefilter import index_path, predictor_path
 
-    t0 = time.perf_counter()
-    engine.prefilter().index("acoustic")
-    fig["prefilter_build_s"] = round(time.perf_counter() - t0, 2)
-    fig["prefilter_built"] = "acoustic" in engine.prefilter().built
-    path = index_path(engine.cache_path(), "acoustic")
-    fig["prefilter_index_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
+    if not args.skip_hnsw:
+        t0 = time.perf_counter()
+        engine.prefilter().index("acoustic")
+        fig["prefilter_build_s"] = round(time.perf_counter() - t0, 2)
+        fig["prefilter_built"] = "acoustic" in engine.prefilter().built
+        path = index_path(engine.cache_path(), "acoustic")
+        fig["prefilter_index_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
     t0 = time.perf_counter()
     engine.prefilter().predictor()
     fig["predictor_build_s"] = round(time.perf_counter() - t0, 2)
     path = predictor_path(engine.cache_path())
     fig["predictor_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
     counts = [int(c) for c in args.presence_candidates.split(",")] if args.presence_candidates else [None]
-    configs = [("acoustic", "acoustic", args.candidates)] + [("presence", str(c or "default"), c) for c in counts]
+    configs = [] if args.skip_hnsw else [("acoustic", "acoustic", args.candidates)]
+    configs += [("presence", str(c or "default"), c) for c in counts]
     for predictor, name, count in configs:
         engine.prefilter_predictor = predictor
         kw = {"candidates": count}
@@ -373,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presence-candidates", default=None,
                     help="comma-separated candidate counts for the presence predictor (default: the engine's)")
     ap.add_argument("--skip-naive", action="store_true", help="no naive run (prefilter studies)")
+    ap.add_argument("--skip-hnsw", action="store_true", help="no acoustic HNSW comparison (its build takes minutes at 1M)")
     ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--compare-queries", type=int, default=20, help="compact cache: queries compared with float32 (0: none, and no float32 cache built: for 1M)")
     ap.add_argument("--json", action="store_true")
