@@ -42,6 +42,7 @@ from soundsearch.search.cache import (
     storage_dtype,
     unpack_norm,
 )
+from soundsearch.store.mapped import prefetch_rows
 
 if TYPE_CHECKING:
     from soundsearch.model.arrays import ModelBase
@@ -278,6 +279,7 @@ class DatabaseSide:
         self.prepare()
         rows = np.asarray(rows, dtype=np.int64)
         feats = self.store.features()
+        prefetch_rows(feats, rows)
         # One thread: a few hundred rows are small work, where intra-op threads only add
         # barriers (torch.cat of 266 rows: 40 ms with two threads on a busy machine).
         with self.backend.single():

@@ -36,6 +36,7 @@ from soundsearch.search.filters import apply_filters, check_filters
 from soundsearch.search.moments import choose_rows
 from soundsearch.search.query import query_features, scored_items
 from soundsearch.search.results import Result, ScoreMatrix, SearchResults, StoredQuery, build_results, rank
+from soundsearch.store.mapped import prefetch_rows
 
 if TYPE_CHECKING:
     from soundsearch.model.arrays import ModelBase
@@ -195,6 +196,8 @@ class SearchEngine(DatabaseSide):
                 acc /= np.float32(nq)
                 self._emit(acc, 0, start, stop, level, expected, all_probs)
 
+        if rows is not None:
+            prefetch_rows(cache, rows)  # scattered rows of a large cache: read them all at once
         backend.run_chunks(score_chunk, range(0, n, chunk), self.workers)
         return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
 
