@@ -9,6 +9,7 @@ Layout of a store folder (folder.py):
 One job per module:
 
     records.py   ItemRecord, FileRecord, StoreStats, FileEntry: what the store hands out and takes in
+    items.py     ItemTable, every item as numpy columns; ItemView, Store.items()'s records built on demand
     folder.py    the folder's names, refusing someone else's folder, the write lock
     catalog.py   the SQLite catalog: schema, migrations, meta rows, and the one transaction
                  helper, which bumps the generation (search caches key on it) for every change
@@ -27,6 +28,7 @@ row-aligned with `items()`, except in the short window after a killed run (then 
 from soundsearch.store.arrays import row_crc
 from soundsearch.store.catalog import MIGRATIONS, SCHEMA_VERSION
 from soundsearch.store.folder import ARRAYS, CACHE, CATALOG, LOCK, store_lock
+from soundsearch.store.items import ItemTable, ItemView
 from soundsearch.store.records import STATUS_FAILED, STATUS_OK, FileEntry, FileRecord, ItemRecord, StoreStats
 from soundsearch.store.store import Store
 from soundsearch.store.writer import StoreWriter
@@ -43,6 +45,8 @@ __all__ = [
     "FileEntry",
     "FileRecord",
     "ItemRecord",
+    "ItemTable",
+    "ItemView",
     "Store",
     "StoreStats",
     "StoreWriter",
