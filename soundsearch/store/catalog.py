@@ -2,8 +2,8 @@
 
 Every change goes through `Catalog.transaction()`, which takes the write lock of the database
 (BEGIN IMMEDIATE), commits or rolls back, and with `bump=True` raises the `generation` meta row
-in the same transaction: search caches key on it, so every change to the items or their rows
-bumps it. Paths are BLOBs of the file-system bytes, so names that are not valid UTF-8
+in the same transaction: search caches and the items' derived copy (itemcache.py) key on it,
+so every change to the items or their rows bumps it. Paths are BLOBs of the file-system bytes, so names that are not valid UTF-8
 round-trip exactly. The schema version is SQLite's user_version.
 """
 
@@ -271,6 +271,9 @@ class Catalog:
         items = flat_columns(db.execute("SELECT file_id, start_s, end_s, array_row FROM items"), self.folder)
         files = db.execute("SELECT id, path, duration FROM files").fetchall()
         return items, files
+
+    def item_count(self, db: sqlite3.Connection) -> int:
+        return db.execute("SELECT count(*) FROM items").fetchone()[0]
 
     def files(self) -> dict[str, FileRecord]:
         rows = self.rows(

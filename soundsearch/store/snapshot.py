@@ -3,6 +3,8 @@
 The catalog's items and the array file are read in one catalog read transaction. The writer
 unlinks a replaced array file only after the commit that stops naming it, so the file opened
 inside the transaction matches the rows just read, or is gone (then the read is tried again).
+The items come from their derived copy of the generation read in that transaction when there
+is one (itemcache.py), else from the catalog, and the copy is then written for the next reader.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundsearch.errors import StoreError, printable
+from soundsearch.store.folder import CACHE
+from soundsearch.store.itemcache import items_path, load_items, save_items
 from soundsearch.store.items import ItemTable, table_from_catalog
 
 if TYPE_CHECKING:
@@ -45,13 +49,23 @@ def load_snapshot(store: Store) -> Snapshot:
 
 def _read_snapshot(store: Store) -> Snapshot:
     catalog = store.catalog
+    columns = None
     with catalog.transaction(write=False) as db:
         generation = catalog.int_meta("generation")
         n_slots, array_file = catalog.array_meta()
-        columns = catalog.item_columns(db)
+        copy = items_path(store.path / CACHE, store.store_id, generation)
+        loaded = load_items(copy, generation) if copy is not None else None
+        if loaded is not None and len(loaded[0]) != catalog.item_count(db):
+            loaded = None  # the catalog was changed without a new generation (edited by hand)
+        if loaded is None:
+            columns = catalog.item_columns(db)
         # Opened inside the read transaction: see the module docstring.
         mm = store.open_array(array_file, n_slots)
-    table, slots = table_from_catalog(*columns, store.path)
+    if loaded is None:
+        loaded = table_from_catalog(*columns, store.path)
+        if copy is not None and not store.readonly:
+            save_items(copy, generation, *loaded)
+    table, slots = loaded
     if len(slots) and (slots[0] < 0 or slots[-1] >= n_slots):
         raise StoreError(
             f"the store at {printable(store.path)} is inconsistent (items beyond the feature array): "
