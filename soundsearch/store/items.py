@@ -12,6 +12,7 @@ import operator
 import os
 from collections.abc import Sequence
 from itertools import chain
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -29,7 +30,7 @@ class ItemTable:
     The columns are read-only: every reader of the store shares them.
     """
 
-    __slots__ = ("paths", "file_index", "start", "end", "file_duration", "_numbers")
+    __slots__ = ("paths", "file_index", "start", "end", "file_duration", "_numbers", "_names")
 
     def __init__(self, paths: tuple[str, ...], file_index: np.ndarray, start: np.ndarray, end: np.ndarray,
                  file_duration: np.ndarray):
@@ -39,6 +40,7 @@ class ItemTable:
         self.end = _frozen(end, np.float64)
         self.file_duration = _frozen(file_duration, np.float64)
         self._numbers: dict[str, int] | None = None
+        self._names: tuple[str, ...] | None = None
 
     @classmethod
     def empty(cls) -> ItemTable:
@@ -64,6 +66,14 @@ class ItemTable:
                                      self.end[rows].tolist(), self.file_duration[rows].tolist())
         ]
 
+    def path_names(self) -> tuple[str, ...]:
+        """`paths` spelled as str(ItemRecord.path) spells them (pathlib's normal form). Index
+        writes every path from a Path, so they are the same strings; only a path written
+        otherwise pays for a Path (a million of them cost seconds)."""
+        if self._names is None:
+            self._names = tuple(p if _normal(p) else str(Path(p)) for p in self.paths)
+        return self._names
+
     def file_number(self, path: str) -> int | None:
         """The index into `paths` of this path string, or None when no item has it."""
         if self._numbers is None:
@@ -83,6 +93,13 @@ class ItemTable:
         order = np.argsort(self.file_index, kind="stable")
         bounds = np.concatenate(([0], np.cumsum(np.bincount(self.file_index, minlength=len(self.paths)))))
         return [order[bounds[i] : bounds[i + 1]] for i in range(len(self.paths))]
+
+
+def _normal(p: str) -> bool:
+    """Whether str(Path(p)) == p: no empty or "." parts, no trailing separator (POSIX)."""
+    if not p or p == "." or "//" in p or "/./" in p:
+        return False
+    return not p.startswith("./") and not p.endswith(("/", "/."))
 
 
 def _frozen(a: np.ndarray, dtype) -> np.ndarray:
