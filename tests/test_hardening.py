@@ -351,7 +351,7 @@ def test_store_with_emptied_catalog_and_a_cache_is_recovered(lib, store_dir, tmp
     from soundsearch.store.folder import check_foreign
 
     indexed(lib, store_dir)
-    (store_dir / "cache").mkdir()
+    (store_dir / "cache").mkdir(exist_ok=True)  # index leaves the items' copy there (store.itemcache)
     (store_dir / "cache" / "search-old.npy").write_bytes(b"x")
     # Emptied catalog: every table dropped (as a killed creation or a wiped file leaves it).
     _sql(store_dir, "DROP TABLE items")

@@ -203,9 +203,12 @@ def dataset_features(
     failed = list(report.failed) + list(report.still_failed)
     with Store.open(store_dir, featurizer=featurizer) as store:
         by_path: dict[Path, list[int]] = {}
+        table = store.item_table()
+        # Resolved once per file, not once per item.
+        for path, rows in zip(table.paths, table.rows_by_file()):
+            key, mine = _key(Path(path)), rows.tolist()
+            by_path[key] = sorted(by_path[key] + mine) if key in by_path else mine
         items = store.items()
-        for it in items:
-            by_path.setdefault(_key(it.path), []).append(it.row)
         feats = store.features()
         c = len(dataset.taxonomy)
         tr_f, tr_l, tr_i, tr_s = _gather(dataset.train, by_path, items, feats, c)

@@ -250,8 +250,8 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
         return None
     own = str(query_path)  # absolute, as query_features gives it and the store keeps paths
     q0, q1 = min(s for s, _ in segments), max(e for _, e in segments)
-    items = store.items()
-    n = len(items)
+    table = store.item_table()
+    n = len(table)
     score = np.full(n, np.nan)
     start = np.full(n, np.nan)
     end = np.full(n, np.nan)
@@ -265,7 +265,7 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
             t1 = t0 + length
             if path == own and t0 < q1 and t1 > q0:
                 continue
-            row = _covering_item(items, rows, t0, t1)
+            row = _covering_item(table, rows, t0, t1)
             if row is not None and not value <= score[row]:
                 score[row], start[row], end[row] = value, t0, t1
     if np.all(np.isnan(score)):
@@ -273,15 +273,16 @@ def locate(store: "Store", query_path, segments, cache: PrintCache | None = None
     return Located(score, start, end)
 
 
-def _covering_item(items, rows: list[int], t0: float, t1: float) -> int | None:
-    """The row among `rows` whose item covers [t0, t1) most; the shorter item on a tie."""
+def _covering_item(table, rows: list[int], t0: float, t1: float) -> int | None:
+    """The row among `rows` whose item covers [t0, t1) most (`table`: the store's ItemTable);
+    the shorter item on a tie."""
     best, key = None, None
     for r in rows:
-        it = items[r]
-        shared = min(it.end, t1) - max(it.start, t0)
+        start, end = float(table.start[r]), float(table.end[r])
+        shared = min(end, t1) - max(start, t0)
         if shared <= 0:
             continue
-        k = (round(shared, 6), -(it.end - it.start))
+        k = (round(shared, 6), -(end - start))
         if key is None or k > key:
             best, key = r, k
     return best

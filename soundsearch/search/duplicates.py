@@ -111,13 +111,16 @@ def find_duplicates(engine, threshold: float | None = None) -> list[Group]:
 
     threshold = DUPLICATE_COSINE if threshold is None else float(threshold)
     store = engine.store
-    items = store.items()
-    n = len(items)
+    table = store.item_table()
+    n = len(table)
     if n == 0:
         return []
+    items = store.items()
     feats = store.features()
-    paths = [str(i.path) for i in items]
-    _, file_ids = np.unique(np.array(paths, dtype=object), return_inverse=True)
+    names = table.path_names()  # as str(ItemRecord.path) spells them
+    paths = [names[f] for f in table.file_index.tolist()]
+    _, file_number = np.unique(np.array(names, dtype=object), return_inverse=True)
+    file_ids = file_number[table.file_index]
     vectors = engine.acoustic_matrix()
 
     # Exact: identical feature rows from different files.

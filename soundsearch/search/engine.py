@@ -24,7 +24,7 @@ import dataclasses
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
@@ -458,7 +458,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 class _Rows:
     """The store's items at some rows, by position: a prefiltered search's view of the store."""
 
-    def __init__(self, items: list, rows: np.ndarray):
+    def __init__(self, items: Sequence, rows: np.ndarray):
         self._items, self._rows = items, rows
 
     def __len__(self) -> int:

@@ -92,17 +92,31 @@ def file_print(path: Path | str) -> np.ndarray | None:
 def long_recordings(store: "Store") -> dict[str, list[int]]:
     """path -> store rows, of every stored recording longer than the store's item_seconds."""
     limit = store.cutting.item_seconds + 1e-6
+    table = store.item_table()
+    rows = np.flatnonzero(table.file_duration > limit)
     out: dict[str, list[int]] = {}
-    for it in store.items():
-        if it.file_duration is not None and it.file_duration > limit:
-            out.setdefault(str(it.path), []).append(it.row)
+    if not rows.size:
+        return out
+    # The long rows grouped by file (each group ascending), the files in order of their first
+    # long row: the order a walk over the items meets them in.
+    files = table.file_index[rows]
+    order = np.argsort(files, kind="stable")
+    grouped, files = rows[order], files[order]
+    starts = np.flatnonzero(np.r_[True, files[1:] != files[:-1]])
+    ends = np.r_[starts[1:], len(grouped)]
+    names = table.path_names()  # as str(ItemRecord.path) spells them
+    flat = grouped.tolist()
+    for g in np.argsort(grouped[starts], kind="stable").tolist():
+        key, mine = names[files[starts[g]]], flat[starts[g] : ends[g]]
+        # Two spellings of one path (never written by index) are one recording, rows in order.
+        out[key] = sorted(out[key] + mine) if key in out else mine
     return out
 
 
 def long_hours(store: "Store", longs: dict[str, list[int]]) -> float:
     """Hours of audio in the recordings of `longs` (long_recordings)."""
-    items = store.items()
-    return sum(items[rows[0]].file_duration for rows in longs.values()) / 3600.0
+    durations = store.item_table().file_duration
+    return sum(float(durations[rows[0]]) for rows in longs.values()) / 3600.0
 
 
 class PrintCache:

@@ -5,14 +5,17 @@ Layout of a store folder (folder.py):
     catalog.sqlite        files, items, roots, meta (WAL mode; the schema version is user_version)
     arrays/features-N.npy one (slots, T, D) float32 .npy file, grown in place by appending rows
     lock                  flock'ed by the one process allowed to write
+    cache/                derived files: the items as arrays (itemcache.py), the search caches
 
 One job per module:
 
     records.py   ItemRecord, FileRecord, StoreStats, FileEntry: what the store hands out and takes in
+    items.py     ItemTable, every item as numpy columns; ItemView, Store.items()'s records built on demand
+    itemcache.py the ItemTable's copy in cache/, per catalog generation, so a new process skips SQLite
     folder.py    the folder's names, refusing someone else's folder, the write lock
     catalog.py   the SQLite catalog: schema, migrations, meta rows, and the one transaction
-                 helper, which bumps the generation (search caches key on it) for every change
-                 to the items
+                 helper, which bumps the generation (search caches and itemcache.py key on
+                 it) for every change to the items
     arrays.py    the feature array file format: a fixed-size .npy header, rows fsync'ed on write
     store.py     Store: opening (creating under the lock), reading, checking
     snapshot.py  a consistent read of every item and the feature rows they point at
@@ -27,6 +30,7 @@ row-aligned with `items()`, except in the short window after a killed run (then 
 from soundsearch.store.arrays import row_crc
 from soundsearch.store.catalog import MIGRATIONS, SCHEMA_VERSION
 from soundsearch.store.folder import ARRAYS, CACHE, CATALOG, LOCK, store_lock
+from soundsearch.store.items import ItemTable, ItemView
 from soundsearch.store.records import STATUS_FAILED, STATUS_OK, FileEntry, FileRecord, ItemRecord, StoreStats
 from soundsearch.store.store import Store
 from soundsearch.store.writer import StoreWriter
@@ -43,6 +47,8 @@ __all__ = [
     "FileEntry",
     "FileRecord",
     "ItemRecord",
+    "ItemTable",
+    "ItemView",
     "Store",
     "StoreStats",
     "StoreWriter",

@@ -3,7 +3,8 @@
     catalog.sqlite        the SQLite catalog (catalog.py)
     arrays/features-N.npy the feature array (arrays.py)
     lock                  flock'ed by the one process allowed to write
-    cache/                the search engine's cache (soundsearch.search keeps it inside the store)
+    cache/                derived files, rebuilt when missing: the items as arrays
+                          (itemcache.py) and the search engine's cache (soundsearch.search)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from soundsearch.errors import StoreError, StoreLockedError, printable
 CATALOG = "catalog.sqlite"
 ARRAYS = "arrays"
 LOCK = "lock"
-# The search engine's per-store cache folder (soundsearch.search keeps it inside the store).
+# The per-store folder of derived files: the items' arrays (itemcache.py) and the search
+# engine's cache (soundsearch.search keeps it inside the store).
 CACHE = "cache"
 # Files a store folder may hold; anything else means the folder is someone else's. The cache
 # is ours too: a store whose catalog was emptied after a query must be recoverable by `index`.

@@ -3,11 +3,12 @@
 The catalog's items and the array file are read in one catalog read transaction. The writer
 unlinks a replaced array file only after the commit that stops naming it, so the file opened
 inside the transaction matches the rows just read, or is gone (then the read is tried again).
+The items come from their derived copy of the generation read in that transaction when there
+is one (itemcache.py), else from the catalog, and the copy is then written for the next reader.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from soundsearch.errors import StoreError, printable
-from soundsearch.store.records import ItemRecord
+from soundsearch.store.folder import CACHE
+from soundsearch.store.itemcache import items_path, load_items, save_items
+from soundsearch.store.items import ItemTable, table_from_catalog
 
 if TYPE_CHECKING:
     from soundsearch.store.store import Store
@@ -24,9 +27,8 @@ if TYPE_CHECKING:
 @dataclass
 class Snapshot:
     generation: int
-    items: list[ItemRecord]
+    table: ItemTable
     features: np.ndarray
-    by_path: dict[str, list[ItemRecord]]
 
 
 def load_snapshot(store: Store) -> Snapshot:
@@ -47,13 +49,23 @@ def load_snapshot(store: Store) -> Snapshot:
 
 def _read_snapshot(store: Store) -> Snapshot:
     catalog = store.catalog
+    columns = None
     with catalog.transaction(write=False) as db:
         generation = catalog.int_meta("generation")
         n_slots, array_file = catalog.array_meta()
-        rows = catalog.item_rows(db)
+        copy = items_path(store.path / CACHE, store.store_id, generation)
+        loaded = load_items(copy, generation) if copy is not None else None
+        if loaded is not None and len(loaded[0]) != catalog.item_count(db):
+            loaded = None  # the catalog was changed without a new generation (edited by hand)
+        if loaded is None:
+            columns = catalog.item_columns(db)
         # Opened inside the read transaction: see the module docstring.
         mm = store.open_array(array_file, n_slots)
-    slots = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if loaded is None:
+        loaded = table_from_catalog(*columns, store.path)
+        if copy is not None and not store.readonly:
+            save_items(copy, generation, *loaded)
+    table, slots = loaded
     if len(slots) and (slots[0] < 0 or slots[-1] >= n_slots):
         raise StoreError(
             f"the store at {printable(store.path)} is inconsistent (items beyond the feature array): "
@@ -65,15 +77,4 @@ def _read_snapshot(store: Store) -> Snapshot:
         # Holes left by a run that was stopped before compacting; the next `index` compacts.
         features = np.ascontiguousarray(mm[slots])
         features.flags.writeable = False
-    paths: dict[bytes, str] = {}
-    items: list[ItemRecord] = []
-    by_path: dict[str, list[ItemRecord]] = {}
-    for i, (_slot, p, start, end, duration) in enumerate(rows):
-        path = paths.get(p)
-        if path is None:
-            path = paths[p] = os.fsdecode(p)
-            by_path[path] = []
-        rec = ItemRecord(i, path, start, end, duration if duration is not None else end)
-        items.append(rec)
-        by_path[path].append(rec)
-    return Snapshot(generation, items, features, by_path)
+    return Snapshot(generation, table, features)

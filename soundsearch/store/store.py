@@ -21,6 +21,7 @@ from soundsearch.errors import FeaturizerMismatchError, StoreError, StoreMissing
 from soundsearch.store.arrays import array_name, array_problems, open_array, row_crc, write_new_array
 from soundsearch.store.catalog import Catalog
 from soundsearch.store.folder import ARRAYS, CATALOG, check_foreign, check_store_path, os_errors, store_lock
+from soundsearch.store.items import ItemTable, ItemView
 from soundsearch.store.records import STATUS_OK, FileRecord, ItemRecord, StoreStats
 from soundsearch.store.snapshot import Snapshot, load_snapshot
 from soundsearch.store.writer import StoreWriter
@@ -230,16 +231,23 @@ class Store:
         """Forget the cached items/features so the next call sees the catalog's latest state."""
         self._snapshot = None
 
-    def items(self) -> list[ItemRecord]:
-        """Every item, ordered by row (the row of `features()` that holds its matrix)."""
-        return list(self._snap().items)  # a copy: callers may sort or filter it
+    def items(self) -> ItemView:
+        """Every item, ordered by row (the row of `features()` that holds its matrix): a
+        read-only sequence that builds each ItemRecord when asked for (items.py); callers that
+        look at every item read `item_table()`'s columns instead."""
+        return ItemView(self._snap().table)
+
+    def item_table(self) -> ItemTable:
+        """Every item as read-only numpy columns, row-aligned with `features()` (items.py)."""
+        return self._snap().table
 
     def features(self) -> np.ndarray:
         """All feature matrices as one read-only (N, T, D) float32 array, row-aligned with items()."""
         return self._snap().features
 
     def items_for_path(self, path: Path | str) -> list[ItemRecord]:
-        return list(self._snap().by_path.get(str(Path(path).absolute()), []))
+        table = self._snap().table
+        return table.records(table.rows_of(str(Path(path).absolute())))
 
     def unchanged_items(self, path: Path | str) -> list[ItemRecord] | None:
         """The items of the file at `path`, in time order, when the store holds it as it is on
@@ -260,7 +268,7 @@ class Store:
         size, mtime_ns, status, generation = state
         if status != STATUS_OK or size != st.st_size or mtime_ns != st.st_mtime_ns or generation != snap.generation:
             return None
-        items = snap.by_path.get(real)
+        items = snap.table.records(snap.table.rows_of(real))
         return sorted(items, key=lambda r: (r.start, r.end, r.row)) if items else None
 
     def fingerprint(self) -> str:
