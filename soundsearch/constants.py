@@ -48,19 +48,21 @@ TUNABLE_DEFAULTS: dict[str, dict[str, Any]] = {
 # so ~0.25 s here; the prefilter with 1000 candidates 23 and 28 ms; its index builds in 12% and
 # 24% of the search cache's build (0.39 s vs 3.25 s; 7.1 s vs 29.8 s).
 PREFILTER_MIN_ITEMS = 20_000
-# Candidates scored exactly (`query --candidates`): at least PREFILTER_CANDIDATES, and at least
-# PREFILTER_SHARE of the store. Recall of the exact top 10 (50 queries, blend w=0.75): 0.974
+# Candidates scored exactly (`query --candidates`) through the acoustic HNSW index (presence
+# searches asked for the prefilter; bench comparisons): at least PREFILTER_CANDIDATES, and at
+# least PREFILTER_SHARE of the store. Recall of the exact top 10 (50 queries, blend w=0.75): 0.974
 # with 1000 candidates at 10k items (10%), but 0.772 with 1000 at 100k (1%): the share is what
 # held the recall; 10% at 100k is an extrapolation from the 10k run, not yet measured.
 PREFILTER_CANDIDATES = 1000
 PREFILTER_SHARE = 0.10
-# The same for the presence predictor (search.prefilter: the blend score predicted from each
-# item's self-presence and its exact acoustic cosine), what blend and acoustic searches use.
-# Recall of the exact top 10, bench/query.py --clustered --prefilter, 50 queries, one run per
-# size on 2 shared cores: 100k items, 500 / 1000 / 2000 candidates 0.992 / 0.998 / 1.000 in
-# 37 / 41 / 54 ms (the acoustic index with 10,000: 0.942 in 120 ms, same run); 20k, 1000:
-# 0.996. 1% of the store keeps the count growing with it (10,000 at 1M items): unmeasured there.
-PREDICTOR_SHARE = 0.01
+# The presence predictor (search.prefilter: the blend score predicted from each item's
+# self-presence and its acoustic cosine), what blend and acoustic searches use, scores exactly
+# PREFILTER_CANDIDATES items at every store size. Recall of the exact top 10, bench/query.py
+# --clustered --prefilter, 50 queries, one run per size on 2 shared cores: 100k items, 500 /
+# 1000 / 2000 candidates 0.992 / 0.998 / 1.000 (the float32 predictor); 1M items (the int8
+# predictor), 1000 / 2000 / 5000 / 10000: 0.986 / 0.998 / 1.000 / 1.000, worst query 0.8 / 0.9
+# / 1 / 1. A count that grew with the store (1%: 10,000 at 1M) paid ~3x the time there for
+# the last percent: the exact scoring of the candidates is most of a prefiltered search.
 
 # Stores of at least this many items keep the search cache compact (search.cache: the halves in
 # bfloat16, the top re-scored exactly from float32 values, search.rerank), so the same results

@@ -397,3 +397,9 @@ def test_long_recordings_from_the_columns_match_a_walk_over_the_items(filled):
             ("/lib/b.wav", [1, 2]), ("/lib/a.wav", [4, 5]), ("/lib/d.wav", [6, 7])
         ]
         assert long_hours(st, got) == (30.0 + 20.2 + 20.0) / 3600.0
+        # What a search asks first (is the scan within INSIDE_MAX_HOURS?), without the path map.
+        from soundsearch.search.prints import PrintCache
+
+        cache = PrintCache(filled, writable=False)
+        assert cache.hours(st) == pytest.approx((30.0 + 20.2 + 20.0) / 3600.0, rel=1e-12)
+        assert cache._longs is None and cache._states is None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from soundsearch.cli._common import JsonOption, ModeOption, StoreOption, err, out
-from soundsearch.constants import INSIDE_MAX_HOURS, PREDICTOR_SHARE, PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS
+from soundsearch.constants import INSIDE_MAX_HOURS, PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS
 from soundsearch.errors import printable as _shown  # plain text: callers escape where markup needs it
 from soundsearch.present.document import clock, display_paths
 from soundsearch.present.document import moment_clock as _momentclock
@@ -107,7 +107,7 @@ def query(
     ] = None,
     candidates: Annotated[
         Optional[int],
-        typer.Option("--candidates", min=1, metavar="N", help=f"Score only the N items the prefilter puts first for the query, at any store size and mode (default {PREFILTER_CANDIDATES:,} or {PREDICTOR_SHARE:.0%} of the store, whichever is more, in stores of {PREFILTER_MIN_ITEMS:,} items or more).", show_default=False),
+        typer.Option("--candidates", min=1, metavar="N", help=f"Score only the N items the prefilter puts first for the query, at any store size and mode (default {PREFILTER_CANDIDATES:,} in stores of {PREFILTER_MIN_ITEMS:,} items or more).", show_default=False),
     ] = None,
 ) -> None:
     """Find the recordings most similar to FILE: same sound events present, same absent.

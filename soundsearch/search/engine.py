@@ -251,7 +251,7 @@ class SearchEngine(DatabaseSide):
 
         Stores of PREFILTER_MIN_ITEMS items or more are searched in the blend and acoustic
         modes through the candidate prefilter (search.prefilter): only the `candidates`
-        (default PREFILTER_CANDIDATES, or PREDICTOR_SHARE of the store when more) items with
+        (default PREFILTER_CANDIDATES; the acoustic index's: PREFILTER_SHARE of the store when more) items with
         the best predicted score (the query's and each item's self-presence, and their
         acoustic cosine; presence mode: the items an approximate index puts nearest) are
         scored exactly, the query's own items always among them. `candidates` asks for it at
@@ -291,7 +291,7 @@ class SearchEngine(DatabaseSide):
         if inside is False or qf.path is None:
             return None, None
         if inside is None:
-            _, hours = self._print_cache().recordings(self.store)
+            hours = self._print_cache().hours(self.store)
             if hours > INSIDE_MAX_HOURS:
                 return None, hours
         return self.locate(qf.path, qf.segments), None
@@ -320,7 +320,7 @@ class SearchEngine(DatabaseSide):
 
     def _candidate_rows(self, ranking, feats, self_rows, candidates: int | None) -> np.ndarray | None:
         """Sorted store rows to score for this query, or None to score every item."""
-        from soundsearch.constants import PREDICTOR_SHARE, PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
+        from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
         from soundsearch.search.prefilter import DUPLICATE_CANDIDATES
         from soundsearch.search.ranking import RankingMode
 
@@ -329,8 +329,10 @@ class SearchEngine(DatabaseSide):
         if candidates is None and (n < PREFILTER_MIN_ITEMS or presence):
             return None  # small store, or a mode the prefilter predicts poorly (prefilter.py)
         predicted = not presence and self.prefilter_predictor == "presence"
-        share = PREDICTOR_SHARE if predicted else PREFILTER_SHARE
-        count = max(PREFILTER_CANDIDATES, int(n * share)) if candidates is None else int(candidates)
+        if candidates is not None:
+            count = int(candidates)
+        else:
+            count = PREFILTER_CANDIDATES if predicted else max(PREFILTER_CANDIDATES, int(n * PREFILTER_SHARE))
         if count >= n:
             return None
         pre = self.prefilter()

@@ -126,20 +126,40 @@ class PrintCache:
         self.folder = Path(store_path) / PRINTS_DIR
         self.writable = writable
         self._memo: dict[tuple[str, int, int], np.ndarray] = {}  # a search engine's prints, kept
-        self._longs: tuple[str, dict[str, list[int]], float, dict] | None = None
+        self._longs: tuple[str, dict[str, list[int]], float] | None = None
+        self._hours: tuple[str, float] | None = None
+        self._states: tuple[str, dict] | None = None
+
+    def hours(self, store: "Store") -> float:
+        """Hours of the store's long recordings, once per store state, from the item columns
+        alone: a search asks on every query whether the scan is within INSIDE_MAX_HOURS, and
+        a store of a million items past it should not pay for the path map to be told no."""
+        key = store.fingerprint()
+        if self._longs is not None and self._longs[0] == key:
+            return self._longs[2]
+        if self._hours is None or self._hours[0] != key:
+            table = store.item_table()
+            rows = np.flatnonzero(table.file_duration > store.cutting.item_seconds + 1e-6)
+            _, first = np.unique(table.file_index[rows], return_index=True)
+            self._hours = (key, float(table.file_duration[rows[first]].sum()) / 3600.0)
+        return self._hours[1]
 
     def recordings(self, store: "Store") -> tuple[dict[str, list[int]], float]:
         """(long_recordings(store), their hours), read once per store state: a search engine
         asks on every query, and reading a million items' catalog rows is not free."""
-        self._store_state(store)
-        return self._longs[1], self._longs[2]
-
-    def _store_state(self, store: "Store") -> dict:
         key = store.fingerprint()
         if self._longs is None or self._longs[0] != key:
             longs = long_recordings(store)
-            self._longs = (key, longs, long_hours(store, longs), store.file_states())
-        return self._longs[3]
+            self._longs = (key, longs, long_hours(store, longs))
+        return self._longs[1], self._longs[2]
+
+    def _store_state(self, store: "Store") -> dict:
+        """path -> (size, mtime_ns, ...) of every catalogued file, once per store state (only
+        where prints are wanted: a hundred thousand files' rows are a second to read)."""
+        key = store.fingerprint()
+        if self._states is None or self._states[0] != key:
+            self._states = (key, store.file_states())
+        return self._states[1]
 
     @staticmethod
     def _stem(path: str) -> str:
