@@ -17,7 +17,6 @@ from soundsearch.cli._common import (
 )
 from soundsearch.errors import printable
 from soundsearch.constants import COMPACT_CACHE_MIN_ITEMS, PREFILTER_MIN_ITEMS
-from soundsearch.search.cache import default_cache_dtype
 
 if TYPE_CHECKING:
     from soundsearch.indexing import IndexProgress
@@ -333,6 +332,8 @@ def _status_json(stats, failures: list, problems: list[str], checks: dict) -> di
     doc["prefilter_min_items"] = PREFILTER_MIN_ITEMS
     doc["prefilter"] = stats.items >= PREFILTER_MIN_ITEMS
     doc["compact_cache_min_items"] = COMPACT_CACHE_MIN_ITEMS
+    from soundsearch.search.cache import default_cache_dtype  # numpy: not for --help
+
     doc["cache_dtype"] = default_cache_dtype(stats.items)
     doc.update(checks)
     return doc
@@ -340,6 +341,8 @@ def _status_json(stats, failures: list, problems: list[str], checks: dict) -> di
 
 def _status_table(stats, failures: list, unverified: int) -> None:
     """`status`: one labelled line per figure, then the failed files."""
+    from soundsearch.search.cache import default_cache_dtype  # numpy: not for --help
+
     rows = [
         ("store", shown(stats.path)),
         ("featurizer", f"{escape(stats.featurizer_name)}  [dim]{escape(stats.featurizer_identity)}[/]"),

@@ -19,6 +19,7 @@ One job per module:
     arrays.py    the feature array file format: a fixed-size .npy header, rows fsync'ed on write
     store.py     Store: opening (creating under the lock), reading, checking
     snapshot.py  a consistent read of every item and the feature rows they point at
+    mapped.py    memory-mapped arrays: the pages of scattered rows read ahead, all at once
     writer.py    StoreWriter: the fsync-before-commit rule, recovery after a kill, compaction
 
 Crash safety rests on one ordering rule: feature rows are appended to the array file and fsync'ed
