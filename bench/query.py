@@ -43,7 +43,9 @@ build and its file, predictor_build_s and predictor_mb the same for the predicto
 *_fresh_median_ms and *_fresh_max_ms time --fresh-queries distinct queries one after another
 in the warm process, with no exact scan between them (what a store larger than memory meets);
 --query-seed draws those and the recall queries afresh. --skip-naive leaves out the naive run,
---skip-hnsw the acoustic HNSW comparison.
+--skip-hnsw the acoustic HNSW comparison; --skip-exact with --recall-queries 0 leaves a
+prefilter-only process (at 1M items the exact scans stream the whole cache through the page
+cache, evicting what the prefilter reads), whose peak_rss_mb is then a query process's.
 
 Timings are the minimum over --repeat runs (the median is printed too): on a small shared
 machine the minimum is the figure least disturbed by other work. The *_cpu figures count the
@@ -321,7 +323,8 @@ def prefilter_figures(fig: dict, engine: SearchEngine, store: Store, query: np.n
         fig[f"{key}_recall_at_10"] = round(float(np.mean(values)), 4)
         fig[f"{key}_recall_min"] = round(float(np.min(values)), 2)
     fig["prefilter_recall_queries"] = args.recall_queries
-    fig["exact_median_ms_recall_queries"] = round(statistics.median(exact_t) * 1e3, 1)
+    if exact_t:
+        fig["exact_median_ms_recall_queries"] = round(statistics.median(exact_t) * 1e3, 1)
     fig["rss_mb"] = round(rss_mb(), 1)
 
 
@@ -398,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--presence-candidates", default=None,
                     help="comma-separated candidate counts for the presence predictor (default: the engine's)")
     ap.add_argument("--skip-naive", action="store_true", help="no naive run (prefilter studies)")
+    ap.add_argument("--skip-exact", action="store_true", help="no exact-engine timing (with --recall-queries 0: a prefilter-only process, its speed and resident memory)")
     ap.add_argument("--skip-hnsw", action="store_true", help="no acoustic HNSW comparison (its build takes minutes at 1M)")
     ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--fresh-queries", type=int, default=20, help="prefilter: distinct queries timed in a row (*_fresh_median_ms)")
@@ -448,38 +452,39 @@ def main(argv: list[str] | None = None) -> int:
             draw_queries = clustered_items(store.dim, store.steps, args.items, args.seed + 1)
             query = draw_queries(1)[0]
 
-        engine.search(query, k=args.k, exact=True)  # warm: pages of the cache, allocator, kernels
-        flops = engine.flops_per_query()
-        mm_run = matmul_like_engine(flops, engine.workers)
-        mm_run()
-        # Engine and matmul runs alternate, so both meet the same load on a shared machine.
-        eng_t, eng_c, mm_t = [], [], []
-        res = None
-        for _ in range(args.repeat):
-            b, _, c, res = timed(lambda: engine.search(query, k=args.k, exact=True), 1)
-            eng_t.append(b)
-            eng_c.append(c)
-            m, _, _, done = timed(mm_run, 1)
-            mm_t.append(m)
-        best, median, cpu = min(eng_t), statistics.median(eng_t), min(eng_c)
-        mm_same = done / min(mm_t) / 1e9
-        mm_peak = matmul_gflops()
-        mm_cpu = matmul_cpu_gflops()
-        engine_top = [r.item.row for r in res.results]
-        fig["engine_ms"] = round(best * 1e3, 1)
-        fig["engine_median_ms"] = round(median * 1e3, 1)
-        fig["engine_flops_per_query"] = flops
-        fig["engine_gflops"] = round(flops / best / 1e9, 1)
-        fig["matmul_gflops"] = round(mm_same, 1)
-        fig["engine_vs_matmul"] = round(fig["engine_gflops"] / fig["matmul_gflops"], 3)
-        fig["matmul_peak_gflops"] = round(mm_peak, 1)
-        # The same ratio per CPU second actually received: what the figures would be on an
-        # idle machine, since other processes' load stretches wall time but not CPU time.
-        fig["engine_cpu_s"] = round(cpu, 3)
-        fig["engine_gflops_per_cpu_s"] = round(flops / cpu / 1e9, 1)
-        fig["matmul_gflops_per_cpu_s"] = round(mm_cpu, 1)
-        fig["engine_vs_matmul_cpu"] = round(fig["engine_gflops_per_cpu_s"] / fig["matmul_gflops_per_cpu_s"], 3)
-        fig["rss_mb"] = round(rss_mb(), 1)
+        if not args.skip_exact:  # a prefilter-only process: no exact scan fills the page cache
+            engine.search(query, k=args.k, exact=True)  # warm: pages of the cache, allocator, kernels
+            flops = engine.flops_per_query()
+            mm_run = matmul_like_engine(flops, engine.workers)
+            mm_run()
+            # Engine and matmul runs alternate, so both meet the same load on a shared machine.
+            eng_t, eng_c, mm_t = [], [], []
+            res = None
+            for _ in range(args.repeat):
+                b, _, c, res = timed(lambda: engine.search(query, k=args.k, exact=True), 1)
+                eng_t.append(b)
+                eng_c.append(c)
+                m, _, _, done = timed(mm_run, 1)
+                mm_t.append(m)
+            best, median, cpu = min(eng_t), statistics.median(eng_t), min(eng_c)
+            mm_same = done / min(mm_t) / 1e9
+            mm_peak = matmul_gflops()
+            mm_cpu = matmul_cpu_gflops()
+            engine_top = [r.item.row for r in res.results]
+            fig["engine_ms"] = round(best * 1e3, 1)
+            fig["engine_median_ms"] = round(median * 1e3, 1)
+            fig["engine_flops_per_query"] = flops
+            fig["engine_gflops"] = round(flops / best / 1e9, 1)
+            fig["matmul_gflops"] = round(mm_same, 1)
+            fig["engine_vs_matmul"] = round(fig["engine_gflops"] / fig["matmul_gflops"], 3)
+            fig["matmul_peak_gflops"] = round(mm_peak, 1)
+            # The same ratio per CPU second actually received: what the figures would be on an
+            # idle machine, since other processes' load stretches wall time but not CPU time.
+            fig["engine_cpu_s"] = round(cpu, 3)
+            fig["engine_gflops_per_cpu_s"] = round(flops / cpu / 1e9, 1)
+            fig["matmul_gflops_per_cpu_s"] = round(mm_cpu, 1)
+            fig["engine_vs_matmul_cpu"] = round(fig["engine_gflops_per_cpu_s"] / fig["matmul_gflops_per_cpu_s"], 3)
+            fig["rss_mb"] = round(rss_mb(), 1)
         if engine.compact and args.compare_queries > 0:
             # The compact scan's search against the float32 engine's (its cache built here if
             # missing, untimed), over fresh queries; and how many items it re-scored exactly.
