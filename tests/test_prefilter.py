@@ -135,8 +135,14 @@ def test_exact_equals_the_engine_and_is_the_default_below_the_threshold(big, mon
     assert below.candidates is None and [r.item.row for r in below.results] == [r.item.row for r in exact.results]
     monkeypatch.setattr(constants, "PREFILTER_MIN_ITEMS", 100)
     monkeypatch.setattr(constants, "PREFILTER_CANDIDATES", 80)
+    monkeypatch.setattr(constants, "PREFILTER_SHARE", 0.5)
     auto = engine.search(q, k=10)
+    # The presence predictor scores PREFILTER_CANDIDATES at any size; only the acoustic index's
+    # count grows with the store (PREFILTER_SHARE).
     assert auto.candidates is not None and auto.candidates <= 80
+    engine.prefilter_predictor = "acoustic"
+    assert engine.search(q, k=10).candidates > 200
+    engine.prefilter_predictor = "presence"
     assert engine.search(q, k=10, exact=True).candidates is None
     # The presence order is predicted poorly: scanned in full unless candidates are asked for.
     assert engine.search(q, k=10, mode="presence").candidates is None
