@@ -276,3 +276,17 @@ def test_large_stores_get_the_compact_cache_with_the_float32_results(big, monkey
     assert SearchEngine(store, model, cache_dtype="float32").cache_dtype == "float32"  # asked for: kept
     doc = json.loads(CliRunner().invoke(app, ["status", "--store", str(store.path), "--json"]).stdout)
     assert doc["cache_dtype"] == constants.COMPACT_CACHE_DTYPE
+
+
+def test_writing_an_index_drops_what_killed_writers_left(big):
+    """The predictor and HNSW files are written through paths.TempFile like the search cache,
+    so a temporary file whose writer died (unlocked) goes with the next write."""
+    store, model = big
+    engine = SearchEngine(store, model)
+    engine.prepare()
+    leftover = engine.cache_path().parent / ".prefilter-0123-predictor-v2.npy.abcdefgh.tmp"
+    leftover.write_bytes(b"half a matrix")
+    engine.search(clustered(1, seed=4)[0], candidates=50)
+    assert engine.prefilter().built == ["predictor"] and predictor_path(engine.cache_path()).is_file()
+    assert not leftover.exists()
+    assert not list(engine.cache_path().parent.glob(".prefilter-*.tmp"))

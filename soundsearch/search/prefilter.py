@@ -59,8 +59,6 @@ Opened as a memory-mapped view: a cold query reads only the pages its search vis
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,10 +122,6 @@ class Prefilter:
         self._scales: np.ndarray | None = None
         self.built: list[str] = []  # vectors whose index the last use had to build ("predictor" too)
 
-    def vectors(self, vector: str, start: int, stop: int) -> np.ndarray:
-        """(stop - start, width) float32 rows of the cache's `vector` part."""
-        return self.side.vector_part(vector, start, stop)
-
     def index(self, vector: str):
         """The usearch index of `vector` for the current cache: loaded, or built (and saved)."""
         if vector not in VECTORS:
@@ -137,7 +131,7 @@ class Prefilter:
         if vector in self._indexes:
             return self._indexes[vector]
         n = side.n_items
-        width = self.vectors(vector, 0, 1).shape[1]
+        width = self.side.vector_part(vector, 0, 1).shape[1]
         path = index_path(side.cache_path(), vector) if side._cache_path is not None else None
         index = _load(path, n, width) if path is not None else None
         if index is None:
@@ -152,7 +146,7 @@ class Prefilter:
         index = Index(ndim=width, metric="ip", dtype="f16", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD)
         for start in range(0, n, _BUILD_CHUNK):
             stop = min(n, start + _BUILD_CHUNK)
-            index.add(np.arange(start, stop, dtype=np.uint64), self.vectors(vector, start, stop), threads=self.side.workers)
+            index.add(np.arange(start, stop, dtype=np.uint64), self.side.vector_part(vector, start, stop), threads=self.side.workers)
         if path is not None and self.side.persist:
             _save(index, path)
         return index
@@ -165,7 +159,6 @@ class Prefilter:
         index.expansion_search = max(count, 64)
         found = index.search(np.asarray(query, dtype=np.float32).reshape(-1), count)
         return np.unique(np.asarray(found.keys, dtype=np.int64))
-
 
     def predictor(self) -> np.ndarray:
         """(N, C + D' + 4) int8 [self-presence | acoustic vector | acoustic scale] of every
@@ -318,16 +311,15 @@ def _save(index, path: Path) -> None:
 
 
 def _publish(path: Path, what: str, write) -> None:
-    """`write(tmp)` a file beside `path` and rename it onto `path`, then drop the files of
-    caches that are gone. A folder that cannot be written to keeps it in memory only; a full
-    disk is a StoreError naming `what`."""
+    """`write(tmp)` a file beside `path` and rename it onto `path` (paths.TempFile, as the
+    search cache), then drop the files of caches that are gone. A folder that cannot be
+    written to keeps it in memory only; a full disk is a StoreError naming `what`."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        paths.chmod_as_created(tmp)
-        os.replace(tmp, path)
+        tmp = paths.TempFile(path)
+        write(tmp.name)
+        paths.chmod_as_created(tmp.name)
+        tmp.publish(path)
         tmp = None
     except OSError as exc:
         import errno
@@ -337,13 +329,14 @@ def _publish(path: Path, what: str, write) -> None:
         return
     finally:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.discard()
     remove_stale_indexes(path.parent)
 
 
 def remove_stale_indexes(cache_dir: Path) -> None:
     """Drop index files whose cache file is gone (an older store state or model) or of
     another index version."""
+    paths.remove_abandoned(cache_dir, f".{INDEX_PREFIX}*.tmp")  # writers killed before their rename
     current = (f"v{INDEX_VERSION}.usearch", f"v{PREDICTOR_VERSION}.npy")
     for other in [*cache_dir.glob(f"{INDEX_PREFIX}*.usearch"), *cache_dir.glob(f"{INDEX_PREFIX}*.npy")]:
         stem, _, rest = other.name[len(INDEX_PREFIX) :].rpartition("-")
