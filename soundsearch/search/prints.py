@@ -89,11 +89,15 @@ def file_print(path: Path | str) -> np.ndarray | None:
         return None
 
 
+def _long_rows(store: "Store") -> np.ndarray:
+    """Store rows, ascending, of the items of recordings longer than the store's item_seconds."""
+    return np.flatnonzero(store.item_table().file_duration > store.cutting.item_seconds + 1e-6)
+
+
 def long_recordings(store: "Store") -> dict[str, list[int]]:
     """path -> store rows, of every stored recording longer than the store's item_seconds."""
-    limit = store.cutting.item_seconds + 1e-6
     table = store.item_table()
-    rows = np.flatnonzero(table.file_duration > limit)
+    rows = _long_rows(store)
     out: dict[str, list[int]] = {}
     if not rows.size:
         return out
@@ -138,8 +142,7 @@ class PrintCache:
         if self._longs is not None and self._longs[0] == key:
             return self._longs[2]
         if self._hours is None or self._hours[0] != key:
-            table = store.item_table()
-            rows = np.flatnonzero(table.file_duration > store.cutting.item_seconds + 1e-6)
+            table, rows = store.item_table(), _long_rows(store)
             _, first = np.unique(table.file_index[rows], return_index=True)
             self._hours = (key, float(table.file_duration[rows[first]].sum()) / 3600.0)
         return self._hours[1]
