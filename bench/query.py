@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
             set_ranking(model_path, "blend", 0.75)  # the shipped default model's ranking
             model = load_model(model_path)
         kwargs = {"cache_dtype": args.cache_dtype}
+        from soundsearch.search import fused
+
+        fig["fused_kernel"] = fused.available()  # numba installed: the first pair step in one pass
         if args.block_rows:
             kwargs["block_rows"] = args.block_rows
         engine = SearchEngine(store, model, **kwargs)

@@ -7,7 +7,8 @@ For a query's folded halves (PA_q, PB_q) and a chunk of database halves (PB_i, P
     per category a 3-way softmax f_t and an attention weight v_t (softmax over T)
     y  = sum_t v_t f_t                            (mean over t without attention)
 
-in reused buffers (_Block), with chunks spread over Python threads (_run_chunks).
+in reused buffers (_Block), with chunks spread over Python threads (_run_chunks); the first
+step in one compiled pass where numba is installed (fused.py), torch's products for the rest.
 """
 
 from __future__ import annotations
@@ -108,6 +109,13 @@ def _relu16_(x: torch.Tensor) -> None:
     x.view(torch.int16).clamp_min_(0)
 
 
+def _bits(x: torch.Tensor):
+    """A tensor as a numpy view: float32 as is, a 16-bit float as its bits (uint16)."""
+    if x.dtype == torch.float32:
+        return x.numpy()
+    return x.view(torch.int16).numpy().view("uint16")
+
+
 def head_in(head: InferenceHead, dtype: torch.dtype) -> InferenceHead:
     """The head with its weights in `dtype` (the kernel's products then run in it)."""
     if dtype == torch.float32:
@@ -140,13 +148,18 @@ class _Block:
         self.sub_items = sub_items
         # Flat storage, viewed per block so that a short last block still gets contiguous
         # (G, m, ...) tensors for the grouped products.
-        self.u = torch.empty(g * sub_items * 2 * t * k1, dtype=dtype)
         self.z = torch.empty(g * sub_items * t * k1, dtype=dtype)
         self.layer_out = [torch.empty(g * sub_items * t * w.shape[2], dtype=dtype) for w, _ in head.layers]
         width = head.out_w.shape[2]
         self.sub_out = torch.empty(g * sub_items * t * width, dtype=dtype) if g > 1 or dtype != torch.float32 else None
         self.up = None  # float32 copy of 16-bit halves, made on first need
         self.out = torch.empty(g * chunk_items * t * width)
+        from soundsearch.search import fused
+
+        # The pair layer's first step in one pass where numba is installed (fused.py); torch's
+        # passes need a buffer for both orders.
+        self.fused = fused.pair_layer if fused.available() else None
+        self.u = torch.empty(g * sub_items * 2 * t * k1, dtype=dtype) if self.fused is None else None
 
     def logits(self, halves, qpair) -> torch.Tensor:
         """(m, 2, T, G*K1) database halves (PB, PA) x (2, T, G*K1) query halves (PA, PB)
@@ -156,9 +169,12 @@ class _Block:
         m = halves.shape[0]
         width = head.out_w.shape[2]
         out = self.out[: g * m * t * width].view(g, m * t, width)
-        qpair = qpair.to(self.dtype)
-        if g > 1:
-            qpair = qpair.view(2, t, g, -1).permute(2, 0, 1, 3).unsqueeze(1)  # (G, 1, 2, T, K1)
+        if self.fused is not None:
+            qpair = qpair.to(torch.float32).numpy()  # the fused pass adds in float32
+        else:
+            qpair = qpair.to(self.dtype)
+            if g > 1:
+                qpair = qpair.view(2, t, g, -1).permute(2, 0, 1, 3).unsqueeze(1)  # (G, 1, 2, T, K1)
         for s in range(0, m, self.sub_items):
             e = min(m, s + self.sub_items)
             self._sub(halves[s:e], qpair, out[:, s * t : e * t])
@@ -175,17 +191,21 @@ class _Block:
             if self.up is None:
                 self.up = torch.empty(self.sub_items * 2 * t * g * k1, dtype=self.dtype)
             halves = self.up[: halves.numel()].view(halves.shape).copy_(halves)
-        u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
         z = self.z[: g * rows * k1].view(g, m, t, k1)
-        if g > 1:
-            halves = halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4)
-        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q): both orders in one fused add-ReLU, one sum.
-        if exact:
-            _add_relu(halves, qpair, out=u[0] if g == 1 else u)
+        # z1 = ReLU(PA_q + PB_i) + ReLU(PA_i + PB_q)
+        if self.fused is not None:
+            self.fused(_bits(halves), qpair, _bits(z))
         else:
-            torch.add(halves, qpair, out=u[0] if g == 1 else u)
-            _relu16_(u)
-        torch.add(u[:, :, 0], u[:, :, 1], out=z)
+            # Both orders in one add-ReLU, then one sum.
+            u = self.u[: g * rows * 2 * k1].view(g, m, 2, t, k1)
+            if g > 1:
+                halves = halves.view(m, 2, t, g, k1).permute(3, 0, 1, 2, 4)
+            if exact:
+                _add_relu(halves, qpair, out=u[0] if g == 1 else u)
+            else:
+                torch.add(halves, qpair, out=u[0] if g == 1 else u)
+                _relu16_(u)
+            torch.add(u[:, :, 0], u[:, :, 1], out=z)
         z = z.view(g, rows, k1)
         # Hidden layers, float32: the bare product, then bias and ReLU in one pass (addmm would
         # first copy the bias into every output row, then ReLU would make another pass);
