@@ -15,10 +15,14 @@ random weights and random batch-norm statistics, then prints in one run:
   FLOPs of the engine's main product shape, (640 x 256) x (256 x 128), on the same threads,
   in runs alternating with the engine's; matmul_peak_gflops is the best short burst (torch's
   own threading, that shape, a larger one and a square one);
-- with a compact --cache-dtype (bfloat16, float16; search.cache): same_topk_as_float32, how
-  many of --compare-queries searches returned the float32 engine's top K (rows and levels),
-  and rescored_median/max, the items each re-scored exactly (search.rerank); same_topk then
-  checks that re-scoring against the naive run;
+- scan_dtype: what the exact scan multiplies in. A float32 cache is scanned with bfloat16
+  products where the CPU has them natively and numba is installed (SearchEngine.fast_scan),
+  then its top re-scored in float32: float32_scan_ms (and _vs_matmul) time the plain float32
+  scan, alternating with the fast one;
+- with a compact --cache-dtype (bfloat16, float16; search.cache) or a fast scan:
+  same_topk_as_float32, how many of --compare-queries searches returned the plain float32
+  engine's top K (rows and levels), and rescored_median/max, the items each re-scored
+  exactly (search.rerank); same_topk then checks the float32 scoring against the naive run;
 - rss_mb (now) and peak_rss_mb; build_s (computing the database side), and with --cli
   cli_cold_s: a fresh `soundsearch query --json` process end to end on this store, for a
   file the store does not hold (decoded and featurized: logmel here, which needs no torch;
@@ -460,8 +464,11 @@ def main(argv: list[str] | None = None) -> int:
             flops = engine.flops_per_query()
             mm_run = matmul_like_engine(flops, engine.workers)
             mm_run()
-            # Engine and matmul runs alternate, so both meet the same load on a shared machine.
-            eng_t, eng_c, mm_t = [], [], []
+            fast = not engine.compact and engine.scan_dtype(fast=True) != "float32"
+            fig["scan_dtype"] = engine.scan_dtype(fast=True)
+            # Engine and matmul runs alternate, so both meet the same load on a shared machine;
+            # a float32 cache's fast scan alternates with its plain float32 scan too.
+            eng_t, eng_c, mm_t, plain_t = [], [], [], []
             res = None
             for _ in range(args.repeat):
                 b, _, c, res = timed(lambda: engine.search(query, k=args.k, exact=True), 1)
@@ -469,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
                 eng_c.append(c)
                 m, _, _, done = timed(mm_run, 1)
                 mm_t.append(m)
+                if fast:
+                    engine.fast_scan = False
+                    plain_t.append(timed(lambda: engine.search(query, k=args.k, exact=True), 1)[0])
+                    engine.fast_scan = True
             best, median, cpu = min(eng_t), statistics.median(eng_t), min(eng_c)
             mm_same = done / min(mm_t) / 1e9
             mm_peak = matmul_gflops()
@@ -487,11 +498,16 @@ def main(argv: list[str] | None = None) -> int:
             fig["engine_gflops_per_cpu_s"] = round(flops / cpu / 1e9, 1)
             fig["matmul_gflops_per_cpu_s"] = round(mm_cpu, 1)
             fig["engine_vs_matmul_cpu"] = round(fig["engine_gflops_per_cpu_s"] / fig["matmul_gflops_per_cpu_s"], 3)
+            if fast:
+                fig["float32_scan_ms"] = round(min(plain_t) * 1e3, 1)
+                fig["float32_scan_vs_matmul"] = round(flops / min(plain_t) / 1e9 / fig["matmul_gflops"], 3)
             fig["rss_mb"] = round(rss_mb(), 1)
-        if engine.compact and args.compare_queries > 0:
-            # The compact scan's search against the float32 engine's (its cache built here if
-            # missing, untimed), over fresh queries; and how many items it re-scored exactly.
+        if (engine.compact or engine.scan_dtype(fast=True) != "float32") and args.compare_queries > 0:
+            # The compact or fast scan's search against the plain float32 engine's (its cache
+            # built here if missing, untimed), over fresh queries; and how many items it
+            # re-scored exactly.
             f32 = SearchEngine(store, model)
+            f32.fast_scan = False
             f32.prepare()
             agree, rescored = [], []
             qrng = np.random.default_rng(args.seed + 3)

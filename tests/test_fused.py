@@ -60,6 +60,17 @@ def test_bfloat16_is_the_float32_sum_rounded_once(groups):
 
 
 @needs_numba
+def test_float32_halves_into_bfloat16():
+    """A float32 cache's fast scan: float32 halves in, the bfloat16 products' input out."""
+    rng = np.random.default_rng(6)
+    m, t, w = 6, 3, 16
+    h, q = _rows(rng, m, t, w, extra=2), rng.normal(0, 2, (2, t, w)).astype(np.float32)
+    z = np.zeros((1, m, t, w), np.uint16)
+    fused.pair_layer(h, q, z)
+    np.testing.assert_array_equal(z, f32_to_bf16(_reference(h, q, 1)))
+
+
+@needs_numba
 def test_halves_must_be_contiguous_within_an_item():
     h = np.zeros((3, 2, 4, 8), np.float32)[:, :, :, ::2]
     with pytest.raises(ValueError):
@@ -81,8 +92,10 @@ def test_without_numba_the_kernel_runs_torchs_passes(monkeypatch, tmp_path):
 
 @needs_numba
 @pytest.mark.parametrize("variant", MORE_VARIANTS, ids=_ids)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16-cache"])
 def test_the_kernel_scores_alike_with_and_without_fusion(tmp_path, variant, dtype):
+    """float32 halves through the float32 head, float32 halves through the bfloat16 head (a
+    float32 cache's fast scan), bfloat16 halves through the bfloat16 head (a compact cache)."""
     st, _ = make_store(tmp_path / "s", 23)
     model = make_model(None, **variant)
     engine = SearchEngine(st, model, persist=False, workers=1)
@@ -94,11 +107,12 @@ def test_the_kernel_scores_alike_with_and_without_fusion(tmp_path, variant, dtyp
     qa, qb, _ = engine._sides(q)
     qpair = backend.pair(qa, qb)[0]
     halves = backend.halves(part)
-    if dtype == "bfloat16":
+    if dtype == "bfloat16-cache":
         # What a bfloat16 cache's scan reads (16-bit halves) through the bfloat16 head.
         halves = backend.halves(f32_to_bf16(np.ascontiguousarray(part)), "bfloat16")
-    with_fusion = backend.block(5, n, dtype)
-    without = backend.block(5, n, dtype)
+    head_dtype = "float32" if dtype == "float32" else "bfloat16"
+    with_fusion = backend.block(5, n, head_dtype)
+    without = backend.block(5, n, head_dtype)
     without.fused = None
     without.u = torch.empty(without.z.numel() * 2, dtype=without.dtype)
     assert with_fusion.fused is not None

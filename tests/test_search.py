@@ -226,19 +226,32 @@ def _same_results(a, b) -> None:
 
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_compact_cache_search_equals_float32_after_rescoring(tmp_path, model, dtype, backend):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32-fast"])
+def test_compact_cache_search_equals_float32_after_rescoring(tmp_path, model, dtype, backend, monkeypatch):
+    """A compact cache's scan, or a float32 cache's bfloat16 fast scan (torch backend with
+    numba), then the re-scoring: the float32 scan's results, having re-scored few items."""
     # Enough items that a search re-scores only some of them (it looks at 64 first).
     big, feats = make_store(tmp_path / "big", 600, seed=4)
     if backend == "numpy":
         from soundsearch.model.arrays import load_arrays
 
         model = load_arrays(model.path)
+    fast = dtype == "float32-fast"
+    if fast:
+        from soundsearch.search import fused, kernel
+
+        if backend == "numpy" or not fused.available():
+            pytest.skip("a fast scan needs the torch backend and numba")
+        # The fast scan wherever the test runs: torch emulates bfloat16 where the CPU lacks it.
+        monkeypatch.setattr(kernel, "fast_bfloat16", lambda: True)
     # One worker each: the prefilter's HNSW index (one per cache file, so one per engine here)
     # is built the same way only single-threaded; with two threads the engines' candidate sets
     # differed by a few items on a busy machine, and so could their results.
     exact = SearchEngine(big, model, workers=1)
-    compact = SearchEngine(big, model, cache_dtype=dtype, workers=1)
+    exact.fast_scan = False
+    compact = SearchEngine(big, model, cache_dtype="float32" if fast else dtype, workers=1)
+    if fast:
+        assert compact.scan_dtype(fast=True) == "bfloat16" and exact.cache_path() == compact.cache_path()
     c = len(model.taxonomy)
     qs = list(queries(4, seed=21)) + [feats[5] + 0.3, feats[200]]  # near and at stored items
     cat = model.taxonomy.categories
@@ -251,6 +264,7 @@ def test_compact_cache_search_equals_float32_after_rescoring(tmp_path, model, dt
             got = compact.search(q, exact=True, **kw)
             _same_results(want, got)
             rescored.append(compact.last_rescored)
+            assert exact.last_rescored is None
     assert max(rescored) < 600  # the point: most items keep their approximate scores
     # A long query (several items) too, and through the prefilter's rows.
     long_q = feats[40:43] + 0.2

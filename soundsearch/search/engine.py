@@ -50,8 +50,9 @@ if TYPE_CHECKING:
 # matmul rate; past L2 (2 MiB) size hardly matters any more and per-call overhead does. The
 # numpy backend: 640 and 2560 alike (0.27 at 20k items).
 DEFAULT_BLOCK_ROWS = 2560
-# The same for a compact cache's bfloat16 scan, whose products are 5x faster and so weigh
-# per-call overhead (oneDNN's) more: 1280 rows 0.37, 5120 0.45, 10240 0.46.
+# The same for a bfloat16 scan (a compact cache's, a float32 cache's fast scan), whose products
+# are 5x faster and so weigh per-call overhead (oneDNN's) more: 1280 rows 0.37, 5120 0.45,
+# 10240 0.46 (before the fused first step; with it 2560 and 10240 alike).
 COMPACT_BLOCK_ROWS = 10240
 # Item-steps pooled at once: the pooling is many small operations, cheaper on long runs.
 DEFAULT_CHUNK_ROWS = 10240
@@ -96,6 +97,11 @@ class SearchEngine(DatabaseSide):
         self.prefilter_predictor = "presence"
         self._prints = None  # search.prints.PrintCache, made on the first query that needs it
         self.last_rescored: int | None = None  # items the last search re-scored exactly (compact cache)
+        # Whether search() may scan a float32 cache with bfloat16 products where the backend
+        # does so faster (backends.TorchBackend.scan_dtype: native bfloat16 and numba's fused
+        # first step), re-scoring its top from the float32 rows as a compact cache's scan is
+        # (rerank.py); False: every score of every search from float32 products.
+        self.fast_scan = True
 
     # ---- scoring
 
@@ -106,6 +112,7 @@ class SearchEngine(DatabaseSide):
         aggregate: bool = False,
         rows: np.ndarray | None = None,
         recompute: bool = False,
+        fast: bool = False,
     ) -> ScoreMatrix:
         """Score Q query items (Q, T, D) against every stored item (or the given `rows`).
 
@@ -115,7 +122,10 @@ class SearchEngine(DatabaseSide):
         From a compact cache (cache.COMPACT_DTYPES) the presence scores (level, expected,
         probs) are approximate, closeness and acoustic exact; `recompute` scores from float32
         rows recomputed from the stored features instead (DatabaseSide.exact_rows): exact,
-        and meant for a few rows (search() re-scores its candidates so, rerank.py).
+        and meant for a few rows (search() re-scores its candidates so, rerank.py); from a
+        float32 cache it only insists on float32 products. `fast`: a float32 cache may be
+        scanned with bfloat16 products where that is faster (scan_dtype), its presence scores
+        then approximate as a compact cache's.
         """
         # Over 60 lines on purpose: score_chunk, the hot loop, shares the query side and the
         # output arrays set up here; split, it would take a dozen arguments per chunk.
@@ -134,7 +144,7 @@ class SearchEngine(DatabaseSide):
         if self.compact and recompute:
             cache = self.exact_rows(np.arange(n) if rows is None else rows)
             rows = None  # cache now holds exactly the rows asked for, in order
-        scan = self.backend.scan_dtype(self.cache_dtype) if compact else "float32"
+        scan = self.scan_dtype(fast) if not recompute else "float32"
         qa, qb, qpooled = self._sides(q)
         qacoustic = self.acoustic_of(q, aggregate=aggregate)
         qpair = self.backend.pair(qa, qb)  # (Q, 2, T, G*K1)
@@ -200,6 +210,13 @@ class SearchEngine(DatabaseSide):
             prefetch_rows(cache, rows)  # scattered rows of a large cache: read them all at once
         backend.run_chunks(score_chunk, range(0, n, chunk), self.workers)
         return ScoreMatrix(level, expected, closeness, all_probs, acoustic, acoustic_best)
+
+    def scan_dtype(self, fast: bool = False) -> str:
+        """The dtype a scan of this cache multiplies in (backend.scan_dtype): "float32" (exact)
+        or "bfloat16"; a float32 cache's only with `fast`."""
+        if self.compact:
+            return self.backend.scan_dtype(self.cache_dtype)
+        return self.backend.scan_dtype(self.cache_dtype, fast=fast)
 
     @staticmethod
     def _emit(y: np.ndarray, j, start, stop, level, expected, all_probs) -> None:
@@ -359,7 +376,8 @@ class SearchEngine(DatabaseSide):
         query's sound was found inside long recordings (search.contains), per store row."""
         c = len(self.taxonomy)
         query_path, segments, feats, self_rows = qf
-        scores = self.score_all(feats, probs=True, aggregate=True, rows=rows)
+        fast = self.fast_scan and self.scan_dtype(fast=True) != "float32"
+        scores = self.score_all(feats, probs=True, aggregate=True, rows=rows, fast=fast)
         query_presence = self.self_presence(feats)
         items = self.store.items()
         if rows is not None:
@@ -371,14 +389,14 @@ class SearchEngine(DatabaseSide):
             located = located.take(rows)
         contains = None if located is None else located.score
         refiner = None
-        if self.compact:
+        if self.compact or fast:  # approximate presence scores
             from soundsearch.search.rerank import Refiner
 
             refiner = Refiner(self, scores, feats, rows, ranking, filters, include_self, self_rows, contains, c)
         want = max(8 * k, 64)  # what choose_rows looks at first
         while True:
             if refiner is not None:
-                refiner.settle(want)  # the top of a compact scan re-scored exactly (rerank.py)
+                refiner.settle(want)  # the top of an approximate scan re-scored exactly (rerank.py)
             scored = scored_items(scores, self_rows, c)
             keep, effects, n_self = apply_filters(filters, scored.states, scored.level, scored.is_self, include_self)
             cand = np.flatnonzero(keep)

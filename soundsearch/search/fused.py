@@ -25,7 +25,7 @@ import numpy as np
 try:
     from llvmlite import ir
     from numba import njit, types
-    from numba.extending import intrinsic
+    from numba.extending import intrinsic, overload
 except ImportError:  # optional: kernel.py keeps torch's passes
     njit = None
 
@@ -50,13 +50,36 @@ if njit is not None:
     _HALF = np.uint32(0x7FFF)
     _ONE = np.uint32(1)
 
+    def _widen(x):
+        """A stored value as float32 (bfloat16 bits: shifted into place)."""
+
+    @overload(_widen, inline="always")
+    def _widen_impl(x):
+        if isinstance(x, types.Integer):
+            return lambda x: _as_f32(np.uint32(x) << _SIXTEEN)
+        return lambda x: x
+
+    def _narrow(s, out):
+        """A float32 as `out`'s values are stored (bfloat16 bits: rounded to nearest even)."""
+
+    @overload(_narrow, inline="always")
+    def _narrow_impl(s, out):
+        if isinstance(out.dtype, types.Integer):
+
+            def bits(s, out):
+                u = _as_u32(s)
+                return np.uint16((u + _HALF + ((u >> _SIXTEEN) & _ONE)) >> _SIXTEEN)
+
+            return bits
+        return lambda s, out: s
+
     # Arguments: h, the database halves (PB_i, PA_i) of item i at h[i * stride :][: 2 * T * G*K1]
     # as (2, T, G*K1), flat so that numba knows the values within a row are contiguous (a
     # strided (m, 2, T, G*K1) view of the cache's rows compiles to 4x slower scalar code); q
     # (2, T, G*K1) float32 query halves (PA_q, PB_q); z (G, m, T, K1) out, the layout the
-    # grouped products read.
+    # grouped products read. Compiled once per (h, z) dtype pair.
     @njit(nogil=True, fastmath=True, cache=True, boundscheck=False)
-    def _pair_f32(h, stride, q, z):
+    def _pair(h, stride, q, z):
         groups, m, steps, k1 = z.shape
         width = groups * k1
         for g in range(groups):
@@ -71,28 +94,9 @@ if njit is not None:
                     qb = q[1, t, lo : lo + k1]
                     o = z[g, i, t]
                     for k in range(k1):
-                        o[k] = max(a[k] + qa[k], _ZERO) + max(b[k] + qb[k], _ZERO)
-
-    @njit(nogil=True, fastmath=True, cache=True, boundscheck=False)
-    def _pair_bf16(h, stride, q, z):
-        groups, m, steps, k1 = z.shape
-        width = groups * k1
-        for g in range(groups):
-            lo = g * k1
-            for i in range(m):
-                for t in range(steps):
-                    pa = i * stride + t * width + lo
-                    pb = pa + steps * width
-                    a = h[pa : pa + k1]
-                    b = h[pb : pb + k1]
-                    qa = q[0, t, lo : lo + k1]
-                    qb = q[1, t, lo : lo + k1]
-                    o = z[g, i, t]
-                    for k in range(k1):
-                        x = _as_f32(np.uint32(a[k]) << _SIXTEEN) + qa[k]
-                        y = _as_f32(np.uint32(b[k]) << _SIXTEEN) + qb[k]
-                        u = _as_u32(max(x, _ZERO) + max(y, _ZERO))
-                        o[k] = np.uint16((u + _HALF + ((u >> _SIXTEEN) & _ONE)) >> _SIXTEEN)
+                        x = max(_widen(a[k]) + qa[k], _ZERO)
+                        y = max(_widen(b[k]) + qb[k], _ZERO)
+                        o[k] = _narrow(x + y, o)
 
 
 def available() -> bool:
@@ -105,7 +109,8 @@ def pair_layer(halves, qpair, z) -> None:
 
     halves (m, 2, T, G*K1): float32, or bfloat16 bits as uint16, contiguous within each item
     (the rows of a cache: any stride between items); qpair (2, T, G*K1) float32; z (G, m, T, K1)
-    C-contiguous, of the halves' dtype, written. Raises RuntimeError without numba."""
+    C-contiguous, float32 or bfloat16 bits (a float32 cache's bfloat16 scan), written.
+    Raises RuntimeError without numba."""
     if njit is None:
         raise RuntimeError("numba is not installed")
     m = halves.shape[0]
@@ -115,4 +120,4 @@ def pair_layer(halves, qpair, z) -> None:
         raise ValueError("each item's halves must be contiguous")
     stride = halves.strides[0] // item if m > 1 else size
     flat = np.lib.stride_tricks.as_strided(halves, shape=((m - 1) * stride + size,), strides=(item,))
-    (_pair_bf16 if item == 2 else _pair_f32)(flat, stride, np.ascontiguousarray(qpair, np.float32), z)
+    _pair(flat, stride, np.ascontiguousarray(qpair, np.float32), z)

@@ -134,10 +134,11 @@ class _Block:
     The first layers run on sub-blocks of `sub_items` (their activations stay in cache); the
     pooling, a dozen small operations whose cost is mostly per call, runs once per chunk.
 
-    The products run in the head's dtype: float32 (exact), or bfloat16 for a compact cache's
-    approximate scan where the CPU multiplies bfloat16 natively (AMX, AVX512-BF16: 5x the
-    float32 rate measured here). Halves of another dtype than the head's (a float16 cache) are
-    converted into a float32 buffer first. The pooling always runs in float32.
+    The products run in the head's dtype: float32 (exact), or bfloat16 for an approximate scan
+    (a compact cache's, or a float32 cache's fast scan) where the CPU multiplies bfloat16
+    natively (AMX, AVX512-BF16: 5x the float32 rate measured here). The fused first step reads
+    float32 or bfloat16 halves and writes the head's dtype; otherwise halves of another dtype
+    than the head's (a float16 cache) are converted first. The pooling always runs in float32.
     """
 
     def __init__(self, head: InferenceHead, sub_items: int, chunk_items: int):
@@ -152,7 +153,7 @@ class _Block:
         self.layer_out = [torch.empty(g * sub_items * t * w.shape[2], dtype=dtype) for w, _ in head.layers]
         width = head.out_w.shape[2]
         self.sub_out = torch.empty(g * sub_items * t * width, dtype=dtype) if g > 1 or dtype != torch.float32 else None
-        self.up = None  # float32 copy of 16-bit halves, made on first need
+        self.up = None  # the halves in the head's dtype, made on first need
         self.out = torch.empty(g * chunk_items * t * width)
         from soundsearch.search import fused
 
@@ -187,7 +188,9 @@ class _Block:
         k1 = head.width // g
         rows = m * t
         exact = self.dtype == torch.float32
-        if halves.dtype != self.dtype:
+        # The fused pass reads float32 or bfloat16 halves into either; torch's passes need them
+        # in the head's dtype (a float16 cache: always).
+        if halves.dtype != self.dtype and (self.fused is None or halves.dtype == torch.float16):
             if self.up is None:
                 self.up = torch.empty(self.sub_items * 2 * t * g * k1, dtype=self.dtype)
             halves = self.up[: halves.numel()].view(halves.shape).copy_(halves)

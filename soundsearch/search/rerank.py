@@ -1,10 +1,12 @@
-"""Exact results from a compact cache: which items a search re-scores from float32 rows.
+"""Exact results from an approximate scan: which items a search re-scores from float32 rows.
 
-A compact cache (cache.COMPACT_DTYPES) scans every item with 16-bit halves, so its presence
-scores (level, expected, probabilities) carry an error; closeness and the acoustic cosine are
-exact. A search then re-scores from float32 rows recomputed from the stored features
-(SearchEngine.score_all(recompute=True)) every item whose exact score could place it among
-what the search shows, and no other; the results are then the float32 engine's.
+A compact cache (cache.COMPACT_DTYPES) scans every item with 16-bit halves, and a float32
+cache's fast scan (SearchEngine.fast_scan) multiplies in bfloat16, so their presence scores
+(level, expected, probabilities) carry an error; closeness and the acoustic cosine are exact.
+A search then re-scores in float32 (SearchEngine.score_all(recompute=True): rows recomputed
+from the stored features for a compact cache, the cache's own rows for a float32 one) every
+item whose exact score could place it among what the search shows, and no other; the results
+are then the float32 engine's.
 
 "Could": the error of an approximate score is bounded by SAFETY times the largest error seen
 on the items re-scored so far (at least FIRST of them, the best by the approximate score), per
