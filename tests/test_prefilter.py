@@ -290,3 +290,28 @@ def test_writing_an_index_drops_what_killed_writers_left(big):
     assert engine.prefilter().built == ["predictor"] and predictor_path(engine.cache_path()).is_file()
     assert not leftover.exists()
     assert not list(engine.cache_path().parent.glob(".prefilter-*.tmp"))
+
+
+@pytest.mark.parametrize("shape", ["normal", "ties", "ascending", "descending", "inf", "small", "skewed"])
+@pytest.mark.parametrize("count", [1, 50, 1000, 20000])
+def test_top_picks_the_highest_scores(shape, count):
+    """The sampled cut (prefilter._top) returns what a full argpartition does: the `count`
+    highest scores, each row once, whatever the order or ties of the scores."""
+    from soundsearch.search.prefilter import _top
+
+    rng = np.random.default_rng(count)
+    n = 300 if shape == "small" else 200_000
+    score = {
+        "normal": lambda: rng.normal(size=n),
+        "ties": lambda: rng.integers(0, 5, n).astype(float),  # a cut inside a run of equal scores
+        "ascending": lambda: np.sort(rng.normal(size=n)),  # the sample's top is the array's end
+        "descending": lambda: -np.sort(rng.normal(size=n)),
+        "inf": lambda: np.where(rng.random(n) < 0.001, np.inf, rng.normal(size=n)),
+        "small": lambda: rng.normal(size=n),
+        # High scores only where the sample looks: too few pass its cut (the full partition).
+        "skewed": lambda: np.where(np.arange(n) % 64 == 0, 10.0, rng.normal(size=n)) * (np.arange(n) < 64 * 20),
+    }[shape]().astype(np.float32)
+    got = _top(score, count)
+    want = np.argpartition(score, max(0, n - count))[max(0, n - count) :] if count < n else np.arange(n)
+    assert got.dtype == np.int64 and np.unique(got).size == got.size == min(count, n)
+    np.testing.assert_array_equal(np.sort(score[got]), np.sort(score[want]))

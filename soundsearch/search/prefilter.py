@@ -259,11 +259,29 @@ def _quantize_into(dest: np.ndarray, values: np.ndarray) -> float:
     return top / 127.0
 
 
+# _top's sample: every _SAMPLE_STEP-th score, cut where about 2 * count scores of the whole
+# array should lie above.
+_SAMPLE_STEP = 64
+
+
 def _top(score: np.ndarray, count: int) -> np.ndarray:
-    """Rows of the `count` highest scores (unordered)."""
-    if count >= score.shape[0]:
-        return np.arange(score.shape[0], dtype=np.int64)
-    return np.argpartition(score, score.shape[0] - count)[score.shape[0] - count :].astype(np.int64)
+    """Rows of the `count` highest scores (unordered; NaN never among them while enough others
+    are). argpartition of a million scores takes ~10 ms, twice per query; instead a cut is read
+    off a 1/64 sample, the scores at or above it (about 2 * count) kept in one vectorized pass,
+    and those partitioned: ~2 ms, the same rows (up to the order of equal scores). Where fewer
+    than `count` pass the cut (a skewed sample), the whole array is partitioned."""
+    n = score.shape[0]
+    if count >= n:
+        return np.arange(n, dtype=np.int64)
+    sample = score[::_SAMPLE_STEP]
+    above = max(8, -(-2 * count // _SAMPLE_STEP))  # sample values above the cut
+    if n >= 4 * _SAMPLE_STEP * above:
+        cut = np.partition(sample, sample.size - above)[sample.size - above]
+        kept = np.flatnonzero(score >= cut)
+        if kept.size >= count:
+            sub = score[kept]
+            return kept[np.argpartition(sub, sub.size - count)[sub.size - count :]].astype(np.int64)
+    return np.argpartition(score, n - count)[n - count :].astype(np.int64)
 
 
 def _load_matrix(path: Path, n: int, width: int) -> np.ndarray | None:
