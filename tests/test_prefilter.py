@@ -315,3 +315,34 @@ def test_top_picks_the_highest_scores(shape, count):
     want = np.argpartition(score, max(0, n - count))[max(0, n - count) :] if count < n else np.arange(n)
     assert got.dtype == np.int64 and np.unique(got).size == got.size == min(count, n)
     np.testing.assert_array_equal(np.sort(score[got]), np.sort(score[want]))
+
+
+@pytest.mark.parametrize("predictor", ["presence", "acoustic"])
+def test_a_copy_of_one_moment_of_a_long_query_is_a_candidate(tmp_path, predictor):
+    """A long query (several items) whose one moment has a copy in the store: the exact search
+    ranks the copy first as a near-duplicate (its best cosine with a query item), however
+    unlike the query's average it is; the prefiltered search must have it among its candidates,
+    though a hundred scenes holding all of the query's sounds lie nearer the average."""
+    store = Store.open(tmp_path / "store", create=True, featurizer=FZ)
+    rng = np.random.default_rng(5)
+    templates = np.random.default_rng(99).normal(0, 1.5, (SOURCES, T, D))
+    sources = [0, 2, 4, 6, 8, 10]
+    # The query: six moments, each a fresh take of another source; the store holds a copy of
+    # the fourth (a little noise) as a file of its own.
+    query = np.stack([(templates[s] + rng.normal(0, 0.5, (T, D))) * 3 - 20 for s in sources]).astype(np.float32)
+    scenes = np.stack([(templates[sources].mean(0) + rng.normal(0, 0.5, (T, D))) * 3 - 20 for _ in range(100)])
+    write_items(store, clustered(600))
+    write_items(store, scenes.astype(np.float32), name="scene")
+    write_items(store, (query[3] + rng.normal(0, 0.05, (T, D)))[None].astype(np.float32), name="copy")
+    copy_row = 700
+    model = make_model(tmp_path / "m.safetensors")
+    set_ranking(model.path, "blend", 0.75)
+    engine = SearchEngine(store, load_model(model.path))
+    engine.prefilter_predictor = predictor
+    exact = engine.search(query, k=10, exact=True)
+    assert exact.results[0].item.row == copy_row and exact.results[0].duplicate
+    got = engine.search(query, k=10, candidates=40)
+    # The acoustic index adds each moment's nearest 10 (DUPLICATE_CANDIDATES // 6).
+    assert got.candidates is not None and got.candidates <= (40 if predictor == "presence" else 40 + 6 * 10)
+    assert got.results[0].item.row == copy_row and got.results[0].duplicate
+    store.close()

@@ -338,7 +338,6 @@ class SearchEngine(DatabaseSide):
     def _candidate_rows(self, ranking, feats, self_rows, candidates: int | None) -> np.ndarray | None:
         """Sorted store rows to score for this query, or None to score every item."""
         from soundsearch.constants import PREFILTER_CANDIDATES, PREFILTER_MIN_ITEMS, PREFILTER_SHARE
-        from soundsearch.search.prefilter import DUPLICATE_CANDIDATES
         from soundsearch.search.ranking import RankingMode
 
         n = self.n_items
@@ -356,17 +355,20 @@ class SearchEngine(DatabaseSide):
         q = np.asarray(feats, dtype=np.float32)
         q = q[None] if q.ndim == 2 else q
         acoustic = self.acoustic_of(q, aggregate=True)[0]
+        # A query of several items: a copy of one of its moments is a near-duplicate, ranked
+        # first, however unlike the query's average it is (ScoreMatrix.acoustic_best), so the
+        # near-duplicate candidates are looked for moment by moment.
+        moments = self.acoustic_of(q) if q.shape[0] > 1 else None
         if presence:
             _, _, pooled = self._sides(q)
             pooled = _unit(pooled.mean(0, keepdims=True))[0]
-            rows = np.union1d(pre.candidates("pooled", pooled, count),
-                              pre.candidates("acoustic", acoustic, DUPLICATE_CANDIDATES))
+            rows = np.union1d(pre.candidates("pooled", pooled, count), self._near_rows(pre, acoustic, moments))
         elif predicted:
             weight = 1.0 if ranking.mode is RankingMode.ACOUSTIC else float(ranking.weight)
             presence_q = self.self_presence(q) if weight < 1.0 else np.zeros(len(self.taxonomy), np.float32)
-            rows = pre.predicted(presence_q, acoustic, weight, count)
+            rows = pre.predicted(presence_q, acoustic, weight, count, moments=moments)
         else:
-            rows = pre.candidates("acoustic", acoustic, count)
+            rows = np.union1d(pre.candidates("acoustic", acoustic, count), self._near_rows(pre, acoustic, moments))
         if self_rows is not None:
             rows = np.union1d(rows, self_rows)
         return rows
@@ -449,6 +451,17 @@ class SearchEngine(DatabaseSide):
         each = self.score_all(q, rows=rows, recompute=self.compact)
         best = rank_score(ranking, each.level, each.expected, each.acoustic, c).argmax(0)
         return [tuple(segments[int(j)]) for j in best]
+
+    @staticmethod
+    def _near_rows(pre, acoustic: np.ndarray, moments: np.ndarray | None) -> np.ndarray:
+        """The acoustic index's DUPLICATE_CANDIDATES nearest items to the query, or to each of
+        its moments (as many in all, at least 8 each)."""
+        from soundsearch.search.prefilter import DUPLICATE_CANDIDATES
+
+        if moments is None:
+            return pre.candidates("acoustic", acoustic, DUPLICATE_CANDIDATES)
+        each = max(8, DUPLICATE_CANDIDATES // moments.shape[0])
+        return np.unique(np.concatenate([pre.candidates("acoustic", m, each) for m in moments]))
 
     def self_presence(self, feats_raw: np.ndarray) -> np.ndarray:
         """(C,) the model's probability that a recording (its (Q, T, D) items) holds each
