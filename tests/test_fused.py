@@ -126,3 +126,23 @@ def test_the_kernel_scores_alike_with_and_without_fusion(tmp_path, variant, dtyp
         np.testing.assert_allclose(a, b, atol=5e-2)
         assert np.abs(a - b).mean() < 5e-3
     st.close()
+
+
+@needs_numba
+def test_runs_where_numba_has_nowhere_to_cache():
+    """A read-only install and no writable home: numba finds no place for its on-disk cache and
+    refuses cache=True at import; the kernel then compiles in each process instead."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numba.core.caching as c; c.CacheImpl._locator_classes = []\n"
+        "import numpy as np\n"
+        "from soundsearch.search import fused\n"
+        "z = np.zeros((1, 2, 3, 4), np.float32)\n"
+        "fused.pair_layer(np.ones((2, 2, 3, 4), np.float32), np.zeros((2, 3, 4), np.float32), z)\n"
+        "print(z.sum())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "48.0"

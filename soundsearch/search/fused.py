@@ -73,12 +73,21 @@ if njit is not None:
             return bits
         return lambda s, out: s
 
+    def _jit(fn):
+        """numba's compiled function with its on-disk cache (~0.5 s to load in a new process,
+        against ~1.5 s to compile), or without one where numba finds no writable place for it
+        (a read-only install and no writable home directory), where asking for it raises."""
+        try:
+            return njit(nogil=True, fastmath=True, cache=True, boundscheck=False)(fn)
+        except RuntimeError:
+            return njit(nogil=True, fastmath=True, boundscheck=False)(fn)
+
     # Arguments: h, the database halves (PB_i, PA_i) of item i at h[i * stride :][: 2 * T * G*K1]
     # as (2, T, G*K1), flat so that numba knows the values within a row are contiguous (a
     # strided (m, 2, T, G*K1) view of the cache's rows compiles to 4x slower scalar code); q
     # (2, T, G*K1) float32 query halves (PA_q, PB_q); z (G, m, T, K1) out, the layout the
     # grouped products read. Compiled once per (h, z) dtype pair.
-    @njit(nogil=True, fastmath=True, cache=True, boundscheck=False)
+    @_jit
     def _pair(h, stride, q, z):
         groups, m, steps, k1 = z.shape
         width = groups * k1
