@@ -125,7 +125,7 @@ def pair_layer(halves, qpair, z) -> None:
     m = halves.shape[0]
     size = halves[0].size
     item = halves.itemsize
-    if halves[0].strides != np.empty(halves.shape[1:], halves.dtype).strides or halves.strides[0] % item:
+    if not halves[0].flags.c_contiguous or halves.strides[0] % item:
         raise ValueError("each item's halves must be contiguous")
     stride = halves.strides[0] // item if m > 1 else size
     flat = np.lib.stride_tricks.as_strided(halves, shape=((m - 1) * stride + size,), strides=(item,))

@@ -237,9 +237,10 @@ class Prefilter:
         packed = numkong.dots_pack(vec)
         scales = self.acoustic_scales()
         dup = min(int(duplicates), count // 4) if weight < 1.0 else 0
+        per_moment = dup > 0 and each.shape[0] > 0
         cos = np.empty(n, np.float32)
         score = np.empty(n, np.float32)
-        near = np.empty(n, np.float32) if dup > 0 and each.shape[0] else cos
+        near = np.empty(n, np.float32) if per_moment else cos
 
         def part(start: int) -> None:
             stop = min(n, start + _SCAN_CHUNK)
@@ -249,7 +250,7 @@ class Prefilter:
             np.multiply(dots[:, 1], scales[start:stop] * sa, out=cos[start:stop])
             np.multiply(dots[:, 0], sp, out=score[start:stop])
             score[start:stop] += np.float32(weight) * cos[start:stop]
-            if near is not cos:
+            if per_moment:
                 best = near[start:stop]
                 np.multiply(dots[:, 2], sm[0], out=best)
                 for j in range(1, sm.shape[0]):  # column by column: a reduction over the short axis is 5x slower
